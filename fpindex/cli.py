@@ -1,0 +1,273 @@
+"""The `fpindex` command line. Every choice list comes from a registry; bad input → one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from . import __version__
+from .config import DecideConfig, EmbedConfig, IndexConfig, QueryConfig, RunConfig
+from .decide import DECIDERS, FEATURES
+from .embed import EMBEDDERS
+from .enhance import ENHANCERS, parse_enhance
+from .errors import FpindexError
+
+app = typer.Typer(
+    name="fpindex",
+    help="Audit synthetic medical images for training-data leakage.\n\n"
+         "Index generated images, query real images against them, and say which real images were very "
+         "probably used to train the generator.\n\n"
+         "Quick look: fpindex demo",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+Model = Enum("Model", {n: n for n in EMBEDDERS.names()}, type=str)  # type: ignore[misc]
+Method = Enum("Method", {n: n for n in ["auto", *DECIDERS.names()]}, type=str)  # type: ignore[misc]
+Score = Enum("Score", {n: n for n in FEATURES}, type=str)  # type: ignore[misc]
+Device = Enum("Device", {n: n for n in ("auto", "cpu", "cuda")}, type=str)  # type: ignore[misc]
+
+ENHANCE_HELP = ("Enhancement filter(s), stacked as channels in the order given; repeat the option or use "
+                "commas. Choices: " + "; ".join(f"{n} ({ENHANCERS.help(n)})" for n in ENHANCERS.names()))
+MODEL_HELP = "Embedder. " + "; ".join(f"{n}: {EMBEDDERS.help(n)}" for n in EMBEDDERS.names())
+DECISION_HELP = ("How labels are set. auto: calibrated if --used and --not-used are given, else reference if "
+                 "--reference (or --not-used) is given, else fixed. " +
+                 "; ".join(f"{n}: {DECIDERS.help(n)}" for n in DECIDERS.names()))
+
+# Typer option declarations shared by several commands.
+O_MODEL = typer.Option(Model("cnn"), "--model", "-m", help=MODEL_HELP, rich_help_panel="Embedding")
+O_WEIGHTS = typer.Option(None, "--weights", "-w", help="random (seeded), imagenet (resnet50; needs the torch "
+                         "cache or a network), none (pixels), or a checkpoint path. Default: the model's own.",
+                         rich_help_panel="Embedding")
+O_ENHANCE = typer.Option(None, "--enhance", "-e", help=ENHANCE_HELP + ". Default: none.", rich_help_panel="Embedding")
+O_SIZE = typer.Option(None, "--image-size", min=32, help="Side of the square model input in px. Default: the "
+                      "model's (128 for cnn and pixels, 224 for resnet50).", rich_help_panel="Embedding")
+O_SEED = typer.Option(0, "--seed", help="Seed for random weights and every random choice.", rich_help_panel="Embedding")
+O_BATCH = typer.Option(64, "--batch-size", min=1, help="Images per forward pass.", rich_help_panel="Embedding")
+O_DEVICE = typer.Option(Device("auto"), "--device", help="auto picks cuda when torch sees a GPU.",
+                        rich_help_panel="Embedding")
+O_FACTORY = typer.Option("Flat", "--factory", help="FAISS index_factory string (inner product on L2-normalised "
+                         "vectors), e.g. Flat, HNSW32, IVF256,Flat.", rich_help_panel="Index")
+O_K = typer.Option(10, "--k", "-k", min=1, help="Nearest generated images retrieved per real image.",
+                   rich_help_panel="Decision")
+O_DECISION = typer.Option(Method("auto"), "--decision", help=DECISION_HELP, rich_help_panel="Decision")
+O_SCORE = typer.Option(Score("cosine"), "--score", help="Similarity that fixed and reference decisions use: top-1 "
+                       "cosine, best SSIM or best Jaccard over the k neighbours.", rich_help_panel="Decision")
+O_THRESHOLD = typer.Option(None, "--threshold", help="fixed: label used when score ≥ this (default cosine 0.90, "
+                           "ssim 0.50, jaccard 0.60).", rich_help_panel="Decision")
+O_ALPHA = typer.Option(0.05, "--alpha", min=0.0, max=1.0, help="reference: label used when p ≤ alpha.",
+                       rich_help_panel="Decision")
+O_USED = typer.Option(None, "--used", help="Real images known to be used in training (labelled, for calibration).",
+                      rich_help_panel="Decision")
+O_NOT_USED = typer.Option(None, "--not-used", help="Real images known not to be used (labelled, for calibration).",
+                          rich_help_panel="Decision")
+O_REFERENCE = typer.Option(None, "--reference", help="Real images known not to be used, to model the null when "
+                           "no labelled pair is given.", rich_help_panel="Decision")
+O_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or report; errors only.")
+O_VERBOSE = typer.Option(False, "--verbose", "-v", help="Also print per-stage timings.")
+
+
+def _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device) -> EmbedConfig:
+    return EmbedConfig(model=model.value if isinstance(model, Enum) else model, weights=weights,
+                       enhance=parse_enhance(enhance), image_size=image_size, seed=seed, batch_size=batch_size,
+                       device=device.value if isinstance(device, Enum) else device)
+
+
+def _query_cfg(k, decision, score, threshold, alpha, seed) -> QueryConfig:
+    return QueryConfig(k=k, decide=DecideConfig(method=decision.value, score=score.value, threshold=threshold,
+                                                alpha=alpha, seed=seed))
+
+
+def _say(run: RunConfig, text: str = "") -> None:
+    if not run.quiet:
+        typer.echo(text)
+
+
+def _report(run: RunConfig, out: Path, summary: dict[str, Any]) -> None:
+    c, d = summary["counts"], summary["decision"]
+    real = c["real"]
+    _say(run, f"real images: {real['embedded']} scored, {real['bad']} unreadable; "
+              f"generated images in index: {c['generated_indexed']}")
+    _say(run, f"decision: {d['method']} → {c['predicted_used']} of {real['embedded']} labelled used")
+    cv = d.get("cross_validation")
+    if cv:
+        _say(run, f"calibration ({cv['folds']}-fold CV on the labelled images): AUC {cv['auc']:.3f}, "
+                  f"kappa {cv['kappa']:.3f}, F1 {cv['f1']:.3f}")
+    for name, bad in summary.get("bad_files", {}).items():
+        for b in bad[:5]:
+            typer.echo(f"warning: skipped unreadable {name} image {b['path']}: {b['reason']}", err=True)
+        if len(bad) > 5:
+            typer.echo(f"warning: … and {len(bad) - 5} more (listed in summary.json)", err=True)
+    if run.verbose:
+        _say(run, "timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in summary["timings"].items()))
+    _say(run, f"wrote {out}/predictions.csv, submission.csv, neighbours.parquet, summary.json")
+
+
+@app.command(epilog="Example: fpindex build data/generated --index indexes/gan-v1 --model cnn --enhance gaussian")
+def build(
+    generated: Path = typer.Argument(..., help="Folder of generated (synthetic) images; searched recursively."),
+    index: Optional[Path] = typer.Option(None, "--index", "-i", help="Index directory to write. "
+                                         "Default: indexes/<name of GENERATED>."),
+    add: bool = typer.Option(False, "--add", help="Append to an existing index (images already in it, by "
+                             "content hash, are skipped; its embedding settings are reused)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
+    model: Model = O_MODEL, weights: Optional[str] = O_WEIGHTS, enhance: Optional[list[str]] = O_ENHANCE,
+    image_size: Optional[int] = O_SIZE, factory: str = O_FACTORY, seed: int = O_SEED, batch_size: int = O_BATCH,
+    device: Device = O_DEVICE, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
+) -> None:
+    """Embed a folder of generated images and write a FAISS index of them."""
+    from .pipeline import build as run_build
+    from .utils import Timings
+
+    if add and overwrite:
+        raise FpindexError("--add and --overwrite exclude each other")
+    run = RunConfig(quiet=quiet, verbose=verbose)
+    index = index or Path("indexes") / generated.resolve().name
+    timings = Timings()
+    _, _, summary = run_build(generated, index, _embed_cfg(model, weights, enhance, image_size, seed, batch_size,
+                                                           device), IndexConfig(factory=factory), run,
+                              mode="add" if add else "overwrite" if overwrite else "new", timings=timings)
+    for b in summary["bad_files"][:5]:
+        typer.echo(f"warning: skipped unreadable image {b['path']}: {b['reason']}", err=True)
+    e = summary["manifest"]["embedder"]
+    _say(run, f"index {index}: {summary['ntotal']} vectors ({summary['added']} added, {len(summary['bad_files'])} "
+              f"unreadable) · {e['model']} [{e['weights_id']}] · enhance {','.join(e['enhance'])} · "
+              f"{e['dim']}-d · {summary['manifest']['factory']}")
+    if verbose:
+        _say(run, "timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.as_dict().items()))
+
+
+@app.command(epilog="Example: fpindex query --index indexes/gan-v1 data/real --out results "
+                    "--used data/train/used --not-used data/train/not_used")
+def query(
+    real: Path = typer.Argument(..., help="Folder of real images to test for membership."),
+    index: Path = typer.Option(..., "--index", "-i", help="Index directory written by `fpindex build`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    k: int = O_K, decision: Method = O_DECISION, score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD,
+    alpha: float = O_ALPHA, used: Optional[Path] = O_USED, not_used: Optional[Path] = O_NOT_USED,
+    reference: Optional[Path] = O_REFERENCE,
+    model: Optional[Model] = typer.Option(None, "--model", "-m", help="Only to assert the index's model; a "
+                                          "different one is refused.", rich_help_panel="Embedding"),
+    enhance: Optional[list[str]] = typer.Option(None, "--enhance", "-e", help="Only to assert the index's "
+                                                "enhancement; a different one is refused.", rich_help_panel="Embedding"),
+    seed: int = O_SEED, batch_size: int = O_BATCH, device: Device = O_DEVICE,
+    quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
+) -> None:
+    """Score real images against an index: membership score and used/not-used label per image.
+
+    The embedding settings are read from the index, so queries are always embedded like the index.
+    """
+    from .pipeline import query as run_query
+
+    run = RunConfig(quiet=quiet, verbose=verbose)
+    override = EmbedConfig(model=model.value if model else None, weights=None,  # type: ignore[arg-type]
+                           enhance=parse_enhance(enhance) if enhance else (), batch_size=batch_size,
+                           device=device.value)
+    summary = run_query(index, real, out, _query_cfg(k, decision, score, threshold, alpha, seed), run,
+                        embed_override=override, used=used, not_used=not_used, reference=reference)
+    _report(run, out, summary)
+
+
+@app.command(epilog="Example: fpindex audit --generated bench/generated --real bench/test --out results "
+                    "--used bench/train/used --not-used bench/train/not_used")
+def audit(
+    generated: Path = typer.Option(..., "--generated", "-g", help="Folder of generated images."),
+    real: Path = typer.Option(..., "--real", "-r", help="Folder of real images to test."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    index: Optional[Path] = typer.Option(None, "--index", "-i", help="Where to write the index. Default: OUT/index."),
+    used: Optional[Path] = O_USED, not_used: Optional[Path] = O_NOT_USED, reference: Optional[Path] = O_REFERENCE,
+    model: Model = O_MODEL, weights: Optional[str] = O_WEIGHTS, enhance: Optional[list[str]] = O_ENHANCE,
+    image_size: Optional[int] = O_SIZE, factory: str = O_FACTORY, k: int = O_K, decision: Method = O_DECISION,
+    score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD, alpha: float = O_ALPHA, seed: int = O_SEED,
+    batch_size: int = O_BATCH, device: Device = O_DEVICE, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
+) -> None:
+    """Build an index of the generated images, then query it with the real ones, in one go."""
+    from .pipeline import audit as run_audit
+
+    run = RunConfig(quiet=quiet, verbose=verbose)
+    summary = run_audit(generated, real, out, _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device),
+                        IndexConfig(factory=factory), _query_cfg(k, decision, score, threshold, alpha, seed), run,
+                        index_dir=index, used=used, not_used=not_used, reference=reference)
+    _report(run, out, summary)
+
+
+@app.command(epilog="Example: fpindex evaluate results/predictions.csv bench/test_labels.csv")
+def evaluate(
+    predictions: Path = typer.Argument(..., help="predictions.csv written by query or audit."),
+    labels: Path = typer.Argument(..., help="CSV with columns image,label (1 = used)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Also write the JSON result to this file."),
+) -> None:
+    """Accuracy, precision, recall, F1, kappa, ROC-AUC and TPR at 5% FPR, beside the all-used and all-not-used answers."""
+    from .evaluate import evaluate_files, format_table
+    from .utils import write_json_atomic
+
+    result = evaluate_files(predictions, labels)
+    if save:
+        write_json_atomic(save, result)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(f"{result['n']} images matched ({result['positives']} used)")
+    if result["unmatched_predictions"] or result["missing_predictions"]:
+        typer.echo(f"warning: {len(result['unmatched_predictions'])} predictions without a label, "
+                   f"{result['missing_predictions']} labels without a prediction", err=True)
+    typer.echo(format_table(result))
+
+
+@app.command(epilog="Example: fpindex demo --out /tmp/fpindex-demo")
+def demo(
+    out: Path = typer.Option(Path("fpindex-demo"), "--out", "-o", help="Folder for the demo data and results."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the scenario."),
+    quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
+) -> None:
+    """Make a small seeded leak scenario (no downloads), audit it with calibration, and evaluate the result."""
+    from .demo import make_scenario
+    from .evaluate import evaluate_files, format_table
+    from .pipeline import audit as run_audit
+    from .utils import write_json_atomic
+
+    run = RunConfig(quiet=quiet, verbose=verbose)
+    data = make_scenario(out / "data", seed=seed)
+    _say(run, f"demo scenario written to {data} (generated/, train/used, train/not_used, test/, test_labels.csv)")
+    results = out / "audit"
+    summary = run_audit(data / "generated", data / "test", results, EmbedConfig(seed=seed), IndexConfig(),
+                        QueryConfig(decide=DecideConfig(seed=seed)), run, used=data / "train" / "used",
+                        not_used=data / "train" / "not_used")
+    _report(run, results, summary)
+    result = evaluate_files(results / "predictions.csv", data / "test_labels.csv")
+    write_json_atomic(results / "evaluation.json", result)
+    _say(run, "\nevaluation on test/ (labels never seen by the audit):")
+    _say(run, format_table(result))
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fpindex {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+def main() -> None:
+    try:
+        app()
+    except FpindexError as e:
+        typer.echo(f"fpindex: error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("fpindex: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Typed options for every stage, passed around as one object instead of long keyword lists."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """What turns an image file into a vector; stored in the index manifest and checked at query time."""
+
+    model: str = "cnn"
+    weights: str | None = None       # None: the model's default; 'random' (seeded), 'imagenet', or a checkpoint path
+    enhance: tuple[str, ...] = ("none",)
+    image_size: int | None = None    # None: the model's own default input size
+    seed: int = 0
+    batch_size: int = 64
+    device: str = "auto"             # auto | cpu | cuda
+
+    def identity(self) -> dict:
+        """The fields that change the vectors (batch size and device do not)."""
+        return {"model": self.model, "weights": self.weights, "enhance": list(self.enhance),
+                "image_size": self.image_size, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    factory: str = "Flat"            # any FAISS index_factory string; vectors are L2-normalised, metric is IP
+
+
+@dataclass(frozen=True)
+class DecideConfig:
+    method: str = "auto"             # auto | fixed | calibrated | reference
+    score: str = "cosine"            # the similarity that `fixed` and `reference` threshold
+    threshold: float | None = None   # `fixed` only; None: the score's documented default
+    alpha: float = 0.05              # `reference`: false-positive rate allowed under the null
+    cv_folds: int = 5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    k: int = 10
+    decide: DecideConfig = field(default_factory=DecideConfig)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    quiet: bool = False
+    verbose: bool = False
+
+
+def to_dict(cfg) -> dict:
+    return asdict(cfg)
+
+
+__all__ = ["EmbedConfig", "IndexConfig", "DecideConfig", "QueryConfig", "RunConfig", "to_dict", "replace"]

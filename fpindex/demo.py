@@ -1,0 +1,126 @@
+"""A small, seeded leak scenario made from nothing, laid out like ImageCLEFmed GAN.
+
+Images are CT-like 128 × 128 slices: a body outline, two lungs, vessels and nodules, noise. Each "patient"
+has its own anatomy; their slices differ a little. The "generator" replays images of member patients with
+small shifts, rotations, intensity changes and noise (the fingerprints fpindex looks for), and adds fresh
+images of patients no real set contains. Layout:
+
+    generated/             synthetic images
+    train/used/            labelled member images (calibration)
+    train/not_used/        labelled non-member images (calibration)
+    test/                  members and non-members, unlabelled, from other patients than train/
+    test_labels.csv        image,label for test/
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .utils import write_text_atomic
+
+
+@dataclass(frozen=True)
+class ScenarioSize:
+    n_train_each: int = 20
+    n_test_each: int = 40
+    n_generated: int = 240
+    replay_fraction: float = 0.6   # share of generated images that replay a member image
+    slices_per_patient: int = 4
+    size: int = 128
+
+
+def _patient(rng: np.random.Generator) -> dict:
+    return {
+        "body": (rng.uniform(0.36, 0.46), rng.uniform(0.30, 0.40)),
+        "lungs": [(rng.uniform(0.28, 0.36), rng.uniform(0.45, 0.55), rng.uniform(0.10, 0.14), rng.uniform(0.18, 0.24)),
+                  (rng.uniform(0.64, 0.72), rng.uniform(0.45, 0.55), rng.uniform(0.10, 0.14), rng.uniform(0.18, 0.24))],
+        "blobs": [(rng.uniform(0.2, 0.8), rng.uniform(0.25, 0.75), rng.uniform(0.01, 0.04), rng.uniform(0.4, 0.9))
+                  for _ in range(int(rng.integers(6, 14)))],
+        "texture_seed": int(rng.integers(1 << 31)),
+    }
+
+
+def _slice(p: dict, z: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.zeros((size, size), np.float32)
+    bx, by = p["body"]
+    img[((xx - 0.5) / bx) ** 2 + ((yy - 0.5) / by) ** 2 <= 1] = 0.55
+    dz = 0.015 * z
+    for cx, cy, rx, ry in p["lungs"]:
+        img[((xx - cx) / (rx * (1 - dz))) ** 2 + ((yy - cy) / ry) ** 2 <= 1] = 0.12
+    for cx, cy, r, v in p["blobs"]:
+        cy2 = cy + dz * (1 if cx < 0.5 else -1)
+        img += (v * np.exp(-((xx - cx) ** 2 + (yy - cy2) ** 2) / (2 * r * r))).astype(np.float32)
+    tex = np.random.default_rng(p["texture_seed"] + z).standard_normal((size // 8, size // 8)).astype(np.float32)
+    img += 0.06 * cv2.resize(tex, (size, size), interpolation=cv2.INTER_CUBIC)
+    img += 0.02 * rng.standard_normal((size, size)).astype(np.float32)
+    return np.clip(cv2.GaussianBlur(img, (3, 3), 0), 0, 1)
+
+
+def _replay(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What a memorising generator does to a training image: small geometric and intensity changes."""
+    size = img.shape[0]
+    m = cv2.getRotationMatrix2D((size / 2, size / 2), rng.uniform(-5, 5), rng.uniform(0.96, 1.04))
+    m[:, 2] += rng.uniform(-3, 3, size=2)
+    out = cv2.warpAffine(img, m, (size, size), borderMode=cv2.BORDER_REFLECT)
+    out = np.clip(out, 0, 1) ** rng.uniform(0.9, 1.1) * rng.uniform(0.92, 1.08)
+    out = out + 0.02 * rng.standard_normal(out.shape)
+    return np.clip(out, 0, 1).astype(np.float32)
+
+
+def _save(path: Path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".png", np.clip(np.rint(img * 255), 0, 255).astype(np.uint8))
+    assert ok
+    path.write_bytes(buf.tobytes())
+
+
+def make_scenario(root: str | Path, seed: int = 0, size: ScenarioSize = ScenarioSize()) -> Path:
+    """Write a scenario under `root`; deterministic for a given seed and size."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    per = size.slices_per_patient
+
+    def patients_images(n_images: int) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        while len(out) < n_images:
+            p = _patient(rng)
+            out += [_slice(p, z, size.size, rng) for z in range(per)]
+        return out[:n_images]
+
+    # Four disjoint patient groups: train members, train non-members, test members, test non-members.
+    train_used = patients_images(size.n_train_each)
+    train_not = patients_images(size.n_train_each)
+    test_used = patients_images(size.n_test_each)
+    test_not = patients_images(size.n_test_each)
+    members = train_used + test_used
+    for i, img in enumerate(train_used):
+        _save(root / "train" / "used" / f"used_{i:05d}.png", img)
+    for i, img in enumerate(train_not):
+        _save(root / "train" / "not_used" / f"not_used_{i:05d}.png", img)
+    test = [(img, 1) for img in test_used] + [(img, 0) for img in test_not]
+    order = rng.permutation(len(test))
+    rows = []
+    for j, t in enumerate(order):
+        img, label = test[t]
+        name = f"real_{j:05d}.png"
+        _save(root / "test" / name, img)
+        rows.append((name, label))
+    n_replay = int(round(size.replay_fraction * size.n_generated))
+    fresh = patients_images(size.n_generated - n_replay)
+    gen = [_replay(members[int(rng.integers(len(members)))], rng) for _ in range(n_replay)] + fresh
+    for j, t in enumerate(rng.permutation(len(gen))):
+        _save(root / "generated" / f"gen_{j:05d}.png", gen[t])
+    lines = ["image,label"] + [f"{n},{lab}" for n, lab in rows]
+    write_text_atomic(root / "test_labels.csv", "\n".join(lines) + "\n")
+    return root
+
+
+def read_labels(path: Path) -> dict[str, int]:
+    with open(path, newline="") as f:
+        return {r["image"]: int(r["label"]) for r in csv.DictReader(f)}

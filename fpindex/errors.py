@@ -1,0 +1,5 @@
+"""One exception type for bad input, so the CLI can turn it into a one-line message and a non-zero exit."""
+
+
+class FpindexError(Exception):
+    """A problem with the user's input or environment (not a bug): the message is shown as is."""

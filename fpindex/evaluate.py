@@ -1,0 +1,115 @@
+"""Stage 8 — score predictions against labels, beside the trivial answers any method must beat.
+
+All metrics come from scikit-learn. TPR at 5% FPR is read off the ROC curve (the best TPR whose FPR ≤ 0.05).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import FpindexError
+
+METRICS = ("accuracy", "precision", "recall", "f1", "kappa", "auc", "tpr_at_5fpr")
+
+
+def metrics(y_true, y_pred, y_score) -> dict[str, float]:
+    from sklearn.metrics import (accuracy_score, cohen_kappa_score, f1_score, precision_score, recall_score,
+                                 roc_auc_score, roc_curve)
+
+    y_true = np.asarray(y_true).astype(int)
+    y_pred = np.asarray(y_pred).astype(int)
+    y_score = np.asarray(y_score, dtype=np.float64)
+    both = len(np.unique(y_true)) == 2
+    out = {
+        "accuracy": accuracy_score(y_true, y_pred),
+        "precision": precision_score(y_true, y_pred, zero_division=0),
+        "recall": recall_score(y_true, y_pred, zero_division=0),
+        "f1": f1_score(y_true, y_pred, zero_division=0),
+        # kappa is undefined (0/0) when both raters give one constant answer; sklearn returns nan then.
+        "kappa": cohen_kappa_score(y_true, y_pred) if len(np.unique(np.r_[y_true, y_pred])) > 1 else 0.0,
+        "auc": roc_auc_score(y_true, y_score) if both else float("nan"),
+        "tpr_at_5fpr": float("nan"),
+    }
+    if both:
+        fpr, tpr, _ = roc_curve(y_true, y_score)
+        out["tpr_at_5fpr"] = float(tpr[fpr <= 0.05].max())
+    return {k: round(float(v), 6) for k, v in out.items()}
+
+
+def read_csv_columns(path: str | Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    p = Path(path)
+    if not p.is_file():
+        raise FpindexError(f"{p}: no such file")
+    try:
+        with open(p, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+            fields = rows and list(rows[0].keys())
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise FpindexError(f"{p}: not a readable CSV ({e})") from None
+    if not rows:
+        raise FpindexError(f"{p}: no rows")
+    missing = [c for c in required if c not in fields]
+    if missing:
+        raise FpindexError(f"{p}: missing column(s) {', '.join(missing)} (has {', '.join(fields)})")
+    return rows
+
+
+def _key(name: str) -> str:
+    return Path(name).stem
+
+
+def _as_label(value: str, path: Path, line: int) -> int:
+    v = value.strip().lower()
+    if v in ("1", "used", "true", "yes"):
+        return 1
+    if v in ("0", "not_used", "not used", "unused", "false", "no"):
+        return 0
+    raise FpindexError(f"{path}:{line}: label {value!r} is not 0/1 (or used/not_used)")
+
+
+def evaluate_files(predictions: str | Path, labels: str | Path) -> dict[str, Any]:
+    """Join predictions and labels on the image's file stem and compute metrics plus baselines."""
+    preds = read_csv_columns(predictions, ("image", "score", "label"))
+    labs = read_csv_columns(labels, ("image", "label"))
+    truth = {}
+    for i, r in enumerate(labs, start=2):
+        truth[_key(r["image"])] = _as_label(r["label"], Path(labels), i)
+    y_true, y_pred, y_score, unmatched = [], [], [], []
+    for i, r in enumerate(preds, start=2):
+        key = _key(r["image"])
+        if key not in truth:
+            unmatched.append(r["image"])
+            continue
+        try:
+            score = float(r["score"])
+        except ValueError:
+            raise FpindexError(f"{predictions}:{i}: score {r['score']!r} is not a number") from None
+        y_true.append(truth[key])
+        y_pred.append(_as_label(r["label"], Path(predictions), i))
+        y_score.append(score)
+    if not y_true:
+        raise FpindexError(f"no image of {predictions} appears in {labels} (images are matched by file stem)")
+    n = len(y_true)
+    result = {
+        "n": n,
+        "positives": int(sum(y_true)),
+        "unmatched_predictions": unmatched,
+        "missing_predictions": len(truth) - n,
+        "method": metrics(y_true, y_pred, y_score),
+        "all_used": metrics(y_true, [1] * n, [1.0] * n),
+        "all_not_used": metrics(y_true, [0] * n, [0.0] * n),
+    }
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A Markdown table: one row per metric, the method beside the two chance baselines."""
+    rows = ["| metric | fpindex | all used | all not used |", "|---|---:|---:|---:|"]
+    for m in METRICS:
+        vals = [result[c][m] for c in ("method", "all_used", "all_not_used")]
+        rows.append(f"| {m} | " + " | ".join("—" if np.isnan(v) else f"{v:.3f}" for v in vals) + " |")
+    return "\n".join(rows)

@@ -1,0 +1,178 @@
+"""Stage 4 — the index: a FAISS index plus the metadata that makes it safe to reuse.
+
+On disk an index is a directory:
+- `index.faiss`   the FAISS index (inner product on L2-normalised vectors = cosine similarity);
+- `items.parquet` row i describes FAISS id i: root, path (relative to root), sha256 of the file, bytes;
+- `manifest.json` what made it: fpindex and library versions, embedder identity, dimension, metric,
+                  FAISS factory string, creation time.
+The directory is written under a temporary name and swapped in whole, so a crash never leaves half an index.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import FpindexError
+from .utils import atomic_dir, versions, write_json_atomic
+
+INDEX_FILE = "index.faiss"
+ITEMS_FILE = "items.parquet"
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+
+ITEM_SCHEMA = pa.schema([("root", pa.string()), ("path", pa.string()), ("sha256", pa.string()),
+                         ("bytes", pa.int64())])
+
+# Fields of the embedder identity that must match between an index and its queries.
+IDENTITY_KEYS = ("model", "weights_id", "enhance", "image_size")
+
+
+def as_queries(x: np.ndarray, dim: int) -> np.ndarray:
+    """Coerce at the FAISS boundary: 2-D, float32, C-contiguous, right width."""
+    x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
+    if x.shape[1] != dim:
+        raise FpindexError(f"vectors have dimension {x.shape[1]}, the index expects {dim}")
+    return x
+
+
+def make_faiss_index(factory: str, dim: int) -> faiss.Index:
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else "rejected"
+        raise FpindexError(f"invalid FAISS factory string {factory!r} for dimension {dim}: {msg[:160]}") from None
+
+
+@dataclass
+class IndexStore:
+    index: faiss.Index
+    manifest: dict[str, Any]
+    items: pa.Table = field(default_factory=lambda: ITEM_SCHEMA.empty_table())
+
+    # ---- creation -------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, factory: str, dim: int, identity: dict[str, Any]) -> "IndexStore":
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "factory": factory,
+            "metric": "inner_product",
+            "normalized": True,
+            "dim": dim,
+            "ntotal": 0,
+            "embedder": identity,
+            "versions": versions(),
+        }
+        return cls(index=make_faiss_index(factory, dim), manifest=manifest)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, vectors: np.ndarray, rows: pa.Table) -> None:
+        """Append vectors; row i of `rows` describes vector i. Trains the index first if it needs it."""
+        x = as_queries(vectors, self.dim)
+        if len(rows) != len(x):
+            raise ValueError("one metadata row per vector")
+        if len(x) == 0:
+            return
+        if not self.index.is_trained:
+            try:
+                self.index.train(x)
+            except RuntimeError as e:
+                raise FpindexError(f"FAISS could not train {self.manifest['factory']!r} on {len(x)} vectors "
+                                   f"({str(e).strip().splitlines()[-1][:120]}); use a smaller index or 'Flat'") from None
+        self.index.add(x)
+        self.items = pa.concat_tables([self.items, rows.select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA)])
+        self.manifest["ntotal"] = self.ntotal
+        self.manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    # ---- queries --------------------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by cosine: (similarities, ids), both n × min(k, ntotal); missing slots have id -1."""
+        x = as_queries(queries, self.dim)
+        k = max(1, min(int(k), self.ntotal))
+        sims, ids = self.index.search(x, k)
+        return sims, ids
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors for FAISS ids (decoded, so approximate for compressed indexes)."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64).ravel()
+        try:
+            return self.index.reconstruct_batch(ids)
+        except RuntimeError:
+            try:
+                faiss.extract_index_ivf(self.index).make_direct_map()
+                return self.index.reconstruct_batch(ids)
+            except RuntimeError:
+                raise FpindexError(f"index {self.manifest['factory']!r} cannot return stored vectors, which "
+                                   "Jaccard re-ranking needs; build with a Flat, IVF or HNSW index") from None
+
+    def paths(self, ids: np.ndarray) -> list[str]:
+        roots = self.items.column("root").to_pylist()
+        paths = self.items.column("path").to_pylist()
+        return [str(Path(roots[i]) / paths[i]) if i >= 0 else "" for i in np.asarray(ids).ravel()]
+
+    def hashes(self) -> set[str]:
+        return set(self.items.column("sha256").to_pylist())
+
+    # ---- compatibility ------------------------------------------------------------------------------
+    def check_compatible(self, identity: dict[str, Any], dim: int) -> None:
+        """Refuse queries embedded differently from the index: their similarities would mean nothing."""
+        own = self.manifest["embedder"]
+        for key in IDENTITY_KEYS:
+            if key in identity and identity[key] != own.get(key):
+                raise FpindexError(f"the index was built with {key}={own.get(key)!r} but the query uses "
+                                   f"{key}={identity[key]!r}; query with the index's settings or rebuild it")
+        if dim != self.dim:
+            raise FpindexError(f"the index holds {self.dim}-d vectors but the query embedder makes {dim}-d ones")
+
+    # ---- persistence ----------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        with atomic_dir(directory) as tmp:
+            faiss.write_index(self.index, str(tmp / INDEX_FILE))
+            pq.write_table(self.items, tmp / ITEMS_FILE)
+            write_json_atomic(tmp / MANIFEST_FILE, self.manifest)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "IndexStore":
+        d = Path(directory)
+        if not d.is_dir():
+            raise FpindexError(f"index {d} does not exist (build one with `fpindex build`)")
+        for name in (INDEX_FILE, ITEMS_FILE, MANIFEST_FILE):
+            if not (d / name).is_file():
+                raise FpindexError(f"index {d} is incomplete: {name} is missing")
+        try:
+            manifest = json.loads((d / MANIFEST_FILE).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise FpindexError(f"index {d / MANIFEST_FILE}: unreadable manifest ({e})") from None
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise FpindexError(f"index {d}: format version {manifest.get('format_version')!r}, "
+                               f"this fpindex reads {FORMAT_VERSION}; rebuild the index")
+        try:
+            index = faiss.read_index(str(d / INDEX_FILE))
+        except RuntimeError:
+            raise FpindexError(f"index {d / INDEX_FILE}: not a readable FAISS index") from None
+        try:
+            items = pq.read_table(d / ITEMS_FILE)
+        except Exception as e:  # pyarrow raises ArrowInvalid/OSError variants
+            raise FpindexError(f"index {d / ITEMS_FILE}: unreadable ({type(e).__name__})") from None
+        if index.ntotal != len(items) or index.ntotal != manifest.get("ntotal") or index.d != manifest.get("dim"):
+            raise FpindexError(f"index {d}: files disagree (faiss: {index.ntotal} × {index.d}, items: {len(items)}, "
+                               f"manifest: {manifest.get('ntotal')} × {manifest.get('dim')}); rebuild it")
+        return cls(index=index, manifest=manifest, items=items)

@@ -1,0 +1,57 @@
+"""Writing an audit's outputs, each file atomically (temp file, then rename).
+
+OUT/predictions.csv     image,score,label          (image: path relative to the real folder)
+OUT/submission.csv      <image id>,<0|1>           (ImageCLEF format: id = file stem, no header)
+OUT/neighbours.parquet  image, rank, generated, cosine, ssim, jaccard (one row per real image × neighbour)
+OUT/summary.json        counts, decision, settings, versions, timings per stage, bad files
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .decide import Decision
+from .index import IndexStore
+from .search import Neighbours
+from .utils import Timings, atomic_path, write_json_atomic, write_text_atomic
+
+
+def _csv(rows, header: list[str] | None = None) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if header:
+        w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_outputs(out: Path, images: list[str], decision: Decision, nb: Neighbours, ssim: np.ndarray,
+                  jac: np.ndarray, store: IndexStore, summary: dict[str, Any], timings: Timings) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "predictions.csv", _csv(
+        ((img, f"{s:.6f}", int(lab)) for img, s, lab in zip(images, decision.score, decision.label)),
+        header=["image", "score", "label"]))
+    write_text_atomic(out / "submission.csv", _csv((Path(img).stem, int(lab))
+                                                   for img, lab in zip(images, decision.label)))
+    n, k = nb.ids.shape
+    gen = np.array(store.paths(nb.ids), dtype=object).reshape(n, k) if n else np.empty((0, k), object)
+    table = pa.table({
+        "image": np.repeat(np.array(images, dtype=object), k).tolist(),
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
+        "generated_id": nb.ids.ravel(),
+        "generated": gen.ravel().tolist(),
+        "cosine": nb.cosine.ravel(),
+        "ssim": ssim.ravel(),
+        "jaccard": jac.ravel(),
+    })
+    with atomic_path(out / "neighbours.parquet") as tmp:
+        pq.write_table(table, tmp)
+    summary["timings"] = timings.as_dict()
+    write_json_atomic(out / "summary.json", summary)
