@@ -37,7 +37,8 @@ def metrics(y_true, y_pred, y_score) -> dict[str, float]:
     if both:
         fpr, tpr, _ = roc_curve(y_true, y_score)
         out["tpr_at_5fpr"] = float(tpr[fpr <= 0.05].max())
-    return {k: round(float(v), 6) for k, v in out.items()}
+    # NaN (undefined, e.g. AUC with one class) becomes None, so the JSON written stays standard JSON.
+    return {k: (None if np.isnan(v) else round(float(v), 6)) for k, v in out.items()}
 
 
 def read_csv_columns(path: str | Path, required: tuple[str, ...]) -> list[dict[str, str]]:
@@ -111,5 +112,5 @@ def format_table(result: dict[str, Any]) -> str:
     rows = ["| metric | fpindex | all used | all not used |", "|---|---:|---:|---:|"]
     for m in METRICS:
         vals = [result[c][m] for c in ("method", "all_used", "all_not_used")]
-        rows.append(f"| {m} | " + " | ".join("—" if np.isnan(v) else f"{v:.3f}" for v in vals) + " |")
+        rows.append(f"| {m} | " + " | ".join("—" if v is None else f"{v:.3f}" for v in vals) + " |")
     return "\n".join(rows)

@@ -44,12 +44,17 @@ def as_queries(x: np.ndarray, dim: int) -> np.ndarray:
     return x
 
 
+def faiss_reason(e: Exception) -> str:
+    """FAISS errors start with the C++ location; keep the part a user can act on."""
+    msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    return msg.rsplit("Error: ", 1)[-1].rsplit(": ", 1)[-1][:160] if "Error in " in msg else msg[:160]
+
+
 def make_faiss_index(factory: str, dim: int) -> faiss.Index:
     try:
         return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
-        msg = str(e).strip().splitlines()[-1] if str(e).strip() else "rejected"
-        raise FpindexError(f"invalid FAISS factory string {factory!r} for dimension {dim}: {msg[:160]}") from None
+        raise FpindexError(f"invalid FAISS factory string {factory!r} for dimension {dim}: {faiss_reason(e)}") from None
 
 
 @dataclass
@@ -94,7 +99,7 @@ class IndexStore:
                 self.index.train(x)
             except RuntimeError as e:
                 raise FpindexError(f"FAISS could not train {self.manifest['factory']!r} on {len(x)} vectors "
-                                   f"({str(e).strip().splitlines()[-1][:120]}); use a smaller index or 'Flat'") from None
+                                   f"({faiss_reason(e)}); use a smaller index or 'Flat'") from None
         self.index.add(x)
         self.items = pa.concat_tables([self.items, rows.select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA)])
         self.manifest["ntotal"] = self.ntotal

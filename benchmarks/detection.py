@@ -1,0 +1,83 @@
+"""Detection quality on leak scenarios laid out like ImageCLEFmed GAN (default: ../shared/bench-dev).
+
+For each scenario: `fpindex audit` calibrated on train/used + train/not_used, predictions on test/, then
+`fpindex evaluate` against test_labels.csv (read only here, after the audit). Writes
+benchmarks/results/detection.json and detection.md.
+
+    python benchmarks/detection.py [--root ../shared/bench-dev] [--model cnn] [--enhance none] [--label NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine  # noqa: E402
+
+from fpindex.config import DecideConfig, EmbedConfig, IndexConfig, QueryConfig, RunConfig  # noqa: E402
+from fpindex.enhance import parse_enhance  # noqa: E402
+from fpindex.evaluate import evaluate_files  # noqa: E402
+from fpindex.pipeline import audit  # noqa: E402
+from fpindex.utils import write_json_atomic, write_text_atomic  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def run_scenario(scenario: Path, embed: EmbedConfig, k: int, work: Path) -> dict:
+    out = work / scenario.name
+    t = time.perf_counter()
+    summary = audit(scenario / "generated", scenario / "test", out, embed, IndexConfig(),
+                    QueryConfig(k=k, decide=DecideConfig(seed=embed.seed)), RunConfig(quiet=True),
+                    used=scenario / "train" / "used", not_used=scenario / "train" / "not_used")
+    wall = time.perf_counter() - t
+    ev = evaluate_files(out / "predictions.csv", scenario / "test_labels.csv")
+    m = ev["method"]
+    return {"scenario": scenario.name, "auc": m["auc"], "kappa": m["kappa"], "f1": m["f1"],
+            "tpr_at_5fpr": m["tpr_at_5fpr"], "accuracy": m["accuracy"],
+            "flag_rate": summary["counts"]["predicted_used"] / summary["counts"]["real"]["embedded"],
+            "calibration_cv_auc": summary["decision"].get("cross_validation", {}).get("auc"),
+            "wall_s": round(wall, 2), "timings": summary["timings"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=HERE.parent.parent / "shared" / "bench-dev")
+    ap.add_argument("--model", default="cnn")
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--enhance", default="none")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--label", default=None, help="row label (default: model+enhance)")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args()
+    if not args.root.is_dir():
+        sys.exit(f"detection.py: scenario folder {args.root} not found (pass --root)")
+    scenarios = sorted(p for p in args.root.iterdir() if (p / "test_labels.csv").is_file())
+    embed = EmbedConfig(model=args.model, weights=args.weights, enhance=parse_enhance(args.enhance))
+    label = args.label or f"{args.model}/{'+'.join(embed.enhance)}"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for sc in scenarios:
+            r = {"config": label, **run_scenario(sc, embed, args.k, Path(tmp))}
+            print(f"{label:24s} {r['scenario']:12s} AUC {r['auc']:.3f} kappa {r['kappa']:.3f} F1 {r['f1']:.3f} "
+                  f"TPR@5%FPR {r['tpr_at_5fpr']:.3f} flagged {r['flag_rate']:.1%} wall {r['wall_s']:.1f}s", flush=True)
+            rows.append(r)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "detection.json"
+    old = json.loads(path.read_text())["rows"] if path.is_file() else []
+    rows = [r for r in old if r["config"] != label] + rows
+    write_json_atomic(path, {"machine": machine(), "root": str(args.root), "rows": rows})
+    lines = ["| config | scenario | AUC | kappa | F1 | TPR@5%FPR | flagged | wall (s) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['config']} | {r['scenario']} | {r['auc']:.3f} | {r['kappa']:.3f} | {r['f1']:.3f} | "
+              f"{r['tpr_at_5fpr']:.3f} | {r['flag_rate']:.1%} | {r['wall_s']:.1f} |" for r in rows]
+    write_text_atomic(args.out / "detection.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
