@@ -86,7 +86,8 @@ def _load_checkpoint(path: str, model: nn.Module, ignore_prefixes: tuple[str, ..
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file; all mean "not a usable checkpoint"
-        raise FpindexError(f"weights {path}: not a loadable torch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else "empty or truncated file"
+        raise FpindexError(f"weights {path}: not a loadable torch checkpoint ({type(e).__name__}: {detail})") from None
     if isinstance(state, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(state.get(key), dict):

@@ -44,7 +44,7 @@ def laplacian(img: np.ndarray) -> np.ndarray:
 def hessian(img: np.ndarray) -> np.ndarray:
     from skimage.feature import hessian_matrix, hessian_matrix_eigvals
 
-    h = hessian_matrix(img, sigma=1.0, order="rc", use_gaussian_derivatives=False)
+    h = hessian_matrix(img, sigma=1.0, order="rc", mode="reflect", use_gaussian_derivatives=False)
     mag = np.abs(hessian_matrix_eigvals(h)).max(axis=0)
     peak = float(mag.max())
     if peak <= 0.0:

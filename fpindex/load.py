@@ -2,7 +2,8 @@
 
 Canonical form: a float32 grayscale array in [0, 1], `size` × `size`.
 - Formats: whatever OpenCV decodes (PNG, JPEG, TIFF, BMP, ...), 8- or 16-bit, read unchanged.
-- Range: integers are divided by their type's maximum (255, 65535); floats are clipped to [0, 1].
+- Range: unsigned integers are divided by their type's maximum (255, 65535); signed integers (e.g. int16 CT)
+  are mapped from their type's full range; floats are clipped to [0, 1].
 - Colour: alpha is dropped, then ITU-R BT.601 luma (0.299 R + 0.587 G + 0.114 B), OpenCV's rule.
 - Size: the shorter side is resized to `size` (area interpolation when shrinking, bicubic when enlarging),
   then the centre `size` × `size` square is kept, so aspect ratio is never distorted.
@@ -59,11 +60,14 @@ def decode(data: bytes) -> np.ndarray:
             raise ValueError(f"unsupported channel count {img.shape[2]}")
     if img.ndim != 2 or min(img.shape) < 1:
         raise ValueError(f"unsupported image shape {img.shape}")
-    if np.issubdtype(img.dtype, np.integer):
+    if np.issubdtype(img.dtype, np.unsignedinteger):
         out = img.astype(np.float32) / float(np.iinfo(img.dtype).max)
+    elif np.issubdtype(img.dtype, np.signedinteger):
+        info = np.iinfo(img.dtype)
+        out = (img.astype(np.float64) - info.min) / (float(info.max) - info.min)
     else:
-        out = np.clip(np.nan_to_num(img.astype(np.float32)), 0.0, 1.0)
-    return out
+        out = np.nan_to_num(img.astype(np.float32))
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 def fit_size(img: np.ndarray, size: int) -> np.ndarray:

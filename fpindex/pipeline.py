@@ -21,7 +21,7 @@ from .enhance import enhance_stack, parse_enhance
 from .errors import FpindexError
 from .index import IndexStore
 from .load import BadFile, list_images, load_image
-from .report import write_outputs
+from .report import write_outputs, write_summary
 from .rerank import binarize, jaccard, ssim_pairs
 from .search import Neighbours, search
 from .utils import Timings, sha256_bytes, versions
@@ -248,7 +248,8 @@ def query(index: str | Path | IndexStore, real: str | Path, out: str | Path, que
     if build_summary is not None:
         summary["build"] = {k: v for k, v in build_summary.items() if k != "manifest"}
     with timings.stage("write"):
-        write_outputs(Path(out), emb.paths, decision, nb, ssim, jac, store, summary, timings)
+        write_outputs(Path(out), emb.paths, decision, nb, ssim, jac, store)
+    write_summary(Path(out), summary, timings)
     return summary
 
 

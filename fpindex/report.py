@@ -33,7 +33,7 @@ def _csv(rows, header: list[str] | None = None) -> str:
 
 
 def write_outputs(out: Path, images: list[str], decision: Decision, nb: Neighbours, ssim: np.ndarray,
-                  jac: np.ndarray, store: IndexStore, summary: dict[str, Any], timings: Timings) -> None:
+                  jac: np.ndarray, store: IndexStore) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "predictions.csv", _csv(
         ((img, f"{s:.6f}", int(lab)) for img, s, lab in zip(images, decision.score, decision.label)),
@@ -53,5 +53,9 @@ def write_outputs(out: Path, images: list[str], decision: Decision, nb: Neighbou
     })
     with atomic_path(out / "neighbours.parquet") as tmp:
         pq.write_table(table, tmp)
+
+
+def write_summary(out: Path, summary: dict[str, Any], timings: Timings) -> None:
+    """Written last, so its timings include writing the other files."""
     summary["timings"] = timings.as_dict()
     write_json_atomic(out / "summary.json", summary)

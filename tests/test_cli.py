@@ -1,0 +1,201 @@
+"""The command line: help, the main commands end to end, the demo, and error exits."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fpindex import __version__
+from fpindex.cli import app, main
+from fpindex.errors import FpindexError
+from fpindex.index import IndexStore
+from fpindex.utils import STAGES
+
+COMMANDS = ["build", "query", "audit", "evaluate", "demo"]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def ok(result):
+    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
+    return result
+
+
+def fpindex_error(result, match: str):
+    assert isinstance(result.exception, FpindexError), (result.exit_code, result.output, result.exception)
+    assert re.search(match, str(result.exception)), str(result.exception)
+
+
+# ---- help and version ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"]] + [[c, "--help"] for c in COMMANDS])
+def test_help(runner, args):
+    r = ok(runner.invoke(app, args))
+    assert "Usage:" in r.output
+    if args[0] in COMMANDS:
+        assert f"fpindex {args[0]}" in r.output
+    else:
+        assert all(c in r.output for c in COMMANDS)
+
+
+def test_help_lists_registry_choices(runner):
+    out = ok(runner.invoke(app, ["audit", "--help"])).output
+    for name in ("pixels", "cnn", "resnet50", "gaussian", "laplacian", "hessian", "bilateral", "dog",
+                 "calibrated", "reference", "fixed"):
+        assert name in out
+
+
+def test_version(runner):
+    assert ok(runner.invoke(app, ["--version"])).output.strip() == f"fpindex {__version__}"
+
+
+def test_bad_choice_is_a_usage_error(runner, tmp_path):
+    r = runner.invoke(app, ["build", str(tmp_path), "--model", "vgg"])
+    assert r.exit_code == 2 and "vgg" in r.output + r.stderr
+
+
+# ---- build, query, audit, evaluate on the small scenario ----------------------------------------------------
+
+def test_build_query_evaluate(runner, scenario, tmp_path):
+    idx, out = tmp_path / "idx", tmp_path / "out"
+    gen, test = str(scenario / "generated"), str(scenario / "test")
+    r = ok(runner.invoke(app, ["build", gen, "--index", str(idx), "--image-size", "64", "--device", "cpu"]))
+    n_gen = len(list((scenario / "generated").iterdir()))
+    assert f"{n_gen} vectors ({n_gen} added" in r.stdout and "cnn" in r.stdout
+    assert IndexStore.load(idx).ntotal == n_gen
+
+    fpindex_error(runner.invoke(app, ["build", gen, "--index", str(idx)]), "already exists")
+    fpindex_error(runner.invoke(app, ["build", gen, "--index", str(idx), "--add", "--overwrite"]), "exclude")
+    r = ok(runner.invoke(app, ["build", gen, "--index", str(idx), "--add", "--quiet"]))
+    assert r.stdout == "" and IndexStore.load(idx).ntotal == n_gen   # nothing new to add
+
+    fpindex_error(runner.invoke(app, ["query", test, "--index", str(idx), "--out", str(out), "--model", "pixels"]),
+                  "model")
+    fpindex_error(runner.invoke(app, ["query", test, "--index", str(idx), "--out", str(out), "-e", "gaussian"]),
+                  "enhance")
+    assert not out.exists()
+
+    r = ok(runner.invoke(app, ["query", test, "--index", str(idx), "--out", str(out), "--k", "2",
+                               "--model", "cnn", "--enhance", "none", "--decision", "fixed", "--verbose"]))
+    assert "decision: fixed" in r.stdout and "timings (s):" in r.stdout
+    assert {p.name for p in out.iterdir()} >= {"predictions.csv", "submission.csv", "neighbours.parquet",
+                                               "summary.json"}
+
+    r = ok(runner.invoke(app, ["evaluate", str(out / "predictions.csv"), str(scenario / "test_labels.csv"),
+                               "--json", "--save", str(tmp_path / "eval.json")]))
+    result = json.loads(r.stdout)
+    assert result["n"] == 12 and result["positives"] == 6 and result["missing_predictions"] == 0
+    assert json.loads((tmp_path / "eval.json").read_text()) == result
+    r = ok(runner.invoke(app, ["evaluate", str(out / "predictions.csv"), str(scenario / "test_labels.csv")]))
+    assert "12 images matched (6 used)" in r.stdout and "| accuracy |" in r.stdout
+
+
+def test_build_default_index_location(runner, scenario, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ok(runner.invoke(app, ["build", str(scenario / "train" / "used"), "--image-size", "64", "-q"]))
+    assert IndexStore.load(tmp_path / "indexes" / "used").ntotal == 6
+
+
+def test_audit_pixels_with_stacked_enhancements_and_reference(runner, scenario, tmp_path):
+    out = tmp_path / "out"
+    (tmp_path / "real").mkdir()
+    for p in sorted((scenario / "test").iterdir())[:4]:
+        (tmp_path / "real" / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "real" / "zz_broken.png").write_bytes(b"not an image")
+    r = ok(runner.invoke(app, ["audit", "--generated", str(scenario / "generated"), "--real", str(tmp_path / "real"),
+                               "--out", str(out), "--model", "pixels", "--enhance", "gaussian",
+                               "--enhance", "dog,gaussian", "--image-size", "64", "--k", "2",
+                               "--reference", str(scenario / "train" / "not_used")]))
+    assert "decision: reference" in r.stdout
+    assert "warning: skipped unreadable real image" in r.stderr and "zz_broken.png" in r.stderr
+    manifest = json.loads((out / "index" / "manifest.json").read_text())
+    assert manifest["embedder"]["enhance"] == ["gaussian", "dog"]
+    assert manifest["embedder"]["model"] == "pixels" and manifest["dim"] == 2 * 32 * 32
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["real"] == {"files": 5, "embedded": 4, "bad": 1}
+    assert len((out / "submission.csv").read_text().splitlines()) == 4
+
+
+# ---- demo ----------------------------------------------------------------------------------------
+
+def test_demo(runner, tmp_path):
+    """The full default demo (about 10–20 s on a CPU): outputs, formats and a sane result."""
+    out = tmp_path / "demo"
+    r = ok(runner.invoke(app, ["demo", "--out", str(out), "--quiet"]))
+    assert r.stdout == ""
+    res = out / "audit"
+    real = sorted(p.name for p in (out / "data" / "test").iterdir())
+
+    with open(res / "predictions.csv") as f:
+        header = f.readline().strip()
+    assert header == "image,score,label"
+
+    lines = (res / "submission.csv").read_text().splitlines()
+    assert len(lines) == len(real) == 80
+    assert all(re.fullmatch(r"real_\d{5},[01]", line) for line in lines)
+    assert [line.split(",")[0] for line in lines] == [Path(n).stem for n in real]
+
+    import pyarrow.parquet as pq
+
+    nb = pq.read_table(res / "neighbours.parquet")
+    assert nb.num_rows == 80 * 10
+    assert set(nb.column_names) >= {"image", "rank", "generated", "cosine", "ssim", "jaccard"}
+
+    summary = json.loads((res / "summary.json").read_text())
+    assert set(summary["timings"]) == {"load", "enhance", "embed", "index", "search", "rerank", "decide", "write",
+                                       "total"} == set(STAGES) | {"total"}
+    assert summary["decision"]["method"] == "calibrated"
+    evaluation = json.loads((res / "evaluation.json").read_text())
+    assert evaluation["n"] == 80 and evaluation["positives"] == 40
+    assert evaluation["method"]["auc"] > 0.9 and evaluation["method"]["accuracy"] > 0.8
+
+
+# ---- error exits: one line on stderr, exit code 2, no traceback -------------------------------------------
+
+def run_main(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["fpindex", *args])
+    with pytest.raises(SystemExit) as e:
+        main()
+    return e.value.code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("case", ["audit_missing", "query_missing_index", "evaluate_bad_label", "build_no_images"])
+def test_main_turns_errors_into_one_line(monkeypatch, capsys, tmp_path, case):
+    (tmp_path / "empty").mkdir()
+    if case == "audit_missing":
+        args = ["audit", "--generated", str(tmp_path / "nope"), "--real", str(tmp_path / "nope2"),
+                "--out", str(tmp_path / "out")]
+    elif case == "query_missing_index":
+        args = ["query", str(tmp_path), "--index", str(tmp_path / "idx"), "--out", str(tmp_path / "out")]
+    elif case == "evaluate_bad_label":
+        (tmp_path / "p.csv").write_text("image,score,label\na.png,0.5,1\n")
+        (tmp_path / "l.csv").write_text("image,label\na.png,perhaps\n")
+        args = ["evaluate", str(tmp_path / "p.csv"), str(tmp_path / "l.csv")]
+    else:
+        args = ["build", str(tmp_path / "empty"), "--index", str(tmp_path / "idx")]
+    code, cap = run_main(monkeypatch, capsys, *args)
+    assert code == 2
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fpindex: error: ")
+    assert "Traceback" not in cap.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_subprocess_missing_folder_exit_code_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fpindex.cli", "audit", "--generated", str(tmp_path / "gen"),
+                           "--real", str(tmp_path / "real"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fpindex: error: ") and "does not exist" in lines[0]
+    assert proc.stdout == ""

@@ -1,0 +1,258 @@
+"""The stages wired together: build, query, audit, on small seeded folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fpindex.config import DecideConfig, EmbedConfig, IndexConfig, QueryConfig
+from fpindex.errors import FpindexError
+from fpindex.index import IndexStore
+from fpindex.pipeline import audit, build, query
+from fpindex.utils import STAGES
+
+FIXED = QueryConfig(k=2, decide=DecideConfig(method="fixed"))
+
+
+def folder(helpers, root: Path, seeds, prefix="img") -> Path:
+    for s in seeds:
+        helpers.write_png(root / f"{prefix}_{s:03d}.png", helpers.smooth_image(s))
+    return root
+
+
+def neighbours_by_image(path: Path) -> dict[str, list[dict]]:
+    import pyarrow.parquet as pq
+
+    out: dict[str, list[dict]] = {}
+    for row in pq.read_table(path).to_pylist():
+        out.setdefault(row["image"], []).append(row)
+    return out
+
+
+# ---- the shared leak scenario (built once in conftest) -------------------------------------------------
+
+def test_planted_copies_found_at_rank_1(leak):
+    nb = neighbours_by_image(leak.audit_out / "neighbours.parquet")
+    exact, moved = nb[leak.exact_real], nb[leak.moved_real]
+    assert [r["rank"] for r in exact] == [1, 2, 3]
+    assert Path(exact[0]["generated"]).name == leak.exact_copy
+    assert exact[0]["cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert exact[0]["ssim"] == pytest.approx(1.0, abs=1e-5)
+    assert exact[0]["jaccard"] == 1.0
+    assert Path(moved[0]["generated"]).name == leak.moved_copy
+    assert moved[0]["cosine"] > moved[1]["cosine"]
+    assert moved[0]["ssim"] > max(r["ssim"] for r in moved[1:])
+
+
+def test_audit_writes_consistent_outputs(leak, helpers):
+    out = leak.audit_out
+    real = sorted(p.name for p in leak.real.iterdir())
+    preds = helpers.read_csv(out / "predictions.csv")
+    assert list(preds[0]) == ["image", "score", "label"]
+    assert [r["image"] for r in preds] == real
+    assert all(r["label"] in ("0", "1") and 0.0 <= float(r["score"]) <= 1.0 for r in preds)
+    # The byte-exact copy is the most convincing member of all.
+    best = max(preds, key=lambda r: float(r["score"]))
+    assert best["image"] == leak.exact_real and best["label"] == "1"
+
+    sub = helpers.read_csv(out / "submission.csv", header=False)
+    assert sub == [[Path(r["image"]).stem, r["label"]] for r in preds]       # no header, stem,label
+    assert (out / "submission.csv").read_text().splitlines()[0] == f"{Path(real[0]).stem},{preds[0]['label']}"
+
+    nb = helpers.read_parquet(out / "neighbours.parquet")
+    assert set(nb) == {"image", "rank", "generated_id", "generated", "cosine", "ssim", "jaccard"}
+    assert len(nb["image"]) == len(real) * 3
+    store = IndexStore.load(out / "index")
+    assert store.paths(np.array(nb["generated_id"])) == nb["generated"]
+    cos = np.array(nb["cosine"]).reshape(len(real), 3)
+    assert (np.diff(cos, axis=1) <= 1e-6).all()
+    assert np.array(nb["rank"]).reshape(len(real), 3).tolist() == [[1, 2, 3]] * len(real)
+
+    summary = json.loads((out / "summary.json").read_text())
+    n_gen = len(list(leak.generated.iterdir()))
+    assert summary["counts"]["real"] == {"files": len(real), "embedded": len(real), "bad": 0}
+    assert summary["counts"]["generated_indexed"] == n_gen == store.ntotal
+    assert summary["counts"]["predicted_used"] == sum(r["label"] == "1" for r in preds)
+    assert summary["decision"]["method"] == "calibrated"
+    assert summary["decision"]["cross_validation"]["folds"] == 5
+    assert summary["settings"]["k"] == 3 and summary["settings"]["embedder"]["model"] == "cnn"
+    assert summary["build"]["ntotal"] == n_gen and summary["build"]["bad_files"] == []
+    assert set(summary["timings"]) == set(STAGES) | {"total"}
+    assert all(v >= 0 for v in summary["timings"].values())
+    assert summary["timings"]["embed"] > 0 and summary["timings"]["rerank"] > 0
+    assert summary["timings"]["total"] >= sum(v for k, v in summary["timings"].items() if k != "total") - 1e-3
+    assert summary == json.loads(json.dumps(leak.audit_summary))
+
+
+def test_summary_records_write_time(leak):
+    summary = json.loads((leak.audit_out / "summary.json").read_text())
+    assert summary["timings"]["write"] > 0
+
+
+def test_build_then_query_equals_audit(leak, helpers, tmp_path):
+    idx = tmp_path / "index"
+    store, emb, bsum = build(leak.generated, idx, helpers.EMBED, helpers.FLAT, helpers.QUIET)
+    assert bsum["ntotal"] == bsum["added"] == store.ntotal
+    out = tmp_path / "out"
+    summary = query(idx, leak.real, out, helpers.QUERY, helpers.QUIET, used=leak.used, not_used=leak.not_used)
+    a = leak.audit_out
+    assert (out / "predictions.csv").read_text() == (a / "predictions.csv").read_text()
+    assert (out / "submission.csv").read_text() == (a / "submission.csv").read_text()
+    mine, theirs = helpers.read_parquet(out / "neighbours.parquet"), helpers.read_parquet(a / "neighbours.parquet")
+    for col in ("image", "rank", "generated_id", "generated"):
+        assert mine[col] == theirs[col], col
+    for col in ("cosine", "ssim", "jaccard"):
+        np.testing.assert_allclose(mine[col], theirs[col], atol=1e-6)
+    assert summary["decision"] == leak.audit_summary["decision"]
+    # The two indexes hold the same vectors for the same files.
+    other = IndexStore.load(a / "index")
+    assert store.items.equals(other.items)
+    np.testing.assert_array_equal(store.reconstruct(np.arange(store.ntotal)),
+                                  other.reconstruct(np.arange(other.ntotal)))
+
+
+def test_query_refuses_other_embedding_settings(leak, helpers, tmp_path):
+    idx = leak.audit_out / "index"
+    for override, key in [(EmbedConfig(model="pixels"), "model"),
+                          (EmbedConfig(model="cnn", enhance=("gaussian",)), "enhance"),
+                          (EmbedConfig(model="cnn", image_size=128), "image_size"),
+                          (EmbedConfig(model="cnn", weights=str(tmp_path / "w.pth")), "weights")]:
+        with pytest.raises(FpindexError, match=key):
+            query(idx, leak.real, tmp_path / "out", QueryConfig(k=2), helpers.QUIET, embed_override=override)
+    assert not (tmp_path / "out").exists()
+
+
+def test_query_with_a_non_flat_index_and_reference_decision(leak, helpers, tmp_path):
+    idx = tmp_path / "ivf"
+    build(leak.generated, idx, helpers.EMBED, IndexConfig(factory="IVF4,Flat"), helpers.QUIET)
+    summary = query(idx, leak.real, tmp_path / "out", QueryConfig(k=2, decide=DecideConfig(alpha=0.2)),
+                    helpers.QUIET, reference=leak.not_used)
+    assert summary["settings"]["index"]["factory"] == "IVF4,Flat"
+    assert summary["decision"]["method"] == "reference" and summary["decision"]["n_reference"] == 6
+    nb = neighbours_by_image(tmp_path / "out" / "neighbours.parquet")
+    top = nb[leak.exact_real][0]
+    assert Path(top["generated"]).name == leak.exact_copy and top["jaccard"] == 1.0
+    preds = {r["image"]: r for r in helpers.read_csv(tmp_path / "out" / "predictions.csv")}
+    assert float(preds[leak.exact_real]["score"]) == pytest.approx(1.0, abs=1e-5)   # reference: raw cosine
+    assert preds[leak.exact_real]["label"] == "1"   # p = 1/7 ≤ 0.2: beats every known non-member
+
+
+# ---- build modes ------------------------------------------------------------------------------------
+
+def test_build_refuses_existing_index_then_overwrites(helpers, tmp_path):
+    a = folder(helpers, tmp_path / "a", range(3))
+    b = folder(helpers, tmp_path / "b", range(10, 15))
+    idx = tmp_path / "idx"
+    build(a, idx, helpers.EMBED, helpers.FLAT, helpers.QUIET)
+    with pytest.raises(FpindexError, match="already exists"):
+        build(b, idx, helpers.EMBED, helpers.FLAT, helpers.QUIET)
+    assert IndexStore.load(idx).ntotal == 3
+    _, _, s = build(b, idx, helpers.EMBED, helpers.FLAT, helpers.QUIET, mode="overwrite")
+    store = IndexStore.load(idx)
+    assert s["ntotal"] == store.ntotal == 5
+    assert [Path(p).name for p in store.paths(np.arange(5))] == [f"img_{i:03d}.png" for i in range(10, 15)]
+
+
+def test_add_appends_only_new_images(helpers, tmp_path):
+    a = folder(helpers, tmp_path / "a", range(4))
+    idx = tmp_path / "idx"
+    build(a, idx, helpers.EMBED, helpers.FLAT, helpers.QUIET)
+    # b: two of a's files under new names (same bytes), three new images, one unreadable file.
+    b = folder(helpers, tmp_path / "b", range(20, 23), prefix="new")
+    shutil.copyfile(a / "img_000.png", b / "dup_a.png")
+    shutil.copyfile(a / "img_003.png", b / "dup_b.png")
+    (b / "broken.png").write_bytes(b"definitely not a png")
+    # Different model asked for: --add reuses the index's own settings.
+    store, emb, s = build(b, idx, replace(helpers.EMBED, model="pixels"), helpers.FLAT, helpers.QUIET, mode="add")
+    assert s["added"] == 3 and s["skipped_known"] == 2 and len(s["bad_files"]) == 1
+    assert s["ntotal"] == store.ntotal == 7
+    assert s["manifest"]["embedder"]["model"] == "cnn"
+    loaded = IndexStore.load(idx)
+    assert loaded.ntotal == 7 and len(loaded.items) == 7
+    names = [Path(p).name for p in loaded.paths(np.arange(7))]
+    assert names == [f"img_{i:03d}.png" for i in range(4)] + ["new_020.png", "new_021.png", "new_022.png"]
+    # Row i is still id i: the new vectors find their own rows.
+    _, ids = loaded.search(emb.vectors, 1)
+    np.testing.assert_array_equal(ids[:, 0], [4, 5, 6])
+    # Adding the same folder again adds nothing.
+    _, _, s2 = build(b, idx, helpers.EMBED, helpers.FLAT, helpers.QUIET, mode="add")
+    assert s2["added"] == 0 and s2["skipped_known"] == 5 and IndexStore.load(idx).ntotal == 7
+
+
+def test_add_to_missing_index_creates_it(helpers, tmp_path):
+    a = folder(helpers, tmp_path / "a", range(2))
+    _, _, s = build(a, tmp_path / "idx", helpers.EMBED, helpers.FLAT, helpers.QUIET, mode="add")
+    assert s["ntotal"] == 2 and IndexStore.load(tmp_path / "idx").ntotal == 2
+
+
+# ---- bad input ---------------------------------------------------------------------------------------
+
+def test_corrupt_files_are_reported_and_skipped(helpers, tmp_path):
+    gen = folder(helpers, tmp_path / "gen", range(5))
+    (gen / "x.png").write_bytes(np.random.default_rng(0).bytes(256))
+    (gen / "empty.png").write_bytes(b"")
+    real = folder(helpers, tmp_path / "real", [1, 30, 31])
+    (real / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    out = tmp_path / "out"
+    summary = audit(gen, real, out, helpers.EMBED, helpers.FLAT, FIXED, helpers.QUIET)
+    bad_gen = {Path(b["path"]).name for b in summary["build"]["bad_files"]}
+    assert bad_gen == {"x.png", "empty.png"}
+    assert all(b["reason"] for b in summary["build"]["bad_files"])
+    assert [Path(b["path"]).name for b in summary["bad_files"]["real"]] == ["broken.jpg"]
+    assert summary["counts"]["real"] == {"files": 4, "embedded": 3, "bad": 1}
+    assert summary["counts"]["generated_indexed"] == 5
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["bad_files"] == summary["bad_files"] and on_disk["build"]["bad_files"]
+    preds = helpers.read_csv(out / "predictions.csv")
+    assert [r["image"] for r in preds] == ["img_001.png", "img_030.png", "img_031.png"]
+    # img_001 is in both folders: found exactly, labelled used by the fixed rule.
+    assert preds[0]["label"] == "1" and float(preds[0]["score"]) == pytest.approx(1.0, abs=1e-5)
+    manifest = json.loads((out / "index" / "manifest.json").read_text())
+    assert len(manifest["last_build"]["bad_files"]) == 2
+
+
+def test_build_with_only_unreadable_images(tmp_path, helpers):
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    (gen / "a.png").write_bytes(b"nope")
+    with pytest.raises(FpindexError, match="could be read"):
+        build(gen, tmp_path / "idx", helpers.EMBED, helpers.FLAT, helpers.QUIET)
+    assert not (tmp_path / "idx").exists()
+
+
+def test_audit_checks_folders_before_building(helpers, tmp_path):
+    gen = folder(helpers, tmp_path / "gen", range(2))
+    for kwargs in [{"real": tmp_path / "missing"}, {"real": gen, "used": tmp_path / "nope"}]:
+        real = kwargs.pop("real")
+        with pytest.raises(FpindexError, match="does not exist"):
+            audit(gen, real, tmp_path / "out", helpers.EMBED, helpers.FLAT, FIXED, helpers.QUIET, **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_query_input_errors(helpers, tmp_path):
+    gen = folder(helpers, tmp_path / "gen", range(3))
+    idx = tmp_path / "idx"
+    build(gen, idx, helpers.EMBED, helpers.FLAT, helpers.QUIET)
+    with pytest.raises(FpindexError, match="--k"):
+        query(idx, gen, tmp_path / "o", QueryConfig(k=0), helpers.QUIET)
+    with pytest.raises(FpindexError, match="does not exist"):
+        query(tmp_path / "no-index", gen, tmp_path / "o", FIXED, helpers.QUIET)
+    with pytest.raises(FpindexError, match="does not exist"):
+        query(idx, tmp_path / "no-real", tmp_path / "o", FIXED, helpers.QUIET)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"")
+    with pytest.raises(FpindexError, match="could be read"):
+        query(idx, bad, tmp_path / "o", FIXED, helpers.QUIET)
+    with pytest.raises(FpindexError, match="calibrated"):
+        query(idx, gen, tmp_path / "o", QueryConfig(decide=DecideConfig(method="calibrated")), helpers.QUIET)
+    # A generated file needed for SSIM re-ranking has gone.
+    (gen / "img_001.png").unlink()
+    with pytest.raises(FpindexError, match="restore"):
+        query(idx, folder(helpers, tmp_path / "real", [1]), tmp_path / "o", QueryConfig(k=3), helpers.QUIET)
+    assert not (tmp_path / "o").exists()
