@@ -4,7 +4,8 @@ For each scenario: `fpindex audit` calibrated on train/used + train/not_used, pr
 `fpindex evaluate` against test_labels.csv (read only here, after the audit). Writes
 benchmarks/results/detection.json and detection.md.
 
-    python benchmarks/detection.py [--root ../shared/bench-dev] [--model cnn] [--enhance none] [--label NAME]
+    python benchmarks/detection.py [--root ../shared/bench-dev] [--preset default|zoq-...|all]
+    python benchmarks/detection.py --model pixels --label "pixels baseline"      # any embedding settings
 """
 
 from __future__ import annotations
@@ -17,23 +18,26 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's fpindex, not an installed one
 
 from common import machine  # noqa: E402
 
 from fpindex.config import DecideConfig, EmbedConfig, IndexConfig, QueryConfig, RunConfig  # noqa: E402
 from fpindex.enhance import parse_enhance  # noqa: E402
+from fpindex.errors import FpindexError  # noqa: E402
 from fpindex.evaluate import evaluate_files  # noqa: E402
 from fpindex.pipeline import audit  # noqa: E402
+from fpindex.presets import PRESETS  # noqa: E402
 from fpindex.utils import write_json_atomic, write_text_atomic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
 
-def run_scenario(scenario: Path, embed: EmbedConfig, k: int, work: Path) -> dict:
+def run_scenario(scenario: Path, embed: EmbedConfig, decide: DecideConfig, k: int, work: Path) -> dict:
     out = work / scenario.name
     t = time.perf_counter()
     summary = audit(scenario / "generated", scenario / "test", out, embed, IndexConfig(),
-                    QueryConfig(k=k, decide=DecideConfig(seed=embed.seed)), RunConfig(quiet=True),
+                    QueryConfig(k=k, decide=decide), RunConfig(quiet=True),
                     used=scenario / "train" / "used", not_used=scenario / "train" / "not_used")
     wall = time.perf_counter() - t
     ev = evaluate_files(out / "predictions.csv", scenario / "test_labels.csv")
@@ -42,15 +46,22 @@ def run_scenario(scenario: Path, embed: EmbedConfig, k: int, work: Path) -> dict
             "tpr_at_5fpr": m["tpr_at_5fpr"], "accuracy": m["accuracy"],
             "flag_rate": summary["counts"]["predicted_used"] / summary["counts"]["real"]["embedded"],
             "calibration_cv_auc": summary["decision"].get("cross_validation", {}).get("auc"),
+            "verdict": summary["verdict"]["text"],
             "wall_s": round(wall, 2), "timings": summary["timings"]}
+
+
+def _f(v) -> str:
+    return "—" if v is None else f"{v:.3f}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=HERE.parent.parent / "shared" / "bench-dev")
+    ap.add_argument("--preset", default=None, help="a preset name, or 'all' for every preset")
     ap.add_argument("--model", default="cnn")
     ap.add_argument("--weights", default=None)
     ap.add_argument("--enhance", default="none")
+    ap.add_argument("--image-size", type=int, default=None)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--label", default=None, help="row label (default: model+enhance)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
@@ -58,23 +69,36 @@ def main() -> None:
     if not args.root.is_dir():
         sys.exit(f"detection.py: scenario folder {args.root} not found (pass --root)")
     scenarios = sorted(p for p in args.root.iterdir() if (p / "test_labels.csv").is_file())
-    embed = EmbedConfig(model=args.model, weights=args.weights, enhance=parse_enhance(args.enhance))
-    label = args.label or f"{args.model}/{'+'.join(embed.enhance)}"
+    if args.preset:
+        names = PRESETS.names() if args.preset == "all" else [args.preset]
+        configs = [(n, EmbedConfig(**PRESETS.get(n).embed), DecideConfig(**PRESETS.get(n).decide)) for n in names]
+    else:
+        embed = EmbedConfig(model=args.model, weights=args.weights, enhance=parse_enhance(args.enhance),
+                            image_size=args.image_size)
+        configs = [(args.label or f"{args.model}/{'+'.join(embed.enhance)}", embed, DecideConfig())]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for sc in scenarios:
-            r = {"config": label, **run_scenario(sc, embed, args.k, Path(tmp))}
-            print(f"{label:24s} {r['scenario']:12s} AUC {r['auc']:.3f} kappa {r['kappa']:.3f} F1 {r['f1']:.3f} "
-                  f"TPR@5%FPR {r['tpr_at_5fpr']:.3f} flagged {r['flag_rate']:.1%} wall {r['wall_s']:.1f}s", flush=True)
-            rows.append(r)
+        for label, embed, decide in configs:
+            for sc in scenarios:
+                try:
+                    r = {"config": label, **run_scenario(sc, embed, decide, args.k, Path(tmp))}
+                except FpindexError as e:
+                    print(f"{label:24s} {sc.name:12s} skipped: {e}", flush=True)
+                    continue
+                print(f"{label:24s} {r['scenario']:12s} AUC {_f(r['auc'])} kappa {_f(r['kappa'])} F1 {_f(r['f1'])} "
+                      f"TPR@5%FPR {_f(r['tpr_at_5fpr'])} flagged {r['flag_rate']:.1%} wall {r['wall_s']:.1f}s "
+                      f"| {r['verdict']}", flush=True)
+                rows.append(r)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "detection.json"
     old = json.loads(path.read_text())["rows"] if path.is_file() else []
-    rows = [r for r in old if r["config"] != label] + rows
+    rows = [r for r in old if r["config"] not in {c[0] for c in configs}] + rows
     write_json_atomic(path, {"machine": machine(), "root": str(args.root), "rows": rows})
-    lines = ["| config | scenario | AUC | kappa | F1 | TPR@5%FPR | flagged | wall (s) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['config']} | {r['scenario']} | {r['auc']:.3f} | {r['kappa']:.3f} | {r['f1']:.3f} | "
-              f"{r['tpr_at_5fpr']:.3f} | {r['flag_rate']:.1%} | {r['wall_s']:.1f} |" for r in rows]
+    lines = ["| config | scenario | AUC | kappa | F1 | TPR@5%FPR | flagged | verdict | wall (s) |",
+             "|---|---|---:|---:|---:|---:|---:|---|---:|"]
+    lines += [f"| {r['config']} | {r['scenario']} | {_f(r['auc'])} | {_f(r['kappa'])} | {_f(r['f1'])} | "
+              f"{_f(r['tpr_at_5fpr'])} | {r['flag_rate']:.1%} | {r.get('verdict', '').split(':')[0]} | "
+              f"{r['wall_s']:.1f} |" for r in rows]
     write_text_atomic(args.out / "detection.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

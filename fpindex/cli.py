@@ -16,6 +16,7 @@ from .decide import DECIDERS, FEATURES
 from .embed import EMBEDDERS
 from .enhance import ENHANCERS, parse_enhance
 from .errors import FpindexError
+from .presets import PRESETS
 
 app = typer.Typer(
     name="fpindex",
@@ -30,6 +31,7 @@ app = typer.Typer(
 Model = Enum("Model", {n: n for n in EMBEDDERS.names()}, type=str)  # type: ignore[misc]
 Method = Enum("Method", {n: n for n in ["auto", *DECIDERS.names()]}, type=str)  # type: ignore[misc]
 Score = Enum("Score", {n: n for n in FEATURES}, type=str)  # type: ignore[misc]
+PresetName = Enum("PresetName", {n: n for n in PRESETS.names()}, type=str)  # type: ignore[misc]
 Device = Enum("Device", {n: n for n in ("auto", "cpu", "cuda")}, type=str)  # type: ignore[misc]
 
 ENHANCE_HELP = ("Enhancement filter(s), stacked as channels in the order given; repeat the option or use "
@@ -41,12 +43,13 @@ DECISION_HELP = ("How labels are set. auto: calibrated if --used and --not-used 
 
 # Typer option declarations shared by several commands.
 O_MODEL = typer.Option(Model("cnn"), "--model", "-m", help=MODEL_HELP, rich_help_panel="Embedding")
-O_WEIGHTS = typer.Option(None, "--weights", "-w", help="random (seeded), imagenet (resnet50; needs the torch "
-                         "cache or a network), none (pixels), or a checkpoint path. Default: the model's own.",
+O_WEIGHTS = typer.Option(None, "--weights", "-w", help="selfsup (cnn: trained on the generated set at build time), "
+                         "random (seeded), imagenet (resnet50; needs the torch cache or a network), none (pixels), "
+                         "or a checkpoint path. Default: the model's own (cnn: selfsup, resnet50: imagenet).",
                          rich_help_panel="Embedding")
 O_ENHANCE = typer.Option(None, "--enhance", "-e", help=ENHANCE_HELP + ". Default: none.", rich_help_panel="Embedding")
 O_SIZE = typer.Option(None, "--image-size", min=32, help="Side of the square model input in px. Default: the "
-                      "model's (128 for cnn and pixels, 224 for resnet50).", rich_help_panel="Embedding")
+                      "model's (64 for cnn, 128 for pixels, 224 for resnet50).", rich_help_panel="Embedding")
 O_SEED = typer.Option(0, "--seed", help="Seed for random weights and every random choice.", rich_help_panel="Embedding")
 O_BATCH = typer.Option(64, "--batch-size", min=1, help="Images per forward pass.", rich_help_panel="Embedding")
 O_DEVICE = typer.Option(Device("auto"), "--device", help="auto picks cuda when torch sees a GPU.",
@@ -78,6 +81,30 @@ def _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device) ->
                        device=device.value if isinstance(device, Enum) else device)
 
 
+O_PRESET = typer.Option(PresetName("default"), "--preset", help="Named settings; options given explicitly "
+                        "override them. " + "; ".join(f"{n}: {PRESETS.help(n)}" for n in PRESETS.names()))
+
+# CLI parameter name for each config field a preset may set.
+_PARAM = {"model": "model", "weights": "weights", "enhance": "enhance", "image_size": "image_size",
+          "method": "decision", "score": "score", "threshold": "threshold"}
+
+
+def _apply_preset(ctx: typer.Context, name: Enum, embed: EmbedConfig, query: QueryConfig | None = None):
+    """Preset values replace defaults, never options the user typed."""
+    from dataclasses import replace
+
+    preset = PRESETS.get(name.value)
+
+    def typed(field: str) -> bool:
+        source = ctx.get_parameter_source(_PARAM[field])
+        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+    embed = replace(embed, **{k: v for k, v in preset.embed.items() if not typed(k)})
+    if query is not None:
+        query = replace(query, decide=replace(query.decide, **{k: v for k, v in preset.decide.items() if not typed(k)}))
+    return embed, query
+
+
 def _query_cfg(k, decision, score, threshold, alpha, seed) -> QueryConfig:
     return QueryConfig(k=k, decide=DecideConfig(method=decision.value, score=score.value, threshold=threshold,
                                                 alpha=alpha, seed=seed))
@@ -98,6 +125,7 @@ def _report(run: RunConfig, out: Path, summary: dict[str, Any]) -> None:
     if cv:
         _say(run, f"calibration ({cv['folds']}-fold CV on the labelled images): AUC {cv['auc']:.3f}, "
                   f"kappa {cv['kappa']:.3f}, F1 {cv['f1']:.3f}")
+    _say(run, f"verdict: {summary['verdict']['text']}")
     for name, bad in summary.get("bad_files", {}).items():
         for b in bad[:5]:
             typer.echo(f"warning: skipped unreadable {name} image {b['path']}: {b['reason']}", err=True)
@@ -110,6 +138,7 @@ def _report(run: RunConfig, out: Path, summary: dict[str, Any]) -> None:
 
 @app.command(epilog="Example: fpindex build data/generated --index indexes/gan-v1 --model cnn --enhance gaussian")
 def build(
+    ctx: typer.Context,
     generated: Path = typer.Argument(..., help="Folder of generated (synthetic) images; searched recursively."),
     index: Optional[Path] = typer.Option(None, "--index", "-i", help="Index directory to write. "
                                          "Default: indexes/<name of GENERATED>."),
@@ -118,7 +147,7 @@ def build(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
     model: Model = O_MODEL, weights: Optional[str] = O_WEIGHTS, enhance: Optional[list[str]] = O_ENHANCE,
     image_size: Optional[int] = O_SIZE, factory: str = O_FACTORY, seed: int = O_SEED, batch_size: int = O_BATCH,
-    device: Device = O_DEVICE, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
+    device: Device = O_DEVICE, preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
 ) -> None:
     """Embed a folder of generated images and write a FAISS index of them."""
     from .pipeline import build as run_build
@@ -129,8 +158,8 @@ def build(
     run = RunConfig(quiet=quiet, verbose=verbose)
     index = index or Path("indexes") / generated.resolve().name
     timings = Timings()
-    _, _, summary = run_build(generated, index, _embed_cfg(model, weights, enhance, image_size, seed, batch_size,
-                                                           device), IndexConfig(factory=factory), run,
+    embed, _ = _apply_preset(ctx, preset, _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device))
+    _, _, summary = run_build(generated, index, embed, IndexConfig(factory=factory), run,
                               mode="add" if add else "overwrite" if overwrite else "new", timings=timings)
     for b in summary["bad_files"][:5]:
         typer.echo(f"warning: skipped unreadable image {b['path']}: {b['reason']}", err=True)
@@ -176,6 +205,7 @@ def query(
 @app.command(epilog="Example: fpindex audit --generated bench/generated --real bench/test --out results "
                     "--used bench/train/used --not-used bench/train/not_used")
 def audit(
+    ctx: typer.Context,
     generated: Path = typer.Option(..., "--generated", "-g", help="Folder of generated images."),
     real: Path = typer.Option(..., "--real", "-r", help="Folder of real images to test."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
@@ -184,14 +214,16 @@ def audit(
     model: Model = O_MODEL, weights: Optional[str] = O_WEIGHTS, enhance: Optional[list[str]] = O_ENHANCE,
     image_size: Optional[int] = O_SIZE, factory: str = O_FACTORY, k: int = O_K, decision: Method = O_DECISION,
     score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD, alpha: float = O_ALPHA, seed: int = O_SEED,
-    batch_size: int = O_BATCH, device: Device = O_DEVICE, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
+    batch_size: int = O_BATCH, device: Device = O_DEVICE, preset: PresetName = O_PRESET, quiet: bool = O_QUIET,
+    verbose: bool = O_VERBOSE,
 ) -> None:
     """Build an index of the generated images, then query it with the real ones, in one go."""
     from .pipeline import audit as run_audit
 
     run = RunConfig(quiet=quiet, verbose=verbose)
-    summary = run_audit(generated, real, out, _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device),
-                        IndexConfig(factory=factory), _query_cfg(k, decision, score, threshold, alpha, seed), run,
+    embed, qcfg = _apply_preset(ctx, preset, _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device),
+                                _query_cfg(k, decision, score, threshold, alpha, seed))
+    summary = run_audit(generated, real, out, embed, IndexConfig(factory=factory), qcfg, run,
                         index_dir=index, used=used, not_used=not_used, reference=reference)
     _report(run, out, summary)
 

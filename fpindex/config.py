@@ -35,6 +35,7 @@ class DecideConfig:
     threshold: float | None = None   # `fixed` only; None: the score's documented default
     alpha: float = 0.05              # `reference`: false-positive rate allowed under the null
     cv_folds: int = 5
+    permutations: int = 199          # label permutations for the calibrated verdict's p-value
     seed: int = 0
 
 

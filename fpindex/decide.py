@@ -3,12 +3,19 @@
 Per real image the evidence is three numbers: the top-1 cosine, the best SSIM and the best Jaccard over its
 k neighbours. Three ways to decide, chosen by `--decision` (default `auto`: the first that the inputs allow,
 in the order calibrated → reference → fixed):
-- `calibrated`: labelled used / not-used real images (ImageCLEF's train split). A standardised logistic
-  regression on the three scores (balanced class weights) is fitted on them; its stratified k-fold
+- `calibrated`: labelled used / not-used real images (ImageCLEF's train split). The three scores are fused
+  with non-negative weights (see `MonotoneScore`) and Platt-scaled, fitted on them; the stratified k-fold
   cross-validated quality on those images is reported. Score = P(used); label = P ≥ 0.5.
 - `reference`: real images known *not* to be used. Their `--score` values model the null; each image gets
   the p-value (1 + #{null ≥ s}) / (1 + n_null); label = p ≤ α. Score = the raw similarity.
 - `fixed`: the paper's way: label = `--score` ≥ a fixed threshold. Score = the raw similarity.
+
+Before any image is labelled "used", the whole set gets a verdict: is there a membership signal at all?
+- calibrated: the cross-validated AUC on the labelled split, with a bootstrap 95 % interval and a label-
+  permutation test (the whole cross-validation redone on permuted labels);
+- reference: a one-sided Mann-Whitney test of the real images' scores against the reference scores.
+Without evidence at level α every label is 0, so a clean generator is not accused. Each image also gets a
+p-value: the share of known-unused images (their out-of-fold scores when calibrated) scoring at least as high.
 """
 
 from __future__ import annotations
@@ -39,13 +46,53 @@ class Evidence:
         return np.column_stack([self.scores[f] for f in FEATURES]).astype(np.float64)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """Is there any membership signal in this generated set? `leakage` is None when it was not tested."""
+
+    leakage: bool | None
+    alpha: float
+    basis: str = ""
+    auc: float | None = None
+    ci: tuple[float, float] | None = None
+    p_value: float | None = None
+
+    def text(self) -> str:
+        if self.leakage is None:
+            return "not tested: fixed thresholds have no null to test against (give --used/--not-used or --reference)"
+        if not self.leakage:
+            return f"no evidence of leakage at α = {self.alpha:g} (AUC {self.auc:.3f}, p = {self.p_value:.3g}, {self.basis})"
+        return (f"leakage detected: AUC {self.auc:.3f} [{self.ci[0]:.3f}, {self.ci[1]:.3f}] on the {self.basis}, "
+                f"p = {self.p_value:.3g}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"leakage": self.leakage, "alpha": self.alpha, "basis": self.basis, "auc": self.auc,
+                "auc_ci95": list(self.ci) if self.ci else None, "p_value": self.p_value, "text": self.text()}
+
+
 @dataclass
 class Decision:
     score: np.ndarray
     label: np.ndarray
     method: str
+    verdict: Verdict
     details: dict[str, Any] = field(default_factory=dict)
     p_value: np.ndarray | None = None
+
+
+def empirical_p(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """(1 + #{null ≥ s}) / (1 + n): a valid p-value for "s is no higher than an unused image would score"."""
+    null = np.sort(np.asarray(null, dtype=np.float64))
+    at_least = len(null) - np.searchsorted(null, np.asarray(scores, dtype=np.float64), side="left")
+    return (1.0 + at_least) / (1.0 + len(null))
+
+
+def bootstrap_auc_ci(pos: np.ndarray, neg: np.ndarray, seed: int, n: int = 1000) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    aucs = [_auc(y, np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]) for _ in range(n)]
+    lo, hi = np.percentile(aucs, [2.5, 97.5])
+    return round(float(lo), 4), round(float(hi), 4)
 
 
 @dataclass(frozen=True)
@@ -73,7 +120,7 @@ def fixed(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
     thr = DEFAULT_THRESHOLDS[name] if cfg.threshold is None else float(cfg.threshold)
     s = target.scores[name].astype(np.float64)
     return Decision(score=s, label=(s >= thr).astype(np.int8), method="fixed",
-                    details={"score": name, "threshold": thr})
+                    verdict=Verdict(leakage=None, alpha=cfg.alpha), details={"score": name, "threshold": thr})
 
 
 @DECIDERS.register("reference", "p-value against known-unused real images; label = p ≤ alpha")
@@ -82,26 +129,82 @@ def reference(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
     ref = data.reference if data.reference is not None else data.not_used
     if ref is None or len(ref) == 0:
         raise FpindexError("decision 'reference' needs known-unused real images: pass --reference DIR or --not-used DIR")
-    null = np.sort(ref.scores[name].astype(np.float64))
+    from scipy.stats import mannwhitneyu
+
+    null = ref.scores[name].astype(np.float64)
     s = target.scores[name].astype(np.float64)
-    at_least = len(null) - np.searchsorted(null, s, side="left")
-    p = (1.0 + at_least) / (1.0 + len(null))
-    return Decision(score=s, label=(p <= cfg.alpha).astype(np.int8), method="reference", p_value=p,
+    p = empirical_p(s, null)
+    test = mannwhitneyu(s, null, alternative="greater")
+    auc = float(test.statistic) / (len(s) * len(null))
+    verdict = Verdict(leakage=bool(test.pvalue <= cfg.alpha), alpha=cfg.alpha, basis="real images vs the reference",
+                      auc=round(auc, 4), ci=bootstrap_auc_ci(s, null, cfg.seed), p_value=float(test.pvalue))
+    label = (p <= cfg.alpha) if verdict.leakage else np.zeros(len(s), bool)
+    return Decision(score=s, label=label.astype(np.int8), method="reference", p_value=p, verdict=verdict,
                     details={"score": name, "alpha": cfg.alpha, "n_reference": int(len(null)),
                              "min_possible_p": 1.0 / (1.0 + len(null))})
 
 
-def _classifier(seed: int):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+class MonotoneScore:
+    """Evidence fusion that can only read "more similar" as "more likely used".
 
-    return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", random_state=seed))
+    Features are standardised, then combined with non-negative weights (class-balanced least squares under
+    w ≥ 0, scipy's NNLS), and the combined score is mapped to P(used) by a 1-D logistic fit (Platt scaling).
+    An unconstrained classifier would happily learn "less similar ⇒ used" from a noisy labelled split, and
+    then accuse every image of a clean generator; with w ≥ 0 a set without signal gets a flat score.
+    """
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> "MonotoneScore":
+        from sklearn.linear_model import LogisticRegression
+
+        self.w, self.mu, self.sd = _nnls_direction(x, y)
+        s = self.score(x)[:, None]
+        self.platt = LogisticRegression(class_weight="balanced").fit(s, y) if np.ptp(s) > 0 else None
+        return self
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mu) / self.sd) @ self.w
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        if self.platt is None:
+            return np.full(len(x), 0.5)
+        return self.platt.predict_proba(self.score(x)[:, None])[:, 1]
 
 
-@DECIDERS.register("calibrated", "logistic regression on cosine, SSIM and Jaccard, fitted on labelled images")
+def _nnls_direction(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from scipy.optimize import nnls
+
+    mu, sd = x.mean(0), x.std(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    z = (x - mu) / sd
+    wt = np.where(y == 1, 0.5 / max(1, (y == 1).sum()), 0.5 / max(1, (y == 0).sum()))
+    zc = z - (wt[:, None] * z).sum(0) / wt.sum()
+    yc = y - (wt * y).sum() / wt.sum()
+    r = np.sqrt(wt)[:, None]
+    w, _ = nnls(zc * r, yc * r.ravel())
+    return w, mu, sd
+
+
+def _auc(y: np.ndarray, s: np.ndarray) -> float:
+    """ROC-AUC via the Mann-Whitney rank sum (ties get half credit), cheap enough to repeat thousands of times."""
+    from scipy.stats import rankdata
+
+    r = rankdata(s)
+    n1 = int((y == 1).sum())
+    n0 = len(y) - n1
+    return float((r[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def _oof_scores(x: np.ndarray, y: np.ndarray, splits) -> np.ndarray:
+    out = np.empty(len(y))
+    for tr, te in splits:
+        w, mu, sd = _nnls_direction(x[tr], y[tr])
+        out[te] = ((x[te] - mu) / sd) @ w
+    return out
+
+
+@DECIDERS.register("calibrated", "cosine, SSIM and Jaccard fused with non-negative weights fitted on labelled images")
 def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedKFold
 
     from .evaluate import metrics
 
@@ -111,17 +214,30 @@ def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
     y = np.r_[np.ones(len(data.used), np.int8), np.zeros(len(data.not_used), np.int8)]
     folds = min(cfg.cv_folds, int(min(len(data.used), len(data.not_used))))
     details: dict[str, Any] = {"features": list(FEATURES), "n_used": len(data.used),
-                               "n_not_used": len(data.not_used), "model": "standardised logistic regression"}
-    if folds >= 2:
-        cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed)
-        p_cv = cross_val_predict(_classifier(cfg.seed), x, y, cv=cv, method="predict_proba")[:, 1]
-        details["cross_validation"] = {"folds": folds, **metrics(y, (p_cv >= 0.5).astype(int), p_cv)}
-    clf = _classifier(cfg.seed).fit(x, y)
-    lr = clf[-1]
-    details["coefficients"] = dict(zip(FEATURES, np.round(lr.coef_[0], 6).tolist()))
-    details["intercept"] = round(float(lr.intercept_[0]), 6)
-    p = clf.predict_proba(target.matrix())[:, 1]
-    return Decision(score=p, label=(p >= 0.5).astype(np.int8), method="calibrated", details=details)
+                               "n_not_used": len(data.not_used)}
+    if folds < 2:
+        raise FpindexError("decision 'calibrated' needs at least 2 used and 2 not-used images")
+    splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed).split(x, y))
+    p_cv = np.empty(len(y))
+    for tr, te in splits:
+        p_cv[te] = MonotoneScore().fit(x[tr], y[tr]).predict_proba(x[te])
+    details["cross_validation"] = {"folds": folds, **metrics(y, (p_cv >= 0.5).astype(int), p_cv)}
+    # Permutation test of the whole cross-validated fit: how often do shuffled labels separate as well?
+    observed = _auc(y, _oof_scores(x, y, splits))
+    rng = np.random.default_rng(cfg.seed)
+    null = [_auc(yp, _oof_scores(x, yp, splits)) for yp in (rng.permutation(y) for _ in range(cfg.permutations))]
+    perm_p = (1.0 + np.sum(np.asarray(null) >= observed)) / (1.0 + cfg.permutations)
+    auc = details["cross_validation"]["auc"]
+    verdict = Verdict(leakage=bool(perm_p <= cfg.alpha and observed > 0.5), alpha=cfg.alpha,
+                      basis="labelled split (cross-validated)", auc=auc,
+                      ci=bootstrap_auc_ci(p_cv[y == 1], p_cv[y == 0], cfg.seed), p_value=float(perm_p))
+    clf = MonotoneScore().fit(x, y)
+    details["model"] = "non-negative weights on standardised scores (NNLS), Platt-scaled"
+    details["weights"] = dict(zip(FEATURES, np.round(clf.w, 6).tolist()))
+    p = clf.predict_proba(target.matrix())
+    label = (p >= 0.5) if verdict.leakage else np.zeros(len(p), bool)
+    return Decision(score=p, label=label.astype(np.int8), method="calibrated", verdict=verdict,
+                    p_value=empirical_p(p, p_cv[y == 0]), details=details)
 
 
 def choose_method(cfg: DecideConfig, data: Labelled) -> str:

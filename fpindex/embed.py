@@ -161,11 +161,12 @@ class CompactCNN(nn.Module):
         return f - f.mean(dim=1, keepdim=True)  # ReLU features are all ≥ 0: centre them so cosine discriminates
 
 
-@EMBEDDERS.register("cnn", "compact 4-block CNN for 128–256 px grayscale, 512-d (weights: random seeded or a checkpoint)")
+@EMBEDDERS.register("cnn", "compact 4-block CNN for 128–256 px grayscale, 512-d (weights: selfsup = trained on the "
+                    "generated set, random seeded, or a checkpoint)")
 class CNNEmbedder(Embedder):
     name = "cnn"
-    default_size = 128
-    default_weights = "random"
+    default_size = 64        # 64 px keeps self-supervised training affordable on a CPU
+    default_weights = "selfsup"
 
     def __init__(self, spec: Spec) -> None:
         super().__init__(spec)
@@ -173,8 +174,10 @@ class CNNEmbedder(Embedder):
             self.net = CompactCNN(spec.channels)
         if spec.weights == "random":
             self.weights_id = f"random:seed={spec.seed}"
+        elif spec.weights == "selfsup":
+            self.weights_id = "selfsup:untrained"  # pipeline.build trains it on the generated set, then sets the id
         elif spec.weights == "imagenet":
-            raise FpindexError("model 'cnn' has no ImageNet weights; pass --weights random or a checkpoint path")
+            raise FpindexError("model 'cnn' has no ImageNet weights; pass --weights random, selfsup or a checkpoint path")
         else:
             self.weights_id = _load_checkpoint(spec.weights, self.net)
         self.dim = self.net.dim
@@ -182,6 +185,9 @@ class CNNEmbedder(Embedder):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def trainable(self) -> nn.Module:
+        return self.net
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -223,6 +229,8 @@ class ResNet50Embedder(Embedder):
 
         with _seeded(spec.seed):
             net = resnet50(weights=None)
+        if spec.weights == "selfsup":
+            raise FpindexError("--weights selfsup trains the cnn model; with resnet50 use imagenet, random or a checkpoint")
         if spec.weights == "imagenet":
             net.load_state_dict(_imagenet_resnet50_state())
             self.weights_id = "imagenet:IMAGENET1K_V2"

@@ -62,6 +62,9 @@ class IndexStore:
     index: faiss.Index
     manifest: dict[str, Any]
     items: pa.Table = field(default_factory=lambda: ITEM_SCHEMA.empty_table())
+    # Small files that belong with the index (e.g. embedder weights trained at build time), saved beside it.
+    attachments: dict[str, bytes] = field(default_factory=dict)
+    directory: Path | None = None
 
     # ---- creation -------------------------------------------------------------------------------------
     @classmethod
@@ -151,7 +154,11 @@ class IndexStore:
         with atomic_dir(directory) as tmp:
             faiss.write_index(self.index, str(tmp / INDEX_FILE))
             pq.write_table(self.items, tmp / ITEMS_FILE)
+            for name, data in self.attachments.items():
+                (tmp / name).write_bytes(data)
+            self.manifest["attachments"] = sorted(self.attachments)
             write_json_atomic(tmp / MANIFEST_FILE, self.manifest)
+        self.directory = directory
         return directory
 
     @classmethod
@@ -180,4 +187,9 @@ class IndexStore:
         if index.ntotal != len(items) or index.ntotal != manifest.get("ntotal") or index.d != manifest.get("dim"):
             raise FpindexError(f"index {d}: files disagree (faiss: {index.ntotal} × {index.d}, items: {len(items)}, "
                                f"manifest: {manifest.get('ntotal')} × {manifest.get('dim')}); rebuild it")
-        return cls(index=index, manifest=manifest, items=items)
+        attachments = {}
+        for name in manifest.get("attachments", []):
+            if Path(name).name != name or not (d / name).is_file():
+                raise FpindexError(f"index {d} is incomplete: {name} is missing")
+            attachments[name] = (d / name).read_bytes()
+        return cls(index=index, manifest=manifest, items=items, attachments=attachments, directory=d)

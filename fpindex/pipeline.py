@@ -25,6 +25,11 @@ from .report import write_outputs, write_summary
 from .rerank import binarize, jaccard, ssim_pairs
 from .search import Neighbours, search
 from .utils import Timings, sha256_bytes, versions
+from . import selfsup
+from .selfsup import SelfSupConfig
+
+SELFSUP = "selfsup"
+SELFSUP_FILE = "selfsup.pt"
 
 
 def _progress(run: RunConfig, total: int, desc: str) -> tqdm:
@@ -114,11 +119,18 @@ def build(generated: str | Path, index_dir: str | Path, embed_cfg: EmbedConfig, 
     store: IndexStore | None = None
     if exists and mode == "add":
         store = IndexStore.load(index_dir)
-        embed_cfg = embed_config_from_manifest(store.manifest, embed_cfg)
+        embed_cfg = embed_config_from_manifest(store, embed_cfg)
     embedder = make_embedder(embed_cfg)
+    training = None
+    if embedder.spec.weights == SELFSUP:
+        training, weights = train_on_generated(generated, files, embedder, embed_cfg, timings, run)
     identity = embed_identity(embed_cfg, embedder)
+    if training is not None:
+        identity["training"] = training
     if store is None:
         store = IndexStore.create(index_cfg.factory, embedder.dim, identity)
+        if training is not None:
+            store.attachments[SELFSUP_FILE] = weights
     else:
         store.check_compatible(identity, embedder.dim)
     known = store.hashes() if mode == "add" else None
@@ -137,11 +149,42 @@ def build(generated: str | Path, index_dir: str | Path, embed_cfg: EmbedConfig, 
     return store, emb, summary
 
 
-def embed_config_from_manifest(manifest: dict[str, Any], given: EmbedConfig | None = None) -> EmbedConfig:
-    """The embedding settings an index was built with (batch size and device stay the caller's)."""
-    e = manifest["embedder"]
+def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, cfg: EmbedConfig, timings: Timings,
+                       run: RunConfig) -> tuple[dict[str, Any], bytes]:
+    """Self-supervised fine-tuning on (a seeded sample of) the generated images; see selfsup.py for why."""
+    sscfg = SelfSupConfig(seed=cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    sample = sorted(rng.choice(len(files), size=min(len(files), sscfg.max_images), replace=False))
+    stacks = []
+    for i in sample:
+        with timings.stage("load"):
+            try:
+                img = load_image(files[i], embedder.spec.size)[0]
+            except ValueError:
+                continue  # reported by the embedding pass that follows
+        with timings.stage("enhance"):
+            stacks.append(enhance_stack(img, cfg.enhance))
+    if len(stacks) < 2:
+        raise FpindexError(f"generated-image folder {generated}: too few readable images to train on")
+    with timings.stage("embed"), _progress(run, sscfg.steps_for(len(stacks)), "train on generated") as bar:
+        bar.unit = "step"
+        report = selfsup.train(embedder.trainable(), embedder.dim, np.stack(stacks), sscfg, bar.update)
+    data, embedder.weights_id = selfsup.state_bytes(embedder.trainable())
+    return report, data
+
+
+def embed_config_from_manifest(store: IndexStore, given: EmbedConfig | None = None) -> EmbedConfig:
+    """The embedding settings an index was built with (batch size and device stay the caller's).
+
+    Weights trained at build time live in the index directory and are read from there."""
+    e = store.manifest["embedder"]
     base = given or EmbedConfig()
-    return EmbedConfig(model=e["model"], weights=e["weights"], enhance=tuple(e["enhance"]),
+    weights = e["weights"]
+    if weights == SELFSUP:
+        if store.directory is None:
+            raise FpindexError("this index's embedder was trained at build time; save the index before querying it")
+        weights = str(store.directory / SELFSUP_FILE)
+    return EmbedConfig(model=e["model"], weights=weights, enhance=tuple(e["enhance"]),
                        image_size=e["image_size"], seed=e["seed"], batch_size=base.batch_size, device=base.device)
 
 
@@ -204,7 +247,7 @@ def query(index: str | Path | IndexStore, real: str | Path, out: str | Path, que
           build_summary: dict[str, Any] | None = None) -> dict[str, Any]:
     timings = timings or Timings()
     store = index if isinstance(index, IndexStore) else IndexStore.load(index)
-    embed_cfg = embed_config_from_manifest(store.manifest, embed_override)
+    embed_cfg = embed_config_from_manifest(store, embed_override)
     if embed_override is not None:
         _check_override(store, embed_override)
     if query_cfg.k < 1:
@@ -237,6 +280,7 @@ def query(index: str | Path | IndexStore, real: str | Path, out: str | Path, que
         "counts": {name: {"files": len(listed[name][1]), "embedded": len(r[0].paths), "bad": len(r[0].bad)}
                    for name, r in results.items()} | {"generated_indexed": store.ntotal,
                                                       "predicted_used": int(decision.label.sum())},
+        "verdict": decision.verdict.as_dict(),
         "decision": {"method": decision.method, **decision.details},
         "settings": {"k": query_cfg.k, "decide": _asdict(query_cfg.decide), "embedder": store.manifest["embedder"],
                      "index": {"factory": store.manifest["factory"], "metric": store.manifest["metric"],

@@ -1,6 +1,7 @@
 """Writing an audit's outputs, each file atomically (temp file, then rename).
 
-OUT/predictions.csv     image,score,label          (image: path relative to the real folder)
+OUT/predictions.csv     image,score,label,p_value  (image: path relative to the real folder; p_value empty
+                                                    when the decision method has no null, i.e. `fixed`)
 OUT/submission.csv      <image id>,<0|1>           (ImageCLEF format: id = file stem, no header)
 OUT/neighbours.parquet  image, rank, generated, cosine, ssim, jaccard (one row per real image × neighbour)
 OUT/summary.json        counts, decision, settings, versions, timings per stage, bad files
@@ -35,9 +36,11 @@ def _csv(rows, header: list[str] | None = None) -> str:
 def write_outputs(out: Path, images: list[str], decision: Decision, nb: Neighbours, ssim: np.ndarray,
                   jac: np.ndarray, store: IndexStore) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    pvals = decision.p_value if decision.p_value is not None else [None] * len(images)
     write_text_atomic(out / "predictions.csv", _csv(
-        ((img, f"{s:.6f}", int(lab)) for img, s, lab in zip(images, decision.score, decision.label)),
-        header=["image", "score", "label"]))
+        ((img, f"{s:.6f}", int(lab), "" if p is None else f"{p:.6g}")
+         for img, s, lab, p in zip(images, decision.score, decision.label, pvals)),
+        header=["image", "score", "label", "p_value"]))
     write_text_atomic(out / "submission.csv", _csv((Path(img).stem, int(lab))
                                                    for img, lab in zip(images, decision.label)))
     n, k = nb.ids.shape

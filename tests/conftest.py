@@ -22,7 +22,7 @@ from fpindex.demo import ScenarioSize, make_scenario
 SIZE = 64
 SMALL = ScenarioSize(n_train_each=6, n_test_each=6, n_generated=24, replay_fraction=0.5, slices_per_patient=2,
                      size=SIZE)
-EMBED = EmbedConfig(model="cnn", image_size=SIZE, seed=0, batch_size=16, device="cpu")
+EMBED = EmbedConfig(model="cnn", weights="random", image_size=SIZE, seed=0, batch_size=16, device="cpu")
 QUERY = QueryConfig(k=3, decide=DecideConfig(seed=0))
 QUIET = RunConfig(quiet=True)
 FLAT = IndexConfig(factory="Flat")

@@ -137,7 +137,7 @@ def test_demo(runner, tmp_path):
 
     with open(res / "predictions.csv") as f:
         header = f.readline().strip()
-    assert header == "image,score,label"
+    assert header == "image,score,label,p_value"
 
     lines = (res / "submission.csv").read_text().splitlines()
     assert len(lines) == len(real) == 80

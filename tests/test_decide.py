@@ -66,11 +66,49 @@ def test_reference_p_values_by_hand():
     d = decide(DecideConfig(method="reference", alpha=0.2), target, Labelled(reference=null))
     assert d.method == "reference"
     np.testing.assert_allclose(d.p_value, expected_p)
-    np.testing.assert_array_equal(d.label, [0, 0, 0, 1, 0])
     np.testing.assert_array_equal(d.score, target.scores["cosine"])
     assert d.details["n_reference"] == 4 and d.details["min_possible_p"] == pytest.approx(0.2)
+    # Five targets against four null values: Mann-Whitney U = #pairs target > null (+½ per tie) = 12 of 20,
+    # one-sided p ≈ 0.36, so at α = 0.2 there is no evidence and nothing is labelled used.
+    assert d.verdict.auc == pytest.approx(12 / 20)
+    assert d.verdict.leakage is False and not d.label.any()
     d = decide(DecideConfig(method="reference", alpha=0.4), target, Labelled(reference=null))
-    np.testing.assert_array_equal(d.label, [0, 0, 1, 1, 0])
+    assert d.verdict.leakage is True
+    np.testing.assert_array_equal(d.label, [0, 0, 1, 1, 0])      # p ≤ 0.4 once the set shows a signal
+
+
+def test_reference_verdict_on_planted_signal_and_on_none():
+    rng = np.random.default_rng(0)
+    null = ev(rng.normal(0.0, 1.0, 200))
+    clean = decide(DecideConfig(method="reference"), ev(rng.normal(0.0, 1.0, 300)), Labelled(reference=null))
+    assert clean.verdict.leakage is False and clean.label.mean() <= 0.05
+    leaky = decide(DecideConfig(method="reference"), ev(np.r_[rng.normal(0, 1, 150), rng.normal(3, 0.5, 150)]),
+                   Labelled(reference=null))
+    assert leaky.verdict.leakage is True and "leakage detected" in leaky.verdict.text()
+    assert leaky.label[150:].mean() > 0.8 and leaky.label[:150].mean() <= 0.1
+
+
+def test_calibrated_never_learns_that_less_similar_means_used():
+    """A labelled split where 'used' images are *less* similar is no evidence of leakage, whatever a free fit says."""
+    rng = np.random.default_rng(1)
+    used = Evidence({f: rng.normal(-0.8, 1, 100) for f in FEATURES})
+    not_used = Evidence({f: rng.normal(0.0, 1, 100) for f in FEATURES})
+    target = Evidence({f: rng.normal(0.0, 1, 400) for f in FEATURES})
+    d = decide(DecideConfig(method="calibrated"), target, Labelled(used=used, not_used=not_used))
+    assert d.verdict.leakage is False and not d.label.any()
+    assert all(w == 0 for w in d.details["weights"].values())
+
+
+def test_calibrated_verdict_and_p_values_on_planted_signal():
+    rng = np.random.default_rng(2)
+    used = Evidence({f: rng.normal(1.5, 1, 100) for f in FEATURES})
+    not_used = Evidence({f: rng.normal(0.0, 1, 100) for f in FEATURES})
+    target = Evidence({f: np.r_[rng.normal(1.5, 1, 200), rng.normal(0, 1, 200)] for f in FEATURES})
+    d = decide(DecideConfig(method="calibrated"), target, Labelled(used=used, not_used=not_used))
+    v = d.verdict
+    assert v.leakage is True and v.auc > 0.95 and v.ci[0] < v.auc < v.ci[1] and v.p_value <= 0.05
+    assert d.p_value[:200].mean() < 0.1 < d.p_value[200:].mean()
+    assert d.label[:200].mean() > 0.9 and d.label[200:].mean() < 0.1
 
 
 def test_reference_uses_not_used_when_no_reference_and_other_score():
@@ -103,8 +141,9 @@ def test_calibrated_separates_and_reports_cross_validation():
     assert cv["folds"] == 5
     assert cv["auc"] == 1.0 and cv["accuracy"] == 1.0 and cv["kappa"] == 1.0
     assert d.details["n_used"] == 30 and d.details["n_not_used"] == 30
-    assert set(d.details["coefficients"]) == set(FEATURES)
-    assert all(c > 0 for c in d.details["coefficients"].values())   # higher similarity → more likely used
+    assert set(d.details["weights"]) == set(FEATURES)
+    assert all(c >= 0 for c in d.details["weights"].values())   # higher similarity can only mean more likely used
+    assert d.verdict.leakage is True
 
 
 def test_calibrated_is_deterministic_and_folds_limited_by_smaller_class():
@@ -114,8 +153,8 @@ def test_calibrated_is_deterministic_and_folds_limited_by_smaller_class():
     b = decide(cfg, synthetic(4, True, 9), Labelled(used=used, not_used=not_used))
     np.testing.assert_array_equal(a.score, b.score)
     assert a.details["cross_validation"]["folds"] == 3
-    one = decide(cfg, synthetic(4, True, 9), Labelled(used=synthetic(1, True, 0), not_used=not_used))
-    assert "cross_validation" not in one.details       # one labelled member: no CV possible, still fits
+    with pytest.raises(FpindexError, match="at least 2"):   # one labelled member: no verdict possible
+        decide(cfg, synthetic(4, True, 9), Labelled(used=synthetic(1, True, 0), not_used=not_used))
 
 
 def test_calibrated_needs_both_classes():

@@ -130,7 +130,8 @@ def test_missing_checkpoint_file(tmp_path):
 
 def test_build_embedder_defaults_and_limits():
     e = build_embedder("cnn", channels=1, size=None, weights=None, seed=0, device="cpu")
-    assert e.spec.size == CNNEmbedder.default_size == 128 and e.spec.weights == "random"
+    assert e.spec.size == CNNEmbedder.default_size == 64 and e.spec.weights == "selfsup"
+    assert e.weights_id == "selfsup:untrained"          # trained by the build, which then sets the real id
     with pytest.raises(FpindexError, match="too small"):
         build_embedder("cnn", channels=1, size=16, weights=None, seed=0, device="cpu")
     with pytest.raises(FpindexError, match="unknown model"):

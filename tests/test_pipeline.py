@@ -53,7 +53,7 @@ def test_audit_writes_consistent_outputs(leak, helpers):
     out = leak.audit_out
     real = sorted(p.name for p in leak.real.iterdir())
     preds = helpers.read_csv(out / "predictions.csv")
-    assert list(preds[0]) == ["image", "score", "label"]
+    assert list(preds[0]) == ["image", "score", "label", "p_value"]
     assert [r["image"] for r in preds] == real
     assert all(r["label"] in ("0", "1") and 0.0 <= float(r["score"]) <= 1.0 for r in preds)
     # The byte-exact copy is the most convincing member of all.
