@@ -107,24 +107,27 @@ class _CvTerms:
         return cv2.sepFilter2D(x, cv2.CV_32F, self.taps, self.taps)[r:-r, r:-r]
 
     def image_terms(self, imgs: np.ndarray):
-        imgs = np.ascontiguousarray(imgs, dtype=np.float32)
-        c = imgs.mean(axis=(1, 2), dtype=np.float64).astype(np.float32)
-        x = imgs - c[:, None, None]
-        n, h, w = x.shape
-        m, u, q, v = (np.empty((n, h - 2 * self.r, w - 2 * self.r), np.float32) for _ in range(4))
-        for i, xi in enumerate(x):      # one image at a time: every intermediate stays in cache
-            m[i] = self.filt(xi)
-            np.add(m[i], c[i], out=u[i])
-            np.multiply(u[i], u[i], out=q[i])
-            q[i] += np.float32(C1 / 2)
-            np.subtract(self.filt(cv2.multiply(xi, xi)), cv2.multiply(m[i], m[i]), out=v[i])
-            v[i] += np.float32(C2 / 2)
-        return x, m, u, q, v
+        """Lists of small per-image arrays, not big stacks: fresh large buffers cost more in page faults
+        than the arithmetic, while small ones are recycled by the allocator and stay in cache."""
+        terms: tuple[list[np.ndarray], ...] = ([], [], [], [], [])
+        for img in imgs:
+            img = np.ascontiguousarray(img, dtype=np.float32)
+            c = np.float32(img.mean(dtype=np.float64))
+            x = img - c
+            m = self.filt(x)
+            u = m + c
+            q = cv2.multiply(u, u)
+            q += np.float32(C1 / 2)
+            v = cv2.subtract(self.filt(cv2.multiply(x, x)), cv2.multiply(m, m))
+            v += np.float32(C2 / 2)
+            for t, val in zip(terms, (x, m, u, q, v)):
+                t.append(val)
+        return terms
 
     def pairs(self, ta, tb, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
         (xa, ma, ua, qa, va), (xb, mb, ub, qb, vb) = ta, tb
         out = np.empty(len(ia), np.float32)
-        n = ma.shape[1] * ma.shape[2]
+        n = ma[0].size
         h1, h2 = np.float32(C1 / 2), np.float32(C2 / 2)
         for j, (a, b) in enumerate(zip(ia.tolist(), ib.tolist())):
             t2 = cv2.subtract(self.filt(cv2.multiply(xa[a], xb[b])), cv2.multiply(ma[a], mb[b]))
