@@ -7,6 +7,9 @@ share a cache; too many shards are merged into one. `key` hashes the embedder id
 checkpoint's content hash, or a trained model's), enhancement, input size, seed, precision, dimension, and the
 fpindex and torch versions, so any change that can change a vector selects another directory.
 
+`PairCache` keeps SSIM values of (real, generated) pairs the same way, so an unchanged re-run re-ranks
+without decoding a single image.
+
 Root: `--cache-dir`, else $FPINDEX_CACHE, else $XDG_CACHE_HOME/fpindex, else ~/.cache/fpindex.
 """
 
@@ -115,4 +118,66 @@ class EmbeddingCache:
             p.unlink(missing_ok=True)
 
 
-__all__ = ["EmbeddingCache", "default_cache_dir", "identity_key"]
+
+class PairCache:
+    """SSIM values by (real image hash, generated image hash), so a re-run re-ranks without decoding.
+
+    Same layout and guarantees as `EmbeddingCache`; the identity is the canonical image size and the SSIM
+    definition (and engine, whose last digits differ), so a value is reused only where it would be recomputed
+    identically.
+    """
+
+    def __init__(self, root: str | Path, identity: dict[str, Any]) -> None:
+        self.identity = {"kind": "ssim", **identity}
+        self.dir = Path(root).expanduser() / ("ssim-" + identity_key(self.identity))
+        self._known: dict[tuple[str, str], float] | None = None
+
+    def _load(self) -> dict[tuple[str, str], float]:
+        if self._known is None:
+            self._known = {}
+            for shard in sorted(self.dir.glob("shard-*.npz")):
+                try:
+                    with np.load(shard, allow_pickle=False) as z:
+                        a, b, v = z["a"], z["b"], z["values"]
+                except Exception:              # missing (merged away) or damaged: recompute instead
+                    continue
+                if not (len(a) == len(b) == len(v)) or v.ndim != 1:
+                    continue
+                self._known.update(zip(zip(a.tolist(), b.tolist()), v.astype(np.float32).tolist()))
+        return self._known
+
+    def get(self, a: list[str], b: list[str]) -> np.ndarray:
+        """float32 values, NaN where unknown."""
+        known = self._load()
+        return np.array([known.get(k, np.nan) for k in zip(a, b)], dtype=np.float32)
+
+    def put(self, a: list[str], b: list[str], values: np.ndarray) -> None:
+        if not a:
+            return
+        known = self._load()
+        values = np.asarray(values, dtype=np.float32)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            meta = self.dir / "identity.json"
+            if not meta.exists():
+                write_json_atomic(meta, {"format": FORMAT, **self.identity})
+            with atomic_path(self.dir / f"shard-{uuid.uuid4().hex}.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, a=np.array(a, dtype="U64"), b=np.array(b, dtype="U64"), values=values)
+        except OSError as e:
+            raise FpindexError(f"SSIM cache {self.dir}: cannot write ({e.strerror or e}); "
+                               f"pass --cache-dir elsewhere or --no-cache") from None
+        known.update(zip(zip(a, b), values.tolist()))
+        shards = sorted(self.dir.glob("shard-*.npz"))
+        if len(shards) > MAX_SHARDS:
+            keys = list(known)
+            with atomic_path(self.dir / f"shard-{uuid.uuid4().hex}.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, a=np.array([k[0] for k in keys], dtype="U64"),
+                             b=np.array([k[1] for k in keys], dtype="U64"),
+                             values=np.array([known[k] for k in keys], dtype=np.float32))
+            for p in shards:
+                p.unlink(missing_ok=True)
+
+
+__all__ = ["EmbeddingCache", "PairCache", "default_cache_dir", "identity_key"]

@@ -20,7 +20,7 @@ from .embed import Embedder, build_embedder
 from .enhance import enhance_stack, parse_enhance
 from .errors import FpindexError
 from .index import IndexStore
-from .cache import EmbeddingCache, default_cache_dir
+from .cache import EmbeddingCache, PairCache, default_cache_dir
 from .load import BadFile, list_images, load_image
 from .report import write_outputs, write_summary
 from .rerank import binarize, jaccard, ssim_indexed
@@ -74,6 +74,16 @@ def open_cache(cfg: EmbedConfig, embedder: Embedder) -> EmbeddingCache | None:
 
     identity = embed_identity(cfg, embedder) | {"fpindex": __version__, "torch": torch.__version__}
     return EmbeddingCache(cfg.cache_dir or default_cache_dir(), identity)
+
+
+def open_pair_cache(cfg: EmbedConfig, size: int) -> PairCache | None:
+    from .rerank import SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW
+
+    if not cfg.cache:
+        return None
+    # Re-ranking runs on the CPU engine (threads over all cores) whatever the embedding device.
+    return PairCache(cfg.cache_dir or default_cache_dir(), {"size": size, "window": SSIM_WINDOW, "sigma": SSIM_SIGMA,
+                                                            "K": [SSIM_K1, SSIM_K2], "engine": "cv"})
 
 
 def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedConfig, timings: Timings,
@@ -214,10 +224,38 @@ class GeneratedPixels:
                                    f"but {e}; restore the file or rebuild the index") from None
         return np.stack([self._cache[int(i)] for i in ids])
 
+    def check_present(self, ids: np.ndarray) -> None:
+        """Neighbours whose SSIM came from the cache are not read, but must still exist (they are reported)."""
+        ids = np.array([i for i in np.unique(ids).tolist() if i not in self._cache], dtype=np.int64)
+        for i, path in zip(ids.tolist(), self.store.paths(ids)):
+            if not Path(path).is_file():
+                raise FpindexError(f"generated image {path} (index id {i}) is needed for SSIM re-ranking "
+                                   f"but is missing; restore the file or rebuild the index")
+
+
+def _real_pixels(emb: Embedded, rows: np.ndarray, size: int) -> np.ndarray:
+    """Canonical pixels of some rows of `emb`: kept ones from memory, the others decoded now."""
+    out = np.empty((len(rows), size, size), np.float32)
+    for i, r in enumerate(rows.tolist()):
+        if emb.pixels is not None:
+            out[i] = emb.pixels[r]
+        elif r in emb.decoded:
+            out[i] = emb.decoded[r]
+        else:
+            try:
+                out[i] = load_image(emb.root / emb.paths[r], size)[0]
+            except ValueError as e:
+                raise FpindexError(f"image {emb.root / emb.paths[r]} changed or vanished during the run ({e})") from None
+    return out
+
 
 def evidence_for(emb: Embedded, store: IndexStore, gen_pixels: GeneratedPixels, k: int,
-                 timings: Timings, run: RunConfig, desc: str) -> tuple[Neighbours, np.ndarray, np.ndarray, Evidence]:
-    """Search then re-rank: returns neighbours, their SSIM and Jaccard (n × k), and per-image evidence."""
+                 timings: Timings, run: RunConfig, desc: str,
+                 pair_cache: PairCache | None = None) -> tuple[Neighbours, np.ndarray, np.ndarray, Evidence]:
+    """Search then re-rank: returns neighbours, their SSIM and Jaccard (n × k), and per-image evidence.
+
+    SSIM values already in `pair_cache` (by content hashes) are reused; only the pixels of the images in the
+    other pairs are read."""
     with timings.stage("search"):
         nb = search(store, emb.vectors, k)
     n, kk = nb.ids.shape
@@ -228,17 +266,29 @@ def evidence_for(emb: Embedded, store: IndexStore, gen_pixels: GeneratedPixels, 
         flat = nb.ids[valid]
         real_idx = np.repeat(np.arange(n), kk).reshape(n, kk)[valid]
         # Per-image SSIM terms once per distinct image, the cross term per pair (rerank.ssim_indexed).
-        chunk = 8192
-        vals = np.empty(len(flat), np.float32)
-        with _progress(run, len(flat), desc) as bar:
-            for s in range(0, len(flat), chunk):
-                uniq, inv = np.unique(flat[s:s + chunk], return_inverse=True)
-                with timings.stage("load"):          # generated pixels not kept by the build are read here
-                    gen = gen_pixels.get(uniq)
-                with timings.stage("rerank"):
-                    vals[s:s + chunk] = ssim_indexed(emb.pixels, gen, real_idx[s:s + chunk], inv.ravel())
-                bar.update(len(inv))
         with timings.stage("rerank"):
+            gen_sha = store.items.column("sha256").take(pa.array(flat)).to_pylist() if pair_cache else []
+            real_sha = [emb.sha256[i] for i in real_idx.tolist()] if pair_cache else []
+            vals = pair_cache.get(real_sha, gen_sha) if pair_cache else np.full(len(flat), np.nan, np.float32)
+            todo = np.flatnonzero(np.isnan(vals))
+        if len(todo) < len(flat):
+            with timings.stage("load"):
+                gen_pixels.check_present(flat[~np.isin(np.arange(len(flat)), todo)])
+        chunk = 8192
+        size = gen_pixels.size
+        with _progress(run, len(todo), desc) as bar:
+            for s in range(0, len(todo), chunk):
+                part = todo[s:s + chunk]
+                ug, ig = np.unique(flat[part], return_inverse=True)
+                ur, ir = np.unique(real_idx[part], return_inverse=True)
+                with timings.stage("load"):          # pixels not kept from embedding are read here
+                    gen, real = gen_pixels.get(ug), _real_pixels(emb, ur, size)
+                with timings.stage("rerank"):
+                    vals[part] = ssim_indexed(real, gen, ir.ravel(), ig.ravel())
+                bar.update(len(part))
+        with timings.stage("rerank"):
+            if pair_cache is not None and len(todo):
+                pair_cache.put([real_sha[i] for i in todo.tolist()], [gen_sha[i] for i in todo.tolist()], vals[todo])
             ssim[valid] = vals
             gen_bits = binarize(store.reconstruct(flat))
             jac[valid] = jaccard(binarize(emb.vectors)[real_idx], gen_bits)
@@ -270,14 +320,16 @@ def query(index: str | Path | IndexStore, real: str | Path, out: str | Path, que
     store.check_compatible(embed_identity(embed_cfg, embedder), embedder.dim)
     pixels = GeneratedPixels(store, embedder.spec.size, gen_pixels)
     cache = open_cache(embed_cfg, embedder)
+    pair_cache = open_pair_cache(embed_cfg, embedder.spec.size)
 
     results: dict[str, tuple[Embedded, Neighbours, np.ndarray, np.ndarray, Evidence]] = {}
     for name, (root, files) in listed.items():
-        emb = embed_folder(root, files, embedder, embed_cfg, timings, run, f"embed {name}", keep_pixels=True,
-                           cache=cache)
+        emb = embed_folder(root, files, embedder, embed_cfg, timings, run, f"embed {name}",
+                           keep_pixels="decoded", cache=cache)
         if name == "real" and not emb.paths:
             raise FpindexError(f"real-image folder {root}: none of its {len(files)} images could be read")
-        nb, ssim, jac, ev = evidence_for(emb, store, pixels, query_cfg.k, timings, run, f"re-rank {name}")
+        nb, ssim, jac, ev = evidence_for(emb, store, pixels, query_cfg.k, timings, run, f"re-rank {name}",
+                                         pair_cache=pair_cache)
         results[name] = (emb, nb, ssim, jac, ev)
 
     with timings.stage("decide"):

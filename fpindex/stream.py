@@ -46,11 +46,25 @@ def default_batch_size(device: torch.device) -> int:
 
 
 def default_workers(n_files: int, batch_size: int) -> int:
-    """One process per spare core, none for small sets (starting a worker costs more than it saves)."""
+    """One process per spare core on machines with cores to spare; none on 1-2 cores, where the model's own
+    threads already use every core (measured: a worker there only competes with them), nor for small sets
+    (starting a worker costs seconds)."""
     spare = (os.cpu_count() or 1) - 1
-    if spare < 1 or n_files < 4 * batch_size:
+    if spare < 2 or n_files < 8 * batch_size:
         return 0
-    return min(spare, 4)
+    return min(spare, 8)
+
+
+def _context():
+    """Workers come from a fork server, never forked from this process: a process that has already run
+    OpenCV's or OpenMP's thread pools cannot be forked safely (its children deadlock in the pools' locks)."""
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["fpindex.stream"])
+    return ctx
 
 
 def optimise(module_owner: object) -> None:
@@ -156,7 +170,8 @@ def batches(files: Sequence[Path], size: int, enhance: Sequence[str], batch_size
     ds = FileStream(files, size, enhance, known, skip, decode_known)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=_Collate(enhance), pin_memory=pin, worker_init_fn=_init_worker if workers else None,
-                        prefetch_factor=2 if workers else None, persistent_workers=False)
+                        prefetch_factor=2 if workers else None, persistent_workers=False,
+                        multiprocessing_context=_context() if workers else None)
     yield from loader
 
 
