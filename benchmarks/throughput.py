@@ -33,19 +33,15 @@ import torch  # noqa: E402
 from common import machine  # noqa: E402
 
 from fpindex.config import DecideConfig, EmbedConfig, IndexConfig, QueryConfig, RunConfig  # noqa: E402
-from fpindex.enhance import ENHANCERS, parse_enhance  # noqa: E402
+from fpindex.enhance import ENHANCERS  # noqa: E402
 from fpindex.load import list_images, load_image  # noqa: E402
 from fpindex.pipeline import audit, embed_folder, make_embedder  # noqa: E402
 from fpindex.rerank import ssim_indexed  # noqa: E402
-from fpindex.stream import autocast, default_batch_size, default_workers  # noqa: E402
+from fpindex.stream import PRECISIONS, autocast, default_batch_size, default_workers  # noqa: E402
 from fpindex.utils import Timings, write_json_atomic, write_text_atomic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 QUIET = RunConfig(quiet=True)
-
-
-def median_time(fn, repeats: int) -> float:
-    return statistics.median(_timed(fn) for _ in range(repeats))
 
 
 def _timed(fn) -> float:
@@ -76,7 +72,7 @@ def embedding(args, files: list[Path], root: Path) -> dict:
     bs = cfg.batch_size or default_batch_size(device)
     n = len(files)
     gen = torch.Generator().manual_seed(0)
-    premade = [torch.rand(min(bs, n - s), 1, size, size, generator=gen) for s in range(0, n, bs)]
+    premade = [torch.rand(min(bs, n - s), 1, size, size, generator=gen).to(device) for s in range(0, n, bs)]
 
     def forward():
         with autocast(device, cfg.precision):
@@ -108,18 +104,30 @@ def precision_drift(args, files: list[Path], root: Path) -> dict:
     res = {}
     base_cfg = EmbedConfig(model=args.model, weights=args.weights, image_size=args.image_size, device=args.device,
                            batch_size=args.batch_size, workers=0, cache=False)
-    ref = embed_folder(root, files, make_embedder(base_cfg), base_cfg, Timings(), QUIET, "fp32").vectors
+    embedders = {p: make_embedder(EmbedConfig(**{**base_cfg.__dict__, "precision": p})) for p in PRECISIONS}
+    x = torch.rand(base_cfg.batch_size or 64, 1, embedders["fp32"].spec.size, embedders["fp32"].spec.size,
+                   generator=torch.Generator().manual_seed(0)).to(embedders["fp32"].spec.device)
+
+    def fwd(p):
+        def go():
+            with autocast(embedders[p].spec.device, p):
+                for _ in range(4):
+                    embedders[p](x)
+        return go
+
+    t = interleaved({p: fwd(p) for p in PRECISIONS}, max(1, args.repeats - 1))
+    ref = embed_folder(root, files, embedders["fp32"], base_cfg, Timings(), QUIET, "fp32").vectors
     for p in ("bf16", "fp16"):
         c = EmbedConfig(**{**base_cfg.__dict__, "precision": p})
         try:
-            v = embed_folder(root, files, make_embedder(c), c, Timings(), QUIET, p).vectors
+            v = embed_folder(root, files, embedders[p], c, Timings(), QUIET, p).vectors
         except Exception as e:  # e.g. fp16 kernels missing on this CPU
             res[p] = {"error": f"{type(e).__name__}: {e}"[:200]}
             continue
         cos = (v * ref).sum(1)
         nn_same = float(np.mean(np.argmax(v @ ref.T, 1) == np.arange(len(ref))))
         res[p] = {"min_cosine_to_fp32": float(cos.min()), "median_cosine_to_fp32": float(np.median(cos)),
-                  "top1_self_match": nn_same}
+                  "top1_self_match": nn_same, "forward_speed_vs_fp32": t["fp32"] / t[p]}
     return res
 
 
@@ -192,9 +200,10 @@ def audit_part(args, scenario: Path, work: Path) -> tuple[dict, Path]:
 
 def markdown(res: dict, command: str) -> str:
     m = res["machine"]
-    lines = ["## Throughput", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, GPU: {m['gpu'] or 'none'}. "
-             f"Model `{res['args']['model']}`, precision {res['args']['precision']}. Command:", "",
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, GPU: {m['gpu'] or 'none'}. "
+             f"Model `{res['args']['model']}`, precision {res['args']['precision']}. Load average (1 min) at start / "
+             f"end: {res['load_average_start'][0]:.1f} / {res['load_average_end'][0]:.1f} (other jobs shared the "
+             "CPU: ratios are side by side, absolute speeds are not the machine's best). Command:", "",
              f"    {command}", "", "| measure | value | target |", "|---|---:|---|"]
     e = res.get("embedding")
     if e:
@@ -210,8 +219,9 @@ def markdown(res: dict, command: str) -> str:
             if "error" in v:
                 lines.append(f"| {k} vs fp32 vectors | {v['error']} | |")
             else:
-                lines.append(f"| {k} vs fp32 vectors: min / median cosine, same top-1 | {v['min_cosine_to_fp32']:.4f} / "
-                             f"{v['median_cosine_to_fp32']:.4f}, {v['top1_self_match']:.1%} | option, not default |")
+                lines.append(f"| {k}: forward speed ÷ fp32; 1 − cosine to fp32 vectors (max / median); own fp32 "
+                             f"vector is top-1 | {v['forward_speed_vs_fp32']:.2f}×; {1 - v['min_cosine_to_fp32']:.1e} / "
+                             f"{1 - v['median_cosine_to_fp32']:.1e}; {v['top1_self_match']:.1%} | option, not default |")
     s = res.get("ssim")
     if s:
         lines += [f"| SSIM, audit's pairs ({s['pairs']} pairs, {s['real_images']} real, {s['distinct_neighbours']} "
@@ -233,7 +243,8 @@ def markdown(res: dict, command: str) -> str:
 
 
 def update_readme(path: Path, section: str) -> None:
-    """Replace (or append) only the '## Throughput' section: up to the next '## ' heading."""
+    """Replace only the generated table between the throughput markers (prose around it is kept); append a
+    '## Throughput' section holding it when the markers are absent."""
     text = path.read_text() if path.is_file() else "# Benchmarks\n"
     generated = "<!-- throughput:begin -->\n" + section + "<!-- throughput:end -->\n"
     if "<!-- throughput:begin -->" in text:
@@ -241,7 +252,7 @@ def update_readme(path: Path, section: str) -> None:
         tail = rest.split("<!-- throughput:end -->\n", 1)[1] if "<!-- throughput:end -->" in rest else ""
         text = head + generated + tail
     else:
-        text = text.rstrip("\n") + "\n\n" + generated
+        text = text.rstrip("\n") + "\n\n## Throughput\n\n" + generated
     write_text_atomic(path, text)
 
 
@@ -255,21 +266,22 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--images", type=int, default=1024, help="generated files for parts 1-2")
+    ap.add_argument("--images", type=int, default=1024, help="generated files for parts 1-2 (cycled if fewer)")
     ap.add_argument("--pairs", type=int, default=2000, help="audit pairs for part 3")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--parts", default="forward,stage,enhance,precision,ssim,audit")
     ap.add_argument("--label", default="", help="suffix of the JSON file name")
-    ap.add_argument("--readme", type=Path, default=HERE / "README.md", help="'' to leave it alone")
+    ap.add_argument("--readme", default=str(HERE / "README.md"), help="'' to leave it alone")
     args = ap.parse_args()
     args.parts = set(args.parts.split(","))
     if not (args.scenario / "generated").is_dir():
         sys.exit(f"throughput.py: scenario {args.scenario} not found (pass --scenario)")
-    res: dict = {"machine": machine(), "args": {k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path)
+    res: dict = {"machine": machine(), "load_average_start": os.getloadavg(), "args": {k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path)
                                                     else v) for k, v in vars(args).items()}}
     gen_root = args.scenario / "generated"
-    files = list_images(gen_root)[:args.images]
+    files = list_images(gen_root)
+    files = (files * -(-args.images // len(files)))[:args.images]   # cycled when more are asked for than exist
     if {"forward", "stage"} & args.parts:
         res["embedding"] = embedding(args, files, gen_root)
         print("embedding:", res["embedding"], flush=True)
@@ -285,13 +297,14 @@ def main() -> None:
                 print("ssim:", res["ssim"], flush=True)
             if "audit" not in args.parts:
                 del res["audit"]
+    res["load_average_end"] = os.getloadavg()
     out = HERE / "results" / f"throughput{'-' + args.label if args.label else ''}.json"
     write_json_atomic(out, res)
     command = "python " + " ".join([str(Path(sys.argv[0]).as_posix())] + sys.argv[1:])
     md = markdown(res, command)
     print(md)
-    if str(args.readme):
-        update_readme(args.readme, md)
+    if args.readme:
+        update_readme(Path(args.readme), md)
     print(f"wrote {out}")
 
 

@@ -14,19 +14,19 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from .cache import EmbeddingCache, PairCache, default_cache_dir
 from .config import DecideConfig, EmbedConfig, IndexConfig, QueryConfig, RunConfig
 from .decide import FEATURES, Evidence, Labelled, choose_method, decide
 from .embed import Embedder, build_embedder
-from .enhance import enhance_stack, parse_enhance
+from .enhance import parse_enhance
 from .errors import FpindexError
 from .index import IndexStore
-from .cache import EmbeddingCache, PairCache, default_cache_dir
 from .load import BadFile, list_images, load_image
 from .report import write_outputs, write_summary
 from .rerank import binarize, jaccard, ssim_indexed
 from .search import Neighbours, search
 from .stream import autocast, batches, check_precision, default_batch_size, default_workers, optimise
-from .utils import Timings, sha256_bytes, versions
+from .utils import Timings, versions
 
 
 def _progress(run: RunConfig, total: int, desc: str) -> tqdm:
@@ -391,8 +391,9 @@ def audit(generated: str | Path, real: str | Path, out: str | Path, embed_cfg: E
             list_images(p, f"{name} folder")
     store, emb, build_summary = build(generated, index_dir, embed_cfg, index_cfg, run, mode="overwrite",
                                       timings=timings, keep_pixels="decoded")
-    return query(store, real, out, query_cfg, run, used=used, not_used=not_used, reference=reference,
-                 timings=timings, gen_pixels=emb.decoded, build_summary=build_summary)
+    # The audit's own settings (device, batch size, workers, cache) also drive the query half.
+    return query(store, real, out, query_cfg, run, embed_override=embed_cfg, used=used, not_used=not_used,
+                 reference=reference, timings=timings, gen_pixels=emb.decoded, build_summary=build_summary)
 
 
 __all__ = ["build", "query", "audit", "embed_folder", "make_embedder", "parse_enhance", "DecideConfig"]

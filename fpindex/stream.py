@@ -50,7 +50,7 @@ def default_workers(n_files: int, batch_size: int) -> int:
     threads already use every core (measured: a worker there only competes with them), nor for small sets
     (starting a worker costs seconds)."""
     spare = (os.cpu_count() or 1) - 1
-    if spare < 2 or n_files < 8 * batch_size:
+    if spare < 2 or n_files < 4 * batch_size:
         return 0
     return min(spare, 8)
 

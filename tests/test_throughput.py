@@ -4,7 +4,6 @@ change speed only. (Speed itself is measured in benchmarks/throughput.py, not he
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -262,3 +261,29 @@ def test_cli_cache_and_precision_options(helpers, tmp_path):
     assert manifest["embedder"]["precision"] == "bf16"
     r = runner.invoke(app, ["build", str(root), "--index", str(tmp_path / "i3"), "--precision", "fp8"])
     assert r.exit_code != 0
+
+
+def test_unchanged_rerun_decodes_nothing(helpers, tmp_path, monkeypatch):
+    """Vectors and SSIM values both come from the caches: not one image is decoded on a re-run."""
+    import fpindex.pipeline as pipeline
+    import fpindex.stream as stream
+    from fpindex.config import DecideConfig, IndexConfig, QueryConfig
+
+    gen = make_folder(helpers, tmp_path / "gen", n=5)
+    real = tmp_path / "real"
+    for s in (1, 3, 8):
+        helpers.write_png(real / f"r{s}.png", helpers.perturb(helpers.smooth_image(s), s))
+    cfg = EmbedConfig(model="cnn", image_size=helpers.SIZE, device="cpu", workers=0, cache_dir=str(tmp_path / "c"))
+    q = QueryConfig(k=2, decide=DecideConfig(method="fixed"))
+    first = audit(gen, real, tmp_path / "o1", cfg, IndexConfig(), q, helpers.QUIET)
+    decoded = []
+    real_decode, real_load = stream.decode, pipeline.load_image
+    monkeypatch.setattr(stream, "decode", lambda data: decoded.append(1) or real_decode(data))
+    monkeypatch.setattr(pipeline, "load_image", lambda *a: decoded.append(1) or real_load(*a))
+    second = audit(gen, real, tmp_path / "o2", cfg, IndexConfig(), q, helpers.QUIET)
+    assert decoded == []
+    assert (tmp_path / "o1" / "predictions.csv").read_text() == (tmp_path / "o2" / "predictions.csv").read_text()
+    assert second["timings"]["embed"] < first["timings"]["embed"]
+    # Without the caches the same run decodes every image again.
+    audit(gen, real, tmp_path / "o3", EmbedConfig(**{**cfg.__dict__, "cache": False}), IndexConfig(), q, helpers.QUIET)
+    assert len(decoded) >= 8
