@@ -55,12 +55,12 @@ O_PRECISION = typer.Option(Precision("fp32"), "--precision", help="Arithmetic of
                            "autocast is faster on GPUs and AMX CPUs but moves vectors slightly (recorded in the "
                            "index; queries reuse it).", rich_help_panel="Embedding")
 O_WORKERS = typer.Option(None, "--workers", min=0, help="Processes that decode and enhance images while the model "
-                         "runs (0: in the main process). Default: one per spare core, 0 for small sets. "
-                         "Results do not depend on it.", rich_help_panel="Embedding")
-O_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the embedding cache.",
+                         "runs (0: in the main process). Default: one per spare core (at most 8) with more than "
+                         "2 cores, else 0; 0 for small sets. Results do not depend on it.", rich_help_panel="Embedding")
+O_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the caches of vectors and SSIM values.",
                           rich_help_panel="Embedding")
-O_CACHE_DIR = typer.Option(None, "--cache-dir", help="Embedding cache (vectors by image content hash and embedder). "
-                           "Default: $FPINDEX_CACHE, else ~/.cache/fpindex.", rich_help_panel="Embedding")
+O_CACHE_DIR = typer.Option(None, "--cache-dir", help="Cache of vectors and SSIM values, by image content hash and "
+                           "embedder. Default: $FPINDEX_CACHE, else ~/.cache/fpindex.", rich_help_panel="Embedding")
 O_DEVICE = typer.Option(Device("auto"), "--device", help="auto picks cuda when torch sees a GPU.",
                         rich_help_panel="Embedding")
 O_FACTORY = typer.Option("Flat", "--factory", help="FAISS index_factory string (inner product on L2-normalised "
