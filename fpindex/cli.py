@@ -33,6 +33,7 @@ Method = Enum("Method", {n: n for n in ["auto", *DECIDERS.names()]}, type=str)  
 Score = Enum("Score", {n: n for n in FEATURES}, type=str)  # type: ignore[misc]
 PresetName = Enum("PresetName", {n: n for n in PRESETS.names()}, type=str)  # type: ignore[misc]
 Device = Enum("Device", {n: n for n in ("auto", "cpu", "cuda")}, type=str)  # type: ignore[misc]
+Precision = Enum("Precision", {n: n for n in ("fp32", "bf16", "fp16")}, type=str)  # type: ignore[misc]
 
 ENHANCE_HELP = ("Enhancement filter(s), stacked as channels in the order given; repeat the option or use "
                 "commas. Choices: " + "; ".join(f"{n} ({ENHANCERS.help(n)})" for n in ENHANCERS.names()))
@@ -51,7 +52,18 @@ O_ENHANCE = typer.Option(None, "--enhance", "-e", help=ENHANCE_HELP + ". Default
 O_SIZE = typer.Option(None, "--image-size", min=32, help="Side of the square model input in px. Default: the "
                       "model's (64 for cnn, 128 for pixels, 224 for resnet50).", rich_help_panel="Embedding")
 O_SEED = typer.Option(0, "--seed", help="Seed for random weights and every random choice.", rich_help_panel="Embedding")
-O_BATCH = typer.Option(64, "--batch-size", min=1, help="Images per forward pass.", rich_help_panel="Embedding")
+O_BATCH = typer.Option(None, "--batch-size", min=1, help="Images per forward pass. Default: 256 on a GPU, 64 on "
+                       "a CPU.", rich_help_panel="Embedding")
+O_PRECISION = typer.Option(Precision("fp32"), "--precision", help="Arithmetic of the forward pass: bf16/fp16 "
+                           "autocast is faster on GPUs and AMX CPUs but moves vectors slightly (recorded in the "
+                           "index; queries reuse it).", rich_help_panel="Embedding")
+O_WORKERS = typer.Option(None, "--workers", min=0, help="Processes that decode and enhance images while the model "
+                         "runs (0: in the main process). Default: one per spare core (at most 8) with more than "
+                         "2 cores, else 0; 0 for small sets. Results do not depend on it.", rich_help_panel="Embedding")
+O_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the caches of vectors and SSIM values.",
+                          rich_help_panel="Embedding")
+O_CACHE_DIR = typer.Option(None, "--cache-dir", help="Cache of vectors and SSIM values, by image content hash and "
+                           "embedder. Default: $FPINDEX_CACHE, else ~/.cache/fpindex.", rich_help_panel="Embedding")
 O_DEVICE = typer.Option(Device("auto"), "--device", help="auto picks cuda when torch sees a GPU.",
                         rich_help_panel="Embedding")
 O_FACTORY = typer.Option("Flat", "--factory", help="FAISS index_factory string (inner product on L2-normalised "
@@ -75,10 +87,13 @@ O_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or report;
 O_VERBOSE = typer.Option(False, "--verbose", "-v", help="Also print per-stage timings.")
 
 
-def _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device) -> EmbedConfig:
+def _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device, precision=Precision("fp32"),
+               workers=None, no_cache=False, cache_dir=None) -> EmbedConfig:
     return EmbedConfig(model=model.value if isinstance(model, Enum) else model, weights=weights,
                        enhance=parse_enhance(enhance), image_size=image_size, seed=seed, batch_size=batch_size,
-                       device=device.value if isinstance(device, Enum) else device)
+                       device=device.value if isinstance(device, Enum) else device,
+                       precision=precision.value if isinstance(precision, Enum) else precision, workers=workers,
+                       cache=not no_cache, cache_dir=str(cache_dir) if cache_dir else None)
 
 
 O_PRESET = typer.Option(PresetName("default"), "--preset", help="Named settings; options given explicitly "
@@ -146,8 +161,10 @@ def build(
                              "content hash, are skipped; its embedding settings are reused)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
     model: Model = O_MODEL, weights: Optional[str] = O_WEIGHTS, enhance: Optional[list[str]] = O_ENHANCE,
-    image_size: Optional[int] = O_SIZE, factory: str = O_FACTORY, seed: int = O_SEED, batch_size: int = O_BATCH,
-    device: Device = O_DEVICE, preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
+    image_size: Optional[int] = O_SIZE, factory: str = O_FACTORY, seed: int = O_SEED,
+    batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
+    workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
+    preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
 ) -> None:
     """Embed a folder of generated images and write a FAISS index of them."""
     from .pipeline import build as run_build
@@ -158,7 +175,8 @@ def build(
     run = RunConfig(quiet=quiet, verbose=verbose)
     index = index or Path("indexes") / generated.resolve().name
     timings = Timings()
-    embed, _ = _apply_preset(ctx, preset, _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device))
+    embed, _ = _apply_preset(ctx, preset, _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device,
+                                                     precision, workers, no_cache, cache_dir))
     _, _, summary = run_build(generated, index, embed, IndexConfig(factory=factory), run,
                               mode="add" if add else "overwrite" if overwrite else "new", timings=timings)
     for b in summary["bad_files"][:5]:
@@ -184,7 +202,8 @@ def query(
                                           "different one is refused.", rich_help_panel="Embedding"),
     enhance: Optional[list[str]] = typer.Option(None, "--enhance", "-e", help="Only to assert the index's "
                                                 "enhancement; a different one is refused.", rich_help_panel="Embedding"),
-    seed: int = O_SEED, batch_size: int = O_BATCH, device: Device = O_DEVICE,
+    seed: int = O_SEED, batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE,
+    workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
     quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
 ) -> None:
     """Score real images against an index: membership score and used/not-used label per image.
@@ -196,7 +215,8 @@ def query(
     run = RunConfig(quiet=quiet, verbose=verbose)
     override = EmbedConfig(model=model.value if model else None, weights=None,  # type: ignore[arg-type]
                            enhance=parse_enhance(enhance) if enhance else (), batch_size=batch_size,
-                           device=device.value)
+                           device=device.value, workers=workers, cache=not no_cache,
+                           cache_dir=str(cache_dir) if cache_dir else None)
     summary = run_query(index, real, out, _query_cfg(k, decision, score, threshold, alpha, seed), run,
                         embed_override=override, used=used, not_used=not_used, reference=reference)
     _report(run, out, summary)
@@ -214,14 +234,16 @@ def audit(
     model: Model = O_MODEL, weights: Optional[str] = O_WEIGHTS, enhance: Optional[list[str]] = O_ENHANCE,
     image_size: Optional[int] = O_SIZE, factory: str = O_FACTORY, k: int = O_K, decision: Method = O_DECISION,
     score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD, alpha: float = O_ALPHA, seed: int = O_SEED,
-    batch_size: int = O_BATCH, device: Device = O_DEVICE, preset: PresetName = O_PRESET, quiet: bool = O_QUIET,
-    verbose: bool = O_VERBOSE,
+    batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
+    workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
+    preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
 ) -> None:
     """Build an index of the generated images, then query it with the real ones, in one go."""
     from .pipeline import audit as run_audit
 
     run = RunConfig(quiet=quiet, verbose=verbose)
-    embed, qcfg = _apply_preset(ctx, preset, _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device),
+    embed, qcfg = _apply_preset(ctx, preset, _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device,
+                                                        precision, workers, no_cache, cache_dir),
                                 _query_cfg(k, decision, score, threshold, alpha, seed))
     summary = run_audit(generated, real, out, embed, IndexConfig(factory=factory), qcfg, run,
                         index_dir=index, used=used, not_used=not_used, reference=reference)

@@ -14,13 +14,17 @@ class EmbedConfig:
     enhance: tuple[str, ...] = ("none",)
     image_size: int | None = None    # None: the model's own default input size
     seed: int = 0
-    batch_size: int = 64
+    batch_size: int | None = None    # None: 256 on a GPU, 64 on a CPU
     device: str = "auto"             # auto | cpu | cuda
+    precision: str = "fp32"          # fp32 | bf16 | fp16 (autocast; changes vectors slightly, so part of identity)
+    workers: int | None = None       # decoding/enhancement processes; None: chosen from cores and set size
+    cache: bool = True               # reuse embeddings by content hash (see fpindex/cache.py)
+    cache_dir: str | None = None     # None: $FPINDEX_CACHE or ~/.cache/fpindex
 
     def identity(self) -> dict:
-        """The fields that change the vectors (batch size and device do not)."""
+        """The fields that change the vectors (batch size, device, workers and caching do not)."""
         return {"model": self.model, "weights": self.weights, "enhance": list(self.enhance),
-                "image_size": self.image_size, "seed": self.seed}
+                "image_size": self.image_size, "seed": self.seed, "precision": self.precision}
 
 
 @dataclass(frozen=True)

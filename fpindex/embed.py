@@ -58,8 +58,9 @@ class Embedder:
         self.spec = spec
 
     @torch.inference_mode()
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.spec.device)
+    def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        x = x.to(self.spec.device, dtype=torch.float32, non_blocking=True)  # non-blocking from pinned memory
         v = self._forward(x).float()
         v = F.normalize(v, dim=1, eps=1e-12)
         return v.cpu().numpy().astype(np.float32, copy=False)

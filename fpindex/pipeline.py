@@ -5,6 +5,7 @@ Each function takes typed configs, reports progress, fills `Timings`, and return
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,17 +15,19 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from .cache import EmbeddingCache, PairCache, default_cache_dir
 from .config import DecideConfig, EmbedConfig, IndexConfig, QueryConfig, RunConfig
 from .decide import FEATURES, Evidence, Labelled, choose_method, decide
 from .embed import Embedder, build_embedder
 from .enhance import enhance_stack, parse_enhance
 from .errors import FpindexError
 from .index import IndexStore
-from .load import BadFile, list_images, load_image
+from .load import BadFile, decode, fit_size, list_images, load_image
 from .report import write_outputs, write_summary
-from .rerank import binarize, jaccard, ssim_pairs
+from .rerank import binarize, jaccard, ssim_indexed
 from .search import Neighbours, search
-from .utils import Timings, sha256_bytes, versions
+from .stream import autocast, batches, check_precision, default_batch_size, default_workers, optimise
+from .utils import Timings, atomic_path, versions, write_json_atomic
 from . import selfsup
 from .selfsup import SelfSupConfig
 
@@ -48,8 +51,10 @@ class Embedded:
     sha256: list[str] = field(default_factory=list)
     nbytes: list[int] = field(default_factory=list)
     vectors: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))
-    pixels: np.ndarray | None = None                      # n × S × S canonical images, when kept
+    pixels: np.ndarray | None = None                      # n × S × S canonical images, when all are kept
+    decoded: dict[int, np.ndarray] = field(default_factory=dict)  # row → pixels, keep_pixels="decoded"
     bad: list[BadFile] = field(default_factory=list)
+    cached: int = 0                                       # rows whose vector came from the cache
 
     def rows(self) -> pa.Table:
         return pa.table({"root": [str(self.root.resolve())] * len(self.paths), "path": self.paths,
@@ -57,45 +62,95 @@ class Embedded:
 
 
 def make_embedder(cfg: EmbedConfig) -> Embedder:
-    return build_embedder(cfg.model, channels=len(cfg.enhance), size=cfg.image_size, weights=cfg.weights,
-                          seed=cfg.seed, device=cfg.device)
+    check_precision(cfg.precision)
+    if cfg.workers is not None and cfg.workers < 0:
+        raise FpindexError("--workers must be 0 or more")
+    embedder = build_embedder(cfg.model, channels=len(cfg.enhance), size=cfg.image_size, weights=cfg.weights,
+                              seed=cfg.seed, device=cfg.device)
+    optimise(embedder)
+    return embedder
+
+
+def open_cache(cfg: EmbedConfig, embedder: Embedder) -> EmbeddingCache | None:
+    if not cfg.cache:
+        return None
+    import torch
+
+    from . import __version__
+
+    # `weights` is how the weights were asked for (a path can differ between runs); `weights_id` is what they are.
+    identity = {k: v for k, v in embed_identity(cfg, embedder).items() if k != "weights"}
+    identity |= {"fpindex": __version__, "torch": torch.__version__}
+    return EmbeddingCache(cfg.cache_dir or default_cache_dir(), identity)
+
+
+def open_pair_cache(cfg: EmbedConfig, size: int) -> PairCache | None:
+    from .rerank import SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW
+
+    if not cfg.cache:
+        return None
+    # Re-ranking runs on the CPU engine (threads over all cores) whatever the embedding device.
+    return PairCache(cfg.cache_dir or default_cache_dir(), {"size": size, "window": SSIM_WINDOW, "sigma": SSIM_SIGMA,
+                                                            "K": [SSIM_K1, SSIM_K2], "engine": "cv"})
 
 
 def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedConfig, timings: Timings,
-                 run: RunConfig, desc: str, keep_pixels: bool = False, skip_sha: set[str] | None = None) -> Embedded:
-    size = embedder.spec.size
+                 run: RunConfig, desc: str, keep_pixels: bool | str = False, skip_sha: set[str] | None = None,
+                 cache: EmbeddingCache | None = None) -> Embedded:
+    """Embed `files` (below `root`) in file order; unreadable files become `bad`, `skip_sha` ones are left out.
+
+    keep_pixels: False, True (every row's pixels in `pixels`: cached rows are decoded too, but not embedded),
+    or "decoded" (only rows decoded anyway, in `decoded`; the rest can be read lazily).
+    """
+    device = embedder.spec.device
+    bs = cfg.batch_size or default_batch_size(device)
+    workers = default_workers(len(files), bs) if cfg.workers is None else cfg.workers
+    known = frozenset(cache.keys()) if cache is not None else frozenset()
     out = Embedded(root=root)
-    vecs: list[np.ndarray] = []
+    new_vecs: list[np.ndarray] = []
+    new_rows: list[int] = []
     pix: list[np.ndarray] = []
+    stream = batches(files, embedder.spec.size, cfg.enhance, bs, workers, known=known,
+                     skip=frozenset(skip_sha or ()), decode_known=keep_pixels is True, pin=device.type == "cuda")
     with _progress(run, len(files), desc) as bar:
-        for s in range(0, len(files), cfg.batch_size):
-            imgs, stacks = [], []
-            with timings.stage("load"):
-                for f in files[s:s + cfg.batch_size]:
-                    rel = f.relative_to(root).as_posix()
-                    try:
-                        img, data = load_image(f, size)
-                    except ValueError as e:
-                        out.bad.append(BadFile(str(f), str(e)))
-                        continue
-                    digest = sha256_bytes(data)
-                    if skip_sha is not None and digest in skip_sha:
-                        continue
-                    out.paths.append(rel)
-                    out.sha256.append(digest)
-                    out.nbytes.append(len(data))
-                    imgs.append(img)
-            with timings.stage("enhance"):
-                stacks = [enhance_stack(img, cfg.enhance) for img in imgs]
-            if stacks:
-                with timings.stage("embed"):
-                    vecs.append(embedder(np.stack(stacks)))
-                if keep_pixels:
-                    pix.append(np.stack(imgs))
-            bar.update(min(cfg.batch_size, len(files) - s))
-    out.vectors = np.concatenate(vecs) if vecs else np.empty((0, embedder.dim), np.float32)
-    if keep_pixels:
-        out.pixels = np.concatenate(pix) if pix else np.empty((0, size, size), np.float32)
+        for batch in stream:
+            embed_rows = []
+            for it in batch.items:
+                timings.add("load", it.t_load)
+                timings.add("enhance", it.t_enhance)
+                if it.error is not None:
+                    out.bad.append(BadFile(str(files[it.pos]), it.error))
+                    continue
+                if it.skipped:
+                    continue
+                row = len(out.paths)
+                out.paths.append(files[it.pos].relative_to(root).as_posix())
+                out.sha256.append(it.sha256)
+                out.nbytes.append(it.nbytes)
+                if not it.cached:
+                    embed_rows.append(row)
+                if keep_pixels is True:
+                    pix.append(it.img)
+                elif keep_pixels == "decoded" and it.img is not None:
+                    out.decoded[row] = it.img
+            if batch.x is not None:
+                with timings.stage("embed"), autocast(device, cfg.precision):
+                    new_vecs.append(embedder(batch.x))
+                new_rows += embed_rows
+            bar.update(len(batch.items))
+    dim = embedder.dim
+    out.vectors = np.empty((len(out.paths), dim), np.float32)
+    fresh = np.concatenate(new_vecs) if new_vecs else np.empty((0, dim), np.float32)
+    out.vectors[new_rows] = fresh
+    old_rows = sorted(set(range(len(out.paths))) - set(new_rows))
+    out.cached = len(old_rows)
+    if cache is not None:
+        with timings.stage("embed"):
+            if old_rows:
+                out.vectors[old_rows] = cache.get(out.sha256[r] for r in old_rows)
+            cache.put([out.sha256[r] for r in new_rows], fresh)
+    if keep_pixels is True:
+        out.pixels = np.stack(pix) if pix else np.empty((0, embedder.spec.size, embedder.spec.size), np.float32)
     return out
 
 
@@ -103,12 +158,13 @@ def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedCo
 
 def embed_identity(cfg: EmbedConfig, embedder: Embedder) -> dict[str, Any]:
     return {"model": cfg.model, "weights": embedder.spec.weights, "weights_id": embedder.weights_id,
-            "enhance": list(cfg.enhance), "image_size": embedder.spec.size, "seed": cfg.seed, "dim": embedder.dim}
+            "enhance": list(cfg.enhance), "image_size": embedder.spec.size, "seed": cfg.seed, "dim": embedder.dim,
+            "precision": cfg.precision}
 
 
 def build(generated: str | Path, index_dir: str | Path, embed_cfg: EmbedConfig, index_cfg: IndexConfig,
           run: RunConfig, mode: str = "new", timings: Timings | None = None,
-          keep_pixels: bool = False) -> tuple[IndexStore, Embedded, dict[str, Any]]:
+          keep_pixels: bool | str = False) -> tuple[IndexStore, Embedded, dict[str, Any]]:
     """mode: 'new' (refuse an existing index), 'overwrite', or 'add' (append images not yet in it)."""
     timings = timings or Timings()
     generated, index_dir = Path(generated), Path(index_dir)
@@ -135,7 +191,7 @@ def build(generated: str | Path, index_dir: str | Path, embed_cfg: EmbedConfig, 
         store.check_compatible(identity, embedder.dim)
     known = store.hashes() if mode == "add" else None
     emb = embed_folder(generated, files, embedder, embed_cfg, timings, run, "embed generated",
-                       keep_pixels=keep_pixels, skip_sha=known)
+                       keep_pixels=keep_pixels, skip_sha=known, cache=open_cache(embed_cfg, embedder))
     if store.ntotal == 0 and len(emb.paths) == 0:
         raise FpindexError(f"generated-image folder {generated}: none of its {len(files)} images could be read")
     with timings.stage("index"):
@@ -143,7 +199,7 @@ def build(generated: str | Path, index_dir: str | Path, embed_cfg: EmbedConfig, 
         store.manifest["last_build"] = {"folder": str(generated.resolve()), "files": len(files),
                                         "added": len(emb.paths), "bad_files": [b.__dict__ for b in emb.bad]}
         store.save(index_dir)
-    summary = {"index": str(index_dir), "ntotal": store.ntotal, "added": len(emb.paths),
+    summary = {"index": str(index_dir), "ntotal": store.ntotal, "added": len(emb.paths), "cached": emb.cached,
                "skipped_known": len(files) - len(emb.paths) - len(emb.bad) if mode == "add" else 0,
                "bad_files": [b.__dict__ for b in emb.bad], "manifest": store.manifest}
     return store, emb, summary
@@ -151,17 +207,46 @@ def build(generated: str | Path, index_dir: str | Path, embed_cfg: EmbedConfig, 
 
 def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, cfg: EmbedConfig, timings: Timings,
                        run: RunConfig) -> tuple[dict[str, Any], bytes]:
-    """Self-supervised fine-tuning on (a seeded sample of) the generated images; see selfsup.py for why."""
+    """Self-supervised fine-tuning on (a seeded sample of) the generated images; see selfsup.py for why.
+
+    Trained weights are cached by the content of the training sample and every setting that shapes the
+    training, so re-running an unchanged audit reads them back instead of training again."""
+    import io
+
+    import torch
+
+    from .cache import identity_key
+    from .utils import sha256_bytes
+
     sscfg = SelfSupConfig(seed=cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    sample = sorted(rng.choice(len(files), size=min(len(files), sscfg.max_images), replace=False))
+    sample = [files[i] for i in sorted(rng.choice(len(files), size=min(len(files), sscfg.max_images), replace=False))]
+    with timings.stage("load"):
+        raw = []
+        for f in sample:
+            try:
+                raw.append(f.read_bytes())
+            except OSError:
+                continue  # reported by the embedding pass that follows
+    key = identity_key({"selfsup": sscfg.as_dict(), "model": cfg.model, "enhance": list(cfg.enhance),
+                        "size": embedder.spec.size, "seed": cfg.seed, "versions": {k: v for k, v in versions().items()
+                                                                                  if k in ("fpindex", "torch")},
+                        "sample": sha256_bytes("".join(sha256_bytes(d) for d in raw).encode())})
+    cached = (Path(cfg.cache_dir or default_cache_dir()) / "selfsup" / f"{key}.pt") if cfg.cache else None
+    if cached is not None and cached.is_file() and cached.with_suffix(".json").is_file():
+        data = cached.read_bytes()
+        embedder.trainable().load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+        embedder.trainable().to(embedder.spec.device)
+        report = {**json.loads(cached.with_suffix(".json").read_text()), "from_cache": True}
+        embedder.weights_id = f"file:sha256={sha256_bytes(data)[:16]}"
+        return report, data
     stacks = []
-    for i in sample:
+    for d in raw:
         with timings.stage("load"):
             try:
-                img = load_image(files[i], embedder.spec.size)[0]
+                img = fit_size(decode(d), embedder.spec.size)
             except ValueError:
-                continue  # reported by the embedding pass that follows
+                continue
         with timings.stage("enhance"):
             stacks.append(enhance_stack(img, cfg.enhance))
     if len(stacks) < 2:
@@ -170,11 +255,15 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
         bar.unit = "step"
         report = selfsup.train(embedder.trainable(), embedder.dim, np.stack(stacks), sscfg, bar.update)
     data, embedder.weights_id = selfsup.state_bytes(embedder.trainable())
+    if cached is not None:
+        with atomic_path(cached) as tmp:
+            tmp.write_bytes(data)
+        write_json_atomic(cached.with_suffix(".json"), report)
     return report, data
 
 
 def embed_config_from_manifest(store: IndexStore, given: EmbedConfig | None = None) -> EmbedConfig:
-    """The embedding settings an index was built with (batch size and device stay the caller's).
+    """The embedding settings an index was built with (batch size, device, workers and cache stay the caller's).
 
     Weights trained at build time live in the index directory and are read from there."""
     e = store.manifest["embedder"]
@@ -185,7 +274,9 @@ def embed_config_from_manifest(store: IndexStore, given: EmbedConfig | None = No
             raise FpindexError("this index's embedder was trained at build time; save the index before querying it")
         weights = str(store.directory / SELFSUP_FILE)
     return EmbedConfig(model=e["model"], weights=weights, enhance=tuple(e["enhance"]),
-                       image_size=e["image_size"], seed=e["seed"], batch_size=base.batch_size, device=base.device)
+                       image_size=e["image_size"], seed=e["seed"], batch_size=base.batch_size, device=base.device,
+                       precision=e.get("precision", "fp32"), workers=base.workers, cache=base.cache,
+                       cache_dir=base.cache_dir)
 
 
 # ---- query ---------------------------------------------------------------------------------------
@@ -193,9 +284,12 @@ def embed_config_from_manifest(store: IndexStore, given: EmbedConfig | None = No
 class GeneratedPixels:
     """Canonical pixels of generated images by FAISS id: from memory when the build kept them, else from disk."""
 
-    def __init__(self, store: IndexStore, size: int, preloaded: np.ndarray | None = None) -> None:
-        self.store, self.size, self.preloaded = store, size, preloaded
-        self._cache: dict[int, np.ndarray] = {}
+    def __init__(self, store: IndexStore, size: int,
+                 preloaded: np.ndarray | dict[int, np.ndarray] | None = None) -> None:
+        """preloaded: all pixels by FAISS id (array), or some of them (dict id → pixels); the rest load lazily."""
+        self.store, self.size = store, size
+        self.preloaded = preloaded if isinstance(preloaded, np.ndarray) else None
+        self._cache: dict[int, np.ndarray] = dict(preloaded) if isinstance(preloaded, dict) else {}
 
     def get(self, ids: np.ndarray) -> np.ndarray:
         if self.preloaded is not None and len(self.preloaded) == self.store.ntotal:
@@ -209,28 +303,71 @@ class GeneratedPixels:
                                    f"but {e}; restore the file or rebuild the index") from None
         return np.stack([self._cache[int(i)] for i in ids])
 
+    def check_present(self, ids: np.ndarray) -> None:
+        """Neighbours whose SSIM came from the cache are not read, but must still exist (they are reported)."""
+        ids = np.array([i for i in np.unique(ids).tolist() if i not in self._cache], dtype=np.int64)
+        for i, path in zip(ids.tolist(), self.store.paths(ids)):
+            if not Path(path).is_file():
+                raise FpindexError(f"generated image {path} (index id {i}) is needed for SSIM re-ranking "
+                                   f"but is missing; restore the file or rebuild the index")
+
+
+def _real_pixels(emb: Embedded, rows: np.ndarray, size: int) -> np.ndarray:
+    """Canonical pixels of some rows of `emb`: kept ones from memory, the others decoded now."""
+    out = np.empty((len(rows), size, size), np.float32)
+    for i, r in enumerate(rows.tolist()):
+        if emb.pixels is not None:
+            out[i] = emb.pixels[r]
+        elif r in emb.decoded:
+            out[i] = emb.decoded[r]
+        else:
+            try:
+                out[i] = load_image(emb.root / emb.paths[r], size)[0]
+            except ValueError as e:
+                raise FpindexError(f"image {emb.root / emb.paths[r]} changed or vanished during the run ({e})") from None
+    return out
+
 
 def evidence_for(emb: Embedded, store: IndexStore, gen_pixels: GeneratedPixels, k: int,
-                 timings: Timings, run: RunConfig, desc: str) -> tuple[Neighbours, np.ndarray, np.ndarray, Evidence]:
-    """Search then re-rank: returns neighbours, their SSIM and Jaccard (n × k), and per-image evidence."""
+                 timings: Timings, run: RunConfig, desc: str,
+                 pair_cache: PairCache | None = None) -> tuple[Neighbours, np.ndarray, np.ndarray, Evidence]:
+    """Search then re-rank: returns neighbours, their SSIM and Jaccard (n × k), and per-image evidence.
+
+    SSIM values already in `pair_cache` (by content hashes) are reused; only the pixels of the images in the
+    other pairs are read."""
     with timings.stage("search"):
         nb = search(store, emb.vectors, k)
     n, kk = nb.ids.shape
     ssim = np.zeros((n, kk), np.float32)
     jac = np.zeros((n, kk), np.float32)
-    with timings.stage("rerank"):
-        valid = nb.ids >= 0
-        if n and valid.any():
-            flat = nb.ids[valid]
-            real_idx = np.repeat(np.arange(n), kk).reshape(n, kk)[valid]
-            chunk = 4096
-            vals = np.empty(len(flat), np.float32)
-            with _progress(run, len(flat), desc) as bar:
-                for s in range(0, len(flat), chunk):
-                    a = emb.pixels[real_idx[s:s + chunk]]
-                    b = gen_pixels.get(flat[s:s + chunk])
-                    vals[s:s + chunk] = ssim_pairs(a, b)
-                    bar.update(len(a))
+    valid = nb.ids >= 0
+    if n and valid.any():
+        flat = nb.ids[valid]
+        real_idx = np.repeat(np.arange(n), kk).reshape(n, kk)[valid]
+        # Per-image SSIM terms once per distinct image, the cross term per pair (rerank.ssim_indexed).
+        with timings.stage("rerank"):
+            gen_sha = store.items.column("sha256").take(pa.array(flat)).to_pylist() if pair_cache else []
+            real_sha = [emb.sha256[i] for i in real_idx.tolist()] if pair_cache else []
+            vals = pair_cache.get(real_sha, gen_sha) if pair_cache else np.full(len(flat), np.nan, np.float32)
+            todo = np.flatnonzero(np.isnan(vals))
+        if len(todo) < len(flat):
+            with timings.stage("load"):
+                gen_pixels.check_present(flat[~np.isin(np.arange(len(flat)), todo)])
+        chunk = 8192
+        size = gen_pixels.size
+        with _progress(run, len(todo), desc) as bar:
+            for s in range(0, len(todo), chunk):
+                part = todo[s:s + chunk]
+                ug, ig = np.unique(flat[part], return_inverse=True)
+                ur, ir = np.unique(real_idx[part], return_inverse=True)
+                with timings.stage("load"):          # pixels not kept from embedding are read here
+                    gen, real = gen_pixels.get(ug), _real_pixels(emb, ur, size)
+                with timings.stage("rerank"):
+                    vals[part] = ssim_indexed(real, gen, ir.ravel(), ig.ravel())
+                bar.update(len(part))
+        with timings.stage("rerank"):
+            if pair_cache is not None and len(todo):
+                pair_cache.put([real_sha[i] for i in todo.tolist()], [gen_sha[i] for i in todo.tolist()], vals[todo])
             ssim[valid] = vals
             gen_bits = binarize(store.reconstruct(flat))
             jac[valid] = jaccard(binarize(emb.vectors)[real_idx], gen_bits)
@@ -243,7 +380,7 @@ def evidence_for(emb: Embedded, store: IndexStore, gen_pixels: GeneratedPixels, 
 def query(index: str | Path | IndexStore, real: str | Path, out: str | Path, query_cfg: QueryConfig,
           run: RunConfig, embed_override: EmbedConfig | None = None, used: str | Path | None = None,
           not_used: str | Path | None = None, reference: str | Path | None = None,
-          timings: Timings | None = None, gen_pixels: np.ndarray | None = None,
+          timings: Timings | None = None, gen_pixels: np.ndarray | dict[int, np.ndarray] | None = None,
           build_summary: dict[str, Any] | None = None) -> dict[str, Any]:
     timings = timings or Timings()
     store = index if isinstance(index, IndexStore) else IndexStore.load(index)
@@ -261,13 +398,17 @@ def query(index: str | Path | IndexStore, real: str | Path, out: str | Path, que
     embedder = make_embedder(embed_cfg)
     store.check_compatible(embed_identity(embed_cfg, embedder), embedder.dim)
     pixels = GeneratedPixels(store, embedder.spec.size, gen_pixels)
+    cache = open_cache(embed_cfg, embedder)
+    pair_cache = open_pair_cache(embed_cfg, embedder.spec.size)
 
     results: dict[str, tuple[Embedded, Neighbours, np.ndarray, np.ndarray, Evidence]] = {}
     for name, (root, files) in listed.items():
-        emb = embed_folder(root, files, embedder, embed_cfg, timings, run, f"embed {name}", keep_pixels=True)
+        emb = embed_folder(root, files, embedder, embed_cfg, timings, run, f"embed {name}",
+                           keep_pixels="decoded", cache=cache)
         if name == "real" and not emb.paths:
             raise FpindexError(f"real-image folder {root}: none of its {len(files)} images could be read")
-        nb, ssim, jac, ev = evidence_for(emb, store, pixels, query_cfg.k, timings, run, f"re-rank {name}")
+        nb, ssim, jac, ev = evidence_for(emb, store, pixels, query_cfg.k, timings, run, f"re-rank {name}",
+                                         pair_cache=pair_cache)
         results[name] = (emb, nb, ssim, jac, ev)
 
     with timings.stage("decide"):
@@ -329,9 +470,10 @@ def audit(generated: str | Path, real: str | Path, out: str | Path, embed_cfg: E
         if p is not None:
             list_images(p, f"{name} folder")
     store, emb, build_summary = build(generated, index_dir, embed_cfg, index_cfg, run, mode="overwrite",
-                                      timings=timings, keep_pixels=True)
-    return query(store, real, out, query_cfg, run, used=used, not_used=not_used, reference=reference,
-                 timings=timings, gen_pixels=emb.pixels, build_summary=build_summary)
+                                      timings=timings, keep_pixels="decoded")
+    # The audit's own settings (device, batch size, workers, cache) also drive the query half.
+    return query(store, real, out, query_cfg, run, embed_override=embed_cfg, used=used, not_used=not_used,
+                 reference=reference, timings=timings, gen_pixels=emb.decoded, build_summary=build_summary)
 
 
 __all__ = ["build", "query", "audit", "embed_folder", "make_embedder", "parse_enhance", "DecideConfig"]

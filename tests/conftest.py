@@ -65,6 +65,20 @@ def perturb(img: np.ndarray, seed: int) -> np.ndarray:
     return np.clip(out, 0, 1).astype(np.float32)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_embedding_cache(tmp_path_factory):
+    """The embedding cache defaults to ~/.cache/fpindex: tests use a fresh one of their own."""
+    import os
+
+    old = os.environ.get("FPINDEX_CACHE")
+    os.environ["FPINDEX_CACHE"] = str(tmp_path_factory.mktemp("embedding-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FPINDEX_CACHE", None)
+    else:
+        os.environ["FPINDEX_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def helpers():
     class H:
