@@ -66,8 +66,20 @@ O_CACHE_DIR = typer.Option(None, "--cache-dir", help="Cache of vectors and SSIM 
                            "embedder. Default: $FPINDEX_CACHE, else ~/.cache/fpindex.", rich_help_panel="Embedding")
 O_DEVICE = typer.Option(Device("auto"), "--device", help="auto picks cuda when torch sees a GPU.",
                         rich_help_panel="Embedding")
-O_FACTORY = typer.Option("Flat", "--factory", help="FAISS index_factory string (inner product on L2-normalised "
-                         "vectors), e.g. Flat, HNSW32, IVF256,Flat.", rich_help_panel="Index")
+O_FACTORY = typer.Option("auto", "--index-type", "--factory", help="auto (chosen from the number of vectors, "
+                         "their dimension and --max-memory: exact Flat below 100k, else IVF with ~4·√N lists and "
+                         "the most accurate codes that fit: Flat, SQ8, PQ, PCA+PQ) or any FAISS index_factory "
+                         "string (inner product on L2-normalised vectors), e.g. Flat, HNSW32, IVF1024,SQ8, "
+                         "OPQ32_128,IVF4096,PQ32.", rich_help_panel="Index")
+O_MAX_MEMORY = typer.Option(None, "--max-memory", help="Memory budget for the index and its build, e.g. 8G, 512M. "
+                            "A build that would need more is refused before it starts. Default: half the RAM.",
+                            rich_help_panel="Index")
+O_NPROBE = typer.Option(None, "--nprobe", min=1, help="IVF lists visited per query. Default: the smallest that "
+                        "reaches --target-recall, measured at build time and stored.", rich_help_panel="Index")
+O_EF_SEARCH = typer.Option(None, "--ef-search", min=1, help="HNSW search breadth (efSearch). Default: tuned "
+                           "like --nprobe.", rich_help_panel="Index")
+O_TARGET = typer.Option(0.95, "--target-recall", min=0.0, max=1.0, help="Recall@10 against exact search that "
+                        "the tuned search parameters must reach (on a held-out sample).", rich_help_panel="Index")
 O_K = typer.Option(10, "--k", "-k", min=1, help="Nearest generated images retrieved per real image.",
                    rich_help_panel="Decision")
 O_DECISION = typer.Option(Method("auto"), "--decision", help=DECISION_HELP, rich_help_panel="Decision")
@@ -120,6 +132,14 @@ def _apply_preset(ctx: typer.Context, name: Enum, embed: EmbedConfig, query: Que
     return embed, query
 
 
+def _index_cfg(factory, max_memory, nprobe, ef_search, target_recall, device, seed) -> IndexConfig:
+    from .scale import parse_bytes
+
+    return IndexConfig(factory=factory, max_memory=parse_bytes(max_memory), nprobe=nprobe, ef_search=ef_search,
+                       target_recall=target_recall, device=device.value if isinstance(device, Enum) else device,
+                       seed=seed)
+
+
 def _query_cfg(k, decision, score, threshold, alpha, seed) -> QueryConfig:
     return QueryConfig(k=k, decide=DecideConfig(method=decision.value, score=score.value, threshold=threshold,
                                                 alpha=alpha, seed=seed))
@@ -161,7 +181,13 @@ def build(
                              "content hash, are skipped; its embedding settings are reused)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
     model: Model = O_MODEL, weights: Optional[str] = O_WEIGHTS, enhance: Optional[list[str]] = O_ENHANCE,
-    image_size: Optional[int] = O_SIZE, factory: str = O_FACTORY, seed: int = O_SEED,
+    image_size: Optional[int] = O_SIZE, factory: str = O_FACTORY, max_memory: Optional[str] = O_MAX_MEMORY,
+    nprobe: Optional[int] = O_NPROBE, ef_search: Optional[int] = O_EF_SEARCH, target_recall: float = O_TARGET,
+    save_embeddings: Optional[Path] = typer.Option(None, "--save-embeddings", help="Also write the vectors "
+                                                   "embedded in this run to a .parquet (with items and embedder) "
+                                                   "or .npy file, for `fpindex index-embeddings` or `fpindex shard`.",
+                                                   rich_help_panel="Index"),
+    seed: int = O_SEED,
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
     preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
@@ -175,10 +201,19 @@ def build(
     run = RunConfig(quiet=quiet, verbose=verbose)
     index = index or Path("indexes") / generated.resolve().name
     timings = Timings()
+    if save_embeddings is not None:
+        from .vectors import _kind
+
+        _kind(save_embeddings)     # a bad file name fails now, not after embedding
     embed, _ = _apply_preset(ctx, preset, _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device,
                                                      precision, workers, no_cache, cache_dir))
-    _, _, summary = run_build(generated, index, embed, IndexConfig(factory=factory), run,
-                              mode="add" if add else "overwrite" if overwrite else "new", timings=timings)
+    store, emb, summary = run_build(generated, index, embed,
+                                    _index_cfg(factory, max_memory, nprobe, ef_search, target_recall, device, seed),
+                                    run, mode="add" if add else "overwrite" if overwrite else "new", timings=timings)
+    if save_embeddings is not None:
+        from .vectors import write_embeddings
+
+        write_embeddings(save_embeddings, emb.vectors, emb.rows(), store.manifest["embedder"])
     for b in summary["bad_files"][:5]:
         typer.echo(f"warning: skipped unreadable image {b['path']}: {b['reason']}", err=True)
     e = summary["manifest"]["embedder"]
@@ -202,6 +237,10 @@ def query(
                                           "different one is refused.", rich_help_panel="Embedding"),
     enhance: Optional[list[str]] = typer.Option(None, "--enhance", "-e", help="Only to assert the index's "
                                                 "enhancement; a different one is refused.", rich_help_panel="Embedding"),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="Override the index's stored nprobe "
+                                         "for this query.", rich_help_panel="Index"),
+    ef_search: Optional[int] = typer.Option(None, "--ef-search", min=1, help="Override the index's stored "
+                                            "efSearch for this query.", rich_help_panel="Index"),
     seed: int = O_SEED, batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
     quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
@@ -217,7 +256,12 @@ def query(
                            enhance=parse_enhance(enhance) if enhance else (), batch_size=batch_size,
                            device=device.value, workers=workers, cache=not no_cache,
                            cache_dir=str(cache_dir) if cache_dir else None)
-    summary = run_query(index, real, out, _query_cfg(k, decision, score, threshold, alpha, seed), run,
+    from .index import IndexStore
+    from .scale import resolve_device, search_overrides
+
+    store = IndexStore.load(index, device=resolve_device(device.value))
+    store.set_search_params(search_overrides(store.index, nprobe, ef_search), save=False)
+    summary = run_query(store, real, out, _query_cfg(k, decision, score, threshold, alpha, seed), run,
                         embed_override=override, used=used, not_used=not_used, reference=reference)
     _report(run, out, summary)
 
@@ -232,7 +276,8 @@ def audit(
     index: Optional[Path] = typer.Option(None, "--index", "-i", help="Where to write the index. Default: OUT/index."),
     used: Optional[Path] = O_USED, not_used: Optional[Path] = O_NOT_USED, reference: Optional[Path] = O_REFERENCE,
     model: Model = O_MODEL, weights: Optional[str] = O_WEIGHTS, enhance: Optional[list[str]] = O_ENHANCE,
-    image_size: Optional[int] = O_SIZE, factory: str = O_FACTORY, k: int = O_K, decision: Method = O_DECISION,
+    image_size: Optional[int] = O_SIZE, factory: str = O_FACTORY, max_memory: Optional[str] = O_MAX_MEMORY,
+    k: int = O_K, decision: Method = O_DECISION,
     score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD, alpha: float = O_ALPHA, seed: int = O_SEED,
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
@@ -245,7 +290,8 @@ def audit(
     embed, qcfg = _apply_preset(ctx, preset, _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device,
                                                         precision, workers, no_cache, cache_dir),
                                 _query_cfg(k, decision, score, threshold, alpha, seed))
-    summary = run_audit(generated, real, out, embed, IndexConfig(factory=factory), qcfg, run,
+    summary = run_audit(generated, real, out, embed, _index_cfg(factory, max_memory, None, None, 0.95, device, seed),
+                        qcfg, run,
                         index_dir=index, used=used, not_used=not_used, reference=reference)
     _report(run, out, summary)
 
@@ -298,6 +344,118 @@ def demo(
     write_json_atomic(results / "evaluation.json", result)
     _say(run, "\nevaluation on test/ (labels never seen by the audit):")
     _say(run, format_table(result))
+
+
+@app.command("index-embeddings", epilog="Example: fpindex index-embeddings emb.parquet --index indexes/big "
+                                        "--index-type auto --max-memory 8G")
+def index_embeddings_cmd(
+    embeddings: Path = typer.Argument(..., help="A .parquet file from `fpindex build --save-embeddings` (or any "
+                                      "n × d float32 .npy of L2-normalised vectors)."),
+    index: Path = typer.Option(..., "--index", "-i", help="Index directory to write."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
+    factory: str = O_FACTORY, max_memory: Optional[str] = O_MAX_MEMORY, nprobe: Optional[int] = O_NPROBE,
+    ef_search: Optional[int] = O_EF_SEARCH, target_recall: float = O_TARGET, seed: int = O_SEED,
+    device: Device = O_DEVICE, quiet: bool = O_QUIET,
+) -> None:
+    """Index precomputed embeddings (the indexing stage alone), streaming the file batch by batch."""
+    from .indexing import index_embeddings
+
+    store = index_embeddings(embeddings, index, _index_cfg(factory, max_memory, nprobe, ef_search, target_recall,
+                                                           device, seed), overwrite=overwrite)
+    _say(RunConfig(quiet=quiet), _index_line(index, store))
+
+
+def _index_line(index: Path, store) -> str:
+    t = store.manifest.get("tuning") or {}
+    tuned = (f" · {t['chosen']} (recall@{t['k']} {t['recall']:.3f} on {t['queries']} held-out queries)"
+             if t.get("chosen") else "")
+    return f"index {index}: {store.ntotal} vectors · {store.dim}-d · {store.manifest['factory']}{tuned}"
+
+
+shard_app = typer.Typer(help="Build an IVF index in shards (separate processes or machines) and merge them with "
+                        "on-disk inverted lists. Steps: train → add (once per part, anywhere) → merge.",
+                        no_args_is_help=True)
+app.add_typer(shard_app, name="shard")
+
+
+@shard_app.command("train", epilog="Example: fpindex shard train emb.parquet --work shards/ --index-type auto")
+def shard_train_cmd(
+    embeddings: Path = typer.Argument(..., help="Embeddings file (.parquet or .npy)."),
+    work: Path = typer.Option(..., "--work", help="Shared folder for the trained index, shards and plan."),
+    factory: str = O_FACTORY, max_memory: Optional[str] = O_MAX_MEMORY, nprobe: Optional[int] = O_NPROBE,
+    target_recall: float = O_TARGET, seed: int = O_SEED,
+) -> None:
+    """Train one empty IVF index on a seeded sample of the embeddings."""
+    from .indexing import shard_train
+
+    plan = shard_train(embeddings, work, _index_cfg(factory, max_memory, nprobe, None, target_recall, "cpu", seed))
+    typer.echo(f"trained {plan['factory']} for {plan['n']:,} × {plan['dim']}-d in {work}")
+
+
+@shard_app.command("add", epilog="Example: fpindex shard add --work shards/ --part 0 --parts 4")
+def shard_add_cmd(
+    work: Path = typer.Option(..., "--work", help="Folder written by `fpindex shard train`."),
+    part: int = typer.Option(..., "--part", min=0, help="This shard's number, 0 … parts-1."),
+    parts: int = typer.Option(..., "--parts", min=1, help="Number of shards."),
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="The embeddings file as seen from this "
+                                              "machine. Default: the path recorded by `shard train`."),
+) -> None:
+    """Add one contiguous slice of the embeddings to a copy of the trained index."""
+    from .indexing import shard_add
+
+    typer.echo(f"wrote {shard_add(work, part, parts, embeddings)}")
+
+
+@shard_app.command("merge", epilog="Example: fpindex shard merge --work shards/ --parts 4 --index indexes/big")
+def shard_merge_cmd(
+    work: Path = typer.Option(..., "--work", help="Folder with the trained index and every shard."),
+    parts: int = typer.Option(..., "--parts", min=1, help="Number of shards."),
+    index: Path = typer.Option(..., "--index", "-i", help="Index directory to write."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
+) -> None:
+    """Merge the shards into one index whose inverted lists stay on disk (memory-mapped)."""
+    from .indexing import shard_merge
+
+    typer.echo(_index_line(index, shard_merge(work, index, parts, overwrite=overwrite)))
+
+
+@app.command(epilog="Example: fpindex bench --n 1000000 --dim 256 --index-type auto --json")
+def bench(
+    n: int = typer.Option(100_000, "--n", min=1, help="Vectors in the database (with --embeddings: at most)."),
+    dim: int = typer.Option(256, "--dim", min=2, help="Dimension of the synthetic vectors."),
+    factory: str = O_FACTORY, k: int = typer.Option(10, "--k", "-k", min=1, help="Neighbours per query."),
+    max_memory: Optional[str] = O_MAX_MEMORY, nprobe: Optional[int] = O_NPROBE,
+    ef_search: Optional[int] = O_EF_SEARCH, target_recall: float = O_TARGET,
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Benchmark on real vectors from a "
+                                              ".parquet/.npy embeddings file instead of synthetic ones."),
+    queries: int = typer.Option(1000, "--queries", min=10, help="Held-out evaluation queries."),
+    tune_queries: int = typer.Option(500, "--tune-queries", min=10, help="Held-out queries for tuning."),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed runs after one warm-up; the median is kept."),
+    single: int = typer.Option(200, "--single", min=1, help="Queries timed one at a time."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic data and samples."),
+    device: Device = typer.Option(Device("cpu"), "--device", help="Where FAISS runs; auto picks a GPU when "
+                                  "FAISS has GPU support and sees one."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Also write the JSON result to this file."),
+) -> None:
+    """Build an index on seeded synthetic (or real) vectors; time it and measure recall against exact search."""
+    from .bench import run_bench
+    from .scale import format_bytes, parse_bytes
+    from .utils import write_json_atomic
+
+    r = run_bench(n, dim, factory, k=k, budget=parse_bytes(max_memory), n_eval=queries, n_tune=tune_queries,
+                  seed=seed, embeddings=embeddings, repeats=repeats, n_single=single, device=device.value,
+                  nprobe=nprobe, ef_search=ef_search, target=target_recall)
+    if save:
+        write_json_atomic(save, r)
+    if as_json:
+        typer.echo(json.dumps(r))
+        return
+    typer.echo(f"{r['factory']} · {r['n']:,} × {r['dim']}-d · {r['device']} · params {r['search_params']}\n"
+               f"build {r['build_s']:.1f} s · index {format_bytes(r['index_bytes'])} · peak RSS "
+               f"{format_bytes(r['peak_rss_bytes'])}\n"
+               f"recall@1 {r['recall_at_1']:.3f} · recall@10 {r['recall_at_10']:.3f} · {r['qps']:,.0f} q/s batch, "
+               f"{r['qps_single']:,.0f} q/s single · exact {r['exact_qps']:,.1f} q/s ({r['speedup_vs_exact']}×)")
 
 
 def _version(value: bool) -> None:

@@ -29,7 +29,15 @@ class EmbedConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    factory: str = "Flat"            # any FAISS index_factory string; vectors are L2-normalised, metric is IP
+    """How the index is chosen, built, tuned and placed (see scale.py)."""
+
+    factory: str = "auto"            # 'auto' or any FAISS index_factory string; vectors are L2-normalised, metric IP
+    max_memory: int | None = None    # bytes for the index and its build; None: half the machine's RAM
+    nprobe: int | None = None        # IVF lists visited per query; None: tuned at build time
+    ef_search: int | None = None     # HNSW search breadth; None: tuned at build time
+    target_recall: float = 0.95      # recall@10 vs exact search that tuning aims for
+    device: str = "auto"             # auto | cpu | cuda — where FAISS builds and searches
+    seed: int = 0                    # training and tuning samples
 
 
 @dataclass(frozen=True)

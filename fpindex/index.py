@@ -4,7 +4,9 @@ On disk an index is a directory:
 - `index.faiss`   the FAISS index (inner product on L2-normalised vectors = cosine similarity);
 - `items.parquet` row i describes FAISS id i: root, path (relative to root), sha256 of the file, bytes;
 - `manifest.json` what made it: fpindex and library versions, embedder identity, dimension, metric,
-                  FAISS factory string, creation time.
+                  FAISS factory string, creation time; since format 2 also the search parameters (nprobe,
+                  efSearch), how they were tuned, and how the factory was chosen;
+- `lists.ivfdata` only for an index merged from shards: FAISS on-disk inverted lists, memory-mapped.
 The directory is written under a temporary name and swapped in whole, so a crash never leaves half an index.
 """
 
@@ -22,12 +24,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import FpindexError
+from .scale import (LISTS_FILE, apply_params, copy_lists, gpu_clustering, has_ondisk_lists, to_cpu, to_device,
+                    train_sample)
 from .utils import atomic_dir, versions, write_json_atomic
 
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.parquet"
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2               # 2: search parameters in the manifest, optional on-disk inverted lists
+READABLE_VERSIONS = (1, 2)       # format 1 is format 2 without the new manifest fields
 
 ITEM_SCHEMA = pa.schema([("root", pa.string()), ("path", pa.string()), ("sha256", pa.string()),
                          ("bytes", pa.int64())])
@@ -65,10 +70,14 @@ class IndexStore:
     # Small files that belong with the index (e.g. embedder weights trained at build time), saved beside it.
     attachments: dict[str, bytes] = field(default_factory=dict)
     directory: Path | None = None
+    device: str = "cpu"              # where the index lives now: 'cpu' or 'cuda' (never saved)
+    seed: int = 0                    # seeds the training sample
+    _cpu_copy: faiss.Index | None = field(default=None, repr=False)
 
     # ---- creation -------------------------------------------------------------------------------------
     @classmethod
-    def create(cls, factory: str, dim: int, identity: dict[str, Any]) -> "IndexStore":
+    def create(cls, factory: str, dim: int, identity: dict[str, Any], device: str = "cpu",
+               seed: int = 0) -> "IndexStore":
         manifest = {
             "format_version": FORMAT_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -78,9 +87,10 @@ class IndexStore:
             "dim": dim,
             "ntotal": 0,
             "embedder": identity,
+            "search_params": {},
             "versions": versions(),
         }
-        return cls(index=make_faiss_index(factory, dim), manifest=manifest)
+        return cls(index=make_faiss_index(factory, dim), manifest=manifest, device=device, seed=seed)
 
     @property
     def dim(self) -> int:
@@ -98,15 +108,31 @@ class IndexStore:
         if len(x) == 0:
             return
         if not self.index.is_trained:
-            try:
-                self.index.train(x)
-            except RuntimeError as e:
-                raise FpindexError(f"FAISS could not train {self.manifest['factory']!r} on {len(x)} vectors "
-                                   f"({faiss_reason(e)}); use a smaller index or 'Flat'") from None
+            self.train(x)
+        self.index, self.device = to_device(self.index, self.device)
+        self._cpu_copy = None
         self.index.add(x)
         self.items = pa.concat_tables([self.items, rows.select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA)])
         self.manifest["ntotal"] = self.ntotal
         self.manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    def train(self, x: np.ndarray) -> None:
+        """Train on a seeded sample of x (IVF k-means and PQ/SQ codebooks do not need every vector)."""
+        x = as_queries(x, self.dim)
+        if self.device == "cuda":
+            gpu_clustering(self.index)
+        try:
+            self.index.train(train_sample(x, self.index, self.seed))
+        except RuntimeError as e:
+            raise FpindexError(f"FAISS could not train {self.manifest['factory']!r} on {len(x)} vectors "
+                               f"({faiss_reason(e)}); use a smaller index or 'Flat'") from None
+
+    def set_search_params(self, params: dict[str, int] | None, save: bool = True) -> None:
+        """Set nprobe / efSearch (and the like); with save=True they are stored in the manifest."""
+        params = {k: int(v) for k, v in (params or {}).items() if v is not None}
+        apply_params(self.index, params)
+        if save:
+            self.manifest.setdefault("search_params", {}).update(params)
 
     # ---- queries --------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,6 +145,10 @@ class IndexStore:
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors for FAISS ids (decoded, so approximate for compressed indexes)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64).ravel()
+        if self.device == "cuda":      # GPU indexes do not all decode; a CPU copy does
+            if self._cpu_copy is None:
+                self._cpu_copy = to_cpu(self.index)
+            return IndexStore(self._cpu_copy, self.manifest, self.items).reconstruct(ids)
         try:
             return self.index.reconstruct_batch(ids)
         except RuntimeError:
@@ -151,8 +181,12 @@ class IndexStore:
     # ---- persistence ----------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
+        index = to_cpu(self.index)
         with atomic_dir(directory) as tmp:
-            faiss.write_index(self.index, str(tmp / INDEX_FILE))
+            faiss.write_index(index, str(tmp / INDEX_FILE))
+            if has_ondisk_lists(index):
+                ivf = faiss.extract_index_ivf(index)
+                copy_lists(Path(faiss.downcast_InvertedLists(ivf.invlists).filename), tmp / LISTS_FILE)
             pq.write_table(self.items, tmp / ITEMS_FILE)
             for name, data in self.attachments.items():
                 (tmp / name).write_bytes(data)
@@ -162,7 +196,8 @@ class IndexStore:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "IndexStore":
+    def load(cls, directory: str | Path, device: str = "cpu") -> "IndexStore":
+        """Read an index directory; `device` 'cuda' moves it to the GPU (see scale.resolve_device)."""
         d = Path(directory)
         if not d.is_dir():
             raise FpindexError(f"index {d} does not exist (build one with `fpindex build`)")
@@ -173,11 +208,13 @@ class IndexStore:
             manifest = json.loads((d / MANIFEST_FILE).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise FpindexError(f"index {d / MANIFEST_FILE}: unreadable manifest ({e})") from None
-        if manifest.get("format_version") != FORMAT_VERSION:
+        if manifest.get("format_version") not in READABLE_VERSIONS:
             raise FpindexError(f"index {d}: format version {manifest.get('format_version')!r}, "
-                               f"this fpindex reads {FORMAT_VERSION}; rebuild the index")
+                               f"this fpindex reads {', '.join(map(str, READABLE_VERSIONS))}; rebuild the index")
+        # A merged sharded index keeps its inverted lists in lists.ivfdata beside index.faiss.
+        flags = faiss.IO_FLAG_ONDISK_SAME_DIR if (d / LISTS_FILE).is_file() else 0
         try:
-            index = faiss.read_index(str(d / INDEX_FILE))
+            index = faiss.read_index(str(d / INDEX_FILE), flags)
         except RuntimeError:
             raise FpindexError(f"index {d / INDEX_FILE}: not a readable FAISS index") from None
         try:
@@ -192,4 +229,9 @@ class IndexStore:
             if Path(name).name != name or not (d / name).is_file():
                 raise FpindexError(f"index {d} is incomplete: {name} is missing")
             attachments[name] = (d / name).read_bytes()
-        return cls(index=index, manifest=manifest, items=items, attachments=attachments, directory=d)
+        manifest.setdefault("search_params", {})
+        store = cls(index=index, manifest=manifest, items=items, attachments=attachments, directory=d)
+        store.set_search_params(manifest["search_params"], save=False)
+        store.index, store.device = to_device(store.index, device)
+        store.set_search_params(manifest["search_params"], save=False)   # GPU copies take them separately
+        return store

@@ -22,6 +22,7 @@ from .embed import Embedder, build_embedder
 from .enhance import enhance_stack, parse_enhance
 from .errors import FpindexError
 from .index import IndexStore
+from .indexing import create_store, finish_in_memory
 from .load import BadFile, decode, fit_size, list_images, load_image
 from .report import write_outputs, write_summary
 from .rerank import binarize, jaccard, ssim_indexed
@@ -183,8 +184,8 @@ def build(generated: str | Path, index_dir: str | Path, embed_cfg: EmbedConfig, 
     identity = embed_identity(embed_cfg, embedder)
     if training is not None:
         identity["training"] = training
-    if store is None:
-        store = IndexStore.create(index_cfg.factory, embedder.dim, identity)
+    if store is None:   # choose/check the index against the memory budget before embedding anything
+        store = create_store(index_cfg, len(files), embedder.dim, identity, resident=4 * len(files) * embedder.dim)
         if training is not None:
             store.attachments[SELFSUP_FILE] = weights
     else:
@@ -195,7 +196,10 @@ def build(generated: str | Path, index_dir: str | Path, embed_cfg: EmbedConfig, 
     if store.ntotal == 0 and len(emb.paths) == 0:
         raise FpindexError(f"generated-image folder {generated}: none of its {len(files)} images could be read")
     with timings.stage("index"):
+        tuned = store.ntotal == 0
         store.add(emb.vectors, emb.rows())
+        if tuned:
+            finish_in_memory(store, index_cfg, emb.vectors)
         store.manifest["last_build"] = {"folder": str(generated.resolve()), "files": len(files),
                                         "added": len(emb.paths), "bad_files": [b.__dict__ for b in emb.bad]}
         store.save(index_dir)
