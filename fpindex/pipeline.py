@@ -178,18 +178,15 @@ def build(generated: str | Path, index_dir: str | Path, embed_cfg: EmbedConfig, 
         store = IndexStore.load(index_dir)
         embed_cfg = embed_config_from_manifest(store, embed_cfg)
     embedder = make_embedder(embed_cfg)
-    training = None
-    if embedder.spec.weights == SELFSUP:
-        training, weights = train_on_generated(generated, files, embedder, embed_cfg, timings, run)
     identity = embed_identity(embed_cfg, embedder)
-    if training is not None:
-        identity["training"] = training
-    if store is None:   # choose/check the index against the memory budget before embedding anything
+    if store is None:   # choose/check the index against the memory budget before training or embedding anything
         store = create_store(index_cfg, len(files), embedder.dim, identity, resident=4 * len(files) * embedder.dim)
-        if training is not None:
-            store.attachments[SELFSUP_FILE] = weights
     else:
         store.check_compatible(identity, embedder.dim)
+    if embedder.spec.weights == SELFSUP:   # only for a new index: --add reuses the weights stored in the index
+        training, weights = train_on_generated(generated, files, embedder, embed_cfg, timings, run)
+        store.manifest["embedder"] = embed_identity(embed_cfg, embedder) | {"training": training}
+        store.attachments[SELFSUP_FILE] = weights
     known = store.hashes() if mode == "add" else None
     emb = embed_folder(generated, files, embedder, embed_cfg, timings, run, "embed generated",
                        keep_pixels=keep_pixels, skip_sha=known, cache=open_cache(embed_cfg, embedder))
