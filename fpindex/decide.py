@@ -218,12 +218,13 @@ def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
     if folds < 2:
         raise FpindexError("decision 'calibrated' needs at least 2 used and 2 not-used images")
     splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed).split(x, y))
-    p_cv = np.empty(len(y))
+    p_cv, s_cv = np.empty(len(y)), np.empty(len(y))
     for tr, te in splits:
-        p_cv[te] = MonotoneScore().fit(x[tr], y[tr]).predict_proba(x[te])
+        fold = MonotoneScore().fit(x[tr], y[tr])
+        p_cv[te], s_cv[te] = fold.predict_proba(x[te]), fold.score(x[te])
     details["cross_validation"] = {"folds": folds, **metrics(y, (p_cv >= 0.5).astype(int), p_cv)}
     # Permutation test of the whole cross-validated fit: how often do shuffled labels separate as well?
-    observed = _auc(y, _oof_scores(x, y, splits))
+    observed = _auc(y, s_cv)
     rng = np.random.default_rng(cfg.seed)
     null = [_auc(yp, _oof_scores(x, yp, splits)) for yp in (rng.permutation(y) for _ in range(cfg.permutations))]
     perm_p = (1.0 + np.sum(np.asarray(null) >= observed)) / (1.0 + cfg.permutations)

@@ -16,7 +16,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from .cache import EmbeddingCache, PairCache, default_cache_dir
-from .config import DecideConfig, EmbedConfig, IndexConfig, QueryConfig, RunConfig
+from .config import DecideConfig, EmbedConfig, IndexConfig, QueryConfig, RunConfig, to_dict
 from .decide import FEATURES, Evidence, Labelled, choose_method, decide
 from .embed import Embedder, build_embedder
 from .enhance import enhance_stack, parse_enhance
@@ -424,7 +424,7 @@ def query(index: str | Path | IndexStore, real: str | Path, out: str | Path, que
                                                       "predicted_used": int(decision.label.sum())},
         "verdict": decision.verdict.as_dict(),
         "decision": {"method": decision.method, **decision.details},
-        "settings": {"k": query_cfg.k, "decide": _asdict(query_cfg.decide), "embedder": store.manifest["embedder"],
+        "settings": {"k": query_cfg.k, "decide": to_dict(query_cfg.decide), "embedder": store.manifest["embedder"],
                      "index": {"factory": store.manifest["factory"], "metric": store.manifest["metric"],
                                "ntotal": store.ntotal},
                      "folders": {n: str(p) for n, p in folders.items() if p is not None}},
@@ -441,12 +441,6 @@ def query(index: str | Path | IndexStore, real: str | Path, out: str | Path, que
 
 def _placeholder(path) -> Evidence | None:
     return None if path is None else Evidence({f: np.zeros(0) for f in FEATURES})
-
-
-def _asdict(cfg: DecideConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(cfg)
 
 
 def _check_override(store: IndexStore, given: EmbedConfig) -> None:
