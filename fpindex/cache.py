@@ -120,16 +120,17 @@ class EmbeddingCache:
 
 
 class PairCache:
-    """SSIM values by (real image hash, generated image hash), so a re-run re-ranks without decoding.
+    """Values by (real image hash, other hash), so a re-run re-ranks without decoding.
 
-    Same layout and guarantees as `EmbeddingCache`; the identity is the canonical image size and the SSIM
-    definition (and engine, whose last digits differ), so a value is reused only where it would be recomputed
-    identically.
+    kind 'ssim': SSIM with a generated image (by its content hash); 'subspace': the subspace evidence, the other
+    hash being that of the fitted subspace. Same layout and guarantees as `EmbeddingCache`; the identity is the
+    canonical image size and the definition (for SSIM also the engine, whose last digits differ), so a value is
+    reused only where it would be recomputed identically.
     """
 
-    def __init__(self, root: str | Path, identity: dict[str, Any]) -> None:
-        self.identity = {"kind": "ssim", **identity}
-        self.dir = Path(root).expanduser() / ("ssim-" + identity_key(self.identity))
+    def __init__(self, root: str | Path, identity: dict[str, Any], kind: str = "ssim") -> None:
+        self.identity = {"kind": kind, **identity}
+        self.dir = Path(root).expanduser() / (f"{kind}-" + identity_key(self.identity))
         self._known: dict[tuple[str, str], float] | None = None
 
     def _load(self) -> dict[tuple[str, str], float]:

@@ -28,8 +28,8 @@ from .report import write_outputs, write_summary
 from .rerank import binarize, jaccard, ssim_indexed
 from .search import Neighbours, search
 from .stream import autocast, batches, check_precision, default_batch_size, default_workers, optimise
-from .utils import Timings, atomic_path, versions, write_json_atomic
-from . import selfsup
+from .utils import Timings, atomic_path, sha256_bytes, versions, write_json_atomic
+from . import selfsup, subspace
 from .selfsup import SelfSupConfig
 
 SELFSUP = "selfsup"
@@ -192,6 +192,10 @@ def build(generated: str | Path, index_dir: str | Path, embed_cfg: EmbedConfig, 
                        keep_pixels=keep_pixels, skip_sha=known, cache=open_cache(embed_cfg, embedder))
     if store.ntotal == 0 and len(emb.paths) == 0:
         raise FpindexError(f"generated-image folder {generated}: none of its {len(files)} images could be read")
+    if store.ntotal == 0 and emb.paths:
+        fitted = fit_subspace(emb, embedder.spec.size, embed_cfg, timings)
+        store.attachments[subspace.FILE] = fitted.to_bytes()
+        store.manifest["subspace"] = fitted.describe()
     with timings.stage("index"):
         tuned = store.ntotal == 0
         store.add(emb.vectors, emb.rows())
@@ -217,7 +221,6 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
     import torch
 
     from .cache import identity_key
-    from .utils import sha256_bytes
 
     sscfg = SelfSupConfig(seed=cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -261,6 +264,35 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
             tmp.write_bytes(data)
         write_json_atomic(cached.with_suffix(".json"), report)
     return report, data
+
+
+def fit_subspace(emb: Embedded, size: int, cfg: EmbedConfig, timings: Timings) -> subspace.Subspace:
+    """The generated set's principal subspace (see subspace.py), from a seeded sample of the embedded images.
+
+    Pixels decoded by the embedding pass are reused; the rest of the sample is read now. Cached by the sample's
+    content hashes, so an unchanged re-run decodes nothing."""
+    from .cache import identity_key
+
+    rng = np.random.default_rng(cfg.seed)
+    n = len(emb.paths)
+    rows = np.sort(rng.choice(n, size=min(n, subspace.MAX_IMAGES), replace=False))
+    key = identity_key({"subspace": [subspace.SIZE, subspace.VARIANCE], "size": size,
+                        "sample": sha256_bytes("".join(emb.sha256[r] for r in rows.tolist()).encode()),
+                        "versions": {k: v for k, v in versions().items() if k in ("fpindex", "numpy")}})
+    cached = (Path(cfg.cache_dir or default_cache_dir()) / "subspace" / f"{key}.npz") if cfg.cache else None
+    if cached is not None and cached.is_file():
+        try:
+            return subspace.Subspace.from_bytes(cached.read_bytes())
+        except (ValueError, OSError, KeyError):
+            pass   # damaged: fit again
+    with timings.stage("load"):
+        pixels = _real_pixels(emb, rows, size)
+    with timings.stage("index"):
+        fitted = subspace.fit(pixels)
+    if cached is not None:
+        with atomic_path(cached) as tmp:
+            tmp.write_bytes(fitted.to_bytes())
+    return fitted
 
 
 def embed_config_from_manifest(store: IndexStore, given: EmbedConfig | None = None) -> EmbedConfig:
@@ -330,12 +362,13 @@ def _real_pixels(emb: Embedded, rows: np.ndarray, size: int) -> np.ndarray:
 
 
 def evidence_for(emb: Embedded, store: IndexStore, gen_pixels: GeneratedPixels, k: int,
-                 timings: Timings, run: RunConfig, desc: str,
-                 pair_cache: PairCache | None = None) -> tuple[Neighbours, np.ndarray, np.ndarray, Evidence]:
+                 timings: Timings, run: RunConfig, desc: str, pair_cache: PairCache | None = None,
+                 space: subspace.Subspace | None = None) -> tuple[Neighbours, np.ndarray, np.ndarray, Evidence]:
     """Search then re-rank: returns neighbours, their SSIM and Jaccard (n × k), and per-image evidence.
 
     SSIM values already in `pair_cache` (by content hashes) are reused; only the pixels of the images in the
-    other pairs are read."""
+    other pairs are read. `space`: the index's generated subspace (None for indexes made before it existed:
+    that evidence is then 0 for every image and carries no weight)."""
     with timings.stage("search"):
         nb = search(store, emb.vectors, k)
     n, kk = nb.ids.shape
@@ -372,9 +405,25 @@ def evidence_for(emb: Embedded, store: IndexStore, gen_pixels: GeneratedPixels, 
             ssim[valid] = vals
             gen_bits = binarize(store.reconstruct(flat))
             jac[valid] = jaccard(binarize(emb.vectors)[real_idx], gen_bits)
+    explained = np.zeros(n, np.float32)
+    if space is not None and n:
+        space_id = [sha256_bytes(space.to_bytes())] * n
+        space_cache = PairCache(pair_cache.dir.parent, {"size": gen_pixels.size}, kind="subspace") \
+            if pair_cache is not None else None
+        explained = space_cache.get(emb.sha256, space_id) if space_cache else np.full(n, np.nan, np.float32)
+        todo = np.flatnonzero(np.isnan(explained))
+        for s in range(0, len(todo), 4096):
+            rows = todo[s:s + 4096]
+            with timings.stage("load"):
+                pix = _real_pixels(emb, rows, gen_pixels.size)
+            with timings.stage("rerank"):
+                explained[rows] = space.evidence(pix)
+        if space_cache is not None and len(todo):
+            space_cache.put([emb.sha256[i] for i in todo.tolist()], space_id[:len(todo)], explained[todo])
     ev = Evidence({"cosine": np.where(valid[:, 0], nb.cosine[:, 0], -1.0) if n else np.zeros(0),
                    "ssim": np.where(valid, ssim, -1.0).max(axis=1) if n else np.zeros(0),
-                   "jaccard": np.where(valid, jac, 0.0).max(axis=1) if n else np.zeros(0)})
+                   "jaccard": np.where(valid, jac, 0.0).max(axis=1) if n else np.zeros(0),
+                   "subspace": explained})
     return nb, ssim, jac, ev
 
 
@@ -401,6 +450,12 @@ def query(index: str | Path | IndexStore, real: str | Path, out: str | Path, que
     pixels = GeneratedPixels(store, embedder.spec.size, gen_pixels)
     cache = open_cache(embed_cfg, embedder)
     pair_cache = open_pair_cache(embed_cfg, embedder.spec.size)
+    space = None
+    if subspace.FILE in store.attachments:
+        try:
+            space = subspace.Subspace.from_bytes(store.attachments[subspace.FILE])
+        except (ValueError, KeyError, OSError) as e:
+            raise FpindexError(f"index {store.directory}: {subspace.FILE} is damaged ({e}); rebuild the index") from None
 
     results: dict[str, tuple[Embedded, Neighbours, np.ndarray, np.ndarray, Evidence]] = {}
     for name, (root, files) in listed.items():
@@ -409,7 +464,7 @@ def query(index: str | Path | IndexStore, real: str | Path, out: str | Path, que
         if name == "real" and not emb.paths:
             raise FpindexError(f"real-image folder {root}: none of its {len(files)} images could be read")
         nb, ssim, jac, ev = evidence_for(emb, store, pixels, query_cfg.k, timings, run, f"re-rank {name}",
-                                         pair_cache=pair_cache)
+                                         pair_cache=pair_cache, space=space)
         results[name] = (emb, nb, ssim, jac, ev)
 
     with timings.stage("decide"):

@@ -10,11 +10,13 @@ from fpindex.decide import (DECIDERS, DEFAULT_THRESHOLDS, FEATURES, Evidence, La
 from fpindex.errors import FpindexError
 
 
-def ev(cosine, ssim=None, jaccard=None):
+def ev(cosine, ssim=None, jaccard=None, subspace=None):
     cosine = np.asarray(cosine, float)
-    return Evidence({"cosine": cosine,
-                     "ssim": np.asarray(ssim if ssim is not None else np.zeros_like(cosine), float),
-                     "jaccard": np.asarray(jaccard if jaccard is not None else np.zeros_like(cosine), float)})
+
+    def given(v):
+        return np.asarray(v if v is not None else np.zeros_like(cosine), float)
+
+    return Evidence({"cosine": cosine, "ssim": given(ssim), "jaccard": given(jaccard), "subspace": given(subspace)})
 
 
 def synthetic(n, used, seed):
@@ -26,9 +28,9 @@ def synthetic(n, used, seed):
 
 
 def test_evidence_matrix_in_feature_order():
-    e = ev([0.1, 0.2], [0.3, 0.4], [0.5, 0.6])
-    assert len(e) == 2 and FEATURES == ("cosine", "ssim", "jaccard")
-    np.testing.assert_array_equal(e.matrix(), [[0.1, 0.3, 0.5], [0.2, 0.4, 0.6]])
+    e = ev([0.1, 0.2], [0.3, 0.4], [0.5, 0.6], [0.7, 0.8])
+    assert len(e) == 2 and FEATURES == ("cosine", "ssim", "jaccard", "subspace")
+    np.testing.assert_array_equal(e.matrix(), [[0.1, 0.3, 0.5, 0.7], [0.2, 0.4, 0.6, 0.8]])
 
 
 # ---- fixed ----------------------------------------------------------------------------------------

@@ -116,6 +116,32 @@ def test_build_then_query_equals_audit(leak, helpers, tmp_path):
                                   other.reconstruct(np.arange(other.ntotal)))
 
 
+def test_index_keeps_the_generated_subspace_and_old_indexes_still_query(leak, helpers, tmp_path):
+    from fpindex import subspace
+
+    store = IndexStore.load(leak.audit_out / "index")
+    assert subspace.FILE in store.attachments
+    space = subspace.Subspace.from_bytes(store.attachments[subspace.FILE])
+    assert store.manifest["subspace"] == space.describe() and 1 <= len(space.basis) <= store.ntotal
+    assert "subspace" in leak.audit_summary["decision"]["weights"]
+    # An index made before the subspace existed: the evidence is absent (0 for all), the query still works.
+    old = tmp_path / "old"
+    shutil.copytree(leak.audit_out / "index", old)
+    (old / subspace.FILE).unlink()
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["attachments"].remove(subspace.FILE)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    summary = query(old, leak.real, tmp_path / "out", helpers.QUERY, helpers.QUIET, used=leak.used,
+                    not_used=leak.not_used)
+    assert summary["decision"]["weights"]["subspace"] == 0.0
+    # A damaged subspace file is refused with its name, not a traceback.
+    bad = tmp_path / "bad"
+    shutil.copytree(leak.audit_out / "index", bad)
+    (bad / subspace.FILE).write_bytes(b"not an npz")
+    with pytest.raises(FpindexError, match="subspace.npz is damaged"):
+        query(bad, leak.real, tmp_path / "out2", helpers.QUERY, helpers.QUIET)
+
+
 def test_query_refuses_other_embedding_settings(leak, helpers, tmp_path):
     idx = leak.audit_out / "index"
     for override, key in [(EmbedConfig(model="pixels"), "model"),
