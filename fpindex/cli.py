@@ -60,6 +60,10 @@ O_PRECISION = typer.Option(Precision("fp32"), "--precision", help="Arithmetic of
 O_WORKERS = typer.Option(None, "--workers", min=0, help="Processes that decode and enhance images while the model "
                          "runs (0: in the main process). Default: one per spare core (at most 8) with more than "
                          "2 cores, else 0; 0 for small sets. Results do not depend on it.", rich_help_panel="Embedding")
+O_TRAIN_STEPS = typer.Option(None, "--train-steps", min=1, help="Weights selfsup: steps of self-supervised "
+                             "training on the generated images at build time (batch 128). Default: about 16 passes "
+                             "over them, 20 to 250 steps. Fewer build faster and match less robustly.",
+                             rich_help_panel="Embedding")
 O_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the caches of vectors and SSIM values.",
                           rich_help_panel="Embedding")
 O_CACHE_DIR = typer.Option(None, "--cache-dir", help="Cache of vectors and SSIM values, by image content hash and "
@@ -100,12 +104,12 @@ O_VERBOSE = typer.Option(False, "--verbose", "-v", help="Also print per-stage ti
 
 
 def _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device, precision=Precision("fp32"),
-               workers=None, no_cache=False, cache_dir=None) -> EmbedConfig:
+               workers=None, no_cache=False, cache_dir=None, train_steps=None) -> EmbedConfig:
     return EmbedConfig(model=model.value if isinstance(model, Enum) else model, weights=weights,
                        enhance=parse_enhance(enhance), image_size=image_size, seed=seed, batch_size=batch_size,
                        device=device.value if isinstance(device, Enum) else device,
                        precision=precision.value if isinstance(precision, Enum) else precision, workers=workers,
-                       cache=not no_cache, cache_dir=str(cache_dir) if cache_dir else None)
+                       cache=not no_cache, cache_dir=str(cache_dir) if cache_dir else None, train_steps=train_steps)
 
 
 O_PRESET = typer.Option(PresetName("default"), "--preset", help="Named settings; options given explicitly "
@@ -190,6 +194,7 @@ def build(
     seed: int = O_SEED,
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
+    train_steps: Optional[int] = O_TRAIN_STEPS,
     preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
 ) -> None:
     """Embed a folder of generated images and write a FAISS index of them."""
@@ -206,7 +211,7 @@ def build(
 
         _kind(save_embeddings)     # a bad file name fails now, not after embedding
     embed, _ = _apply_preset(ctx, preset, _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device,
-                                                     precision, workers, no_cache, cache_dir))
+                                                     precision, workers, no_cache, cache_dir, train_steps))
     store, emb, summary = run_build(generated, index, embed,
                                     _index_cfg(factory, max_memory, nprobe, ef_search, target_recall, device, seed),
                                     run, mode="add" if add else "overwrite" if overwrite else "new", timings=timings)
@@ -281,6 +286,7 @@ def audit(
     score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD, alpha: float = O_ALPHA, seed: int = O_SEED,
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
+    train_steps: Optional[int] = O_TRAIN_STEPS,
     preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
 ) -> None:
     """Build an index of the generated images, then query it with the real ones, in one go."""
@@ -288,7 +294,7 @@ def audit(
 
     run = RunConfig(quiet=quiet, verbose=verbose)
     embed, qcfg = _apply_preset(ctx, preset, _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device,
-                                                        precision, workers, no_cache, cache_dir),
+                                                        precision, workers, no_cache, cache_dir, train_steps),
                                 _query_cfg(k, decision, score, threshold, alpha, seed))
     summary = run_audit(generated, real, out, embed, _index_cfg(factory, max_memory, None, None, 0.95, device, seed),
                         qcfg, run,

@@ -18,6 +18,7 @@ class EmbedConfig:
     device: str = "auto"             # auto | cpu | cuda
     precision: str = "fp32"          # fp32 | bf16 | fp16 (autocast; changes vectors slightly, so part of identity)
     workers: int | None = None       # decoding/enhancement processes; None: chosen from cores and set size
+    train_steps: int | None = None   # weights 'selfsup': training steps at build time; None: selfsup.py's rule
     cache: bool = True               # reuse embeddings by content hash (see fpindex/cache.py)
     cache_dir: str | None = None     # None: $FPINDEX_CACHE or ~/.cache/fpindex
 

@@ -222,7 +222,7 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
 
     from .cache import identity_key
 
-    sscfg = SelfSupConfig(seed=cfg.seed)
+    sscfg = SelfSupConfig(seed=cfg.seed, steps=cfg.train_steps)
     rng = np.random.default_rng(cfg.seed)
     sample = [files[i] for i in sorted(rng.choice(len(files), size=min(len(files), sscfg.max_images), replace=False))]
     with timings.stage("load"):
