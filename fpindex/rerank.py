@@ -126,10 +126,10 @@ class _CvEngine:
         """Terms of n images: x (centred image), m (its filtered mean), u = m + mean, q, v (inner region)."""
         return (np.empty((n, *self.shape), np.float32), *(np.empty((n, *self.inner), np.float32) for _ in range(4)))
 
-    def workspace(self) -> dict[str, np.ndarray]:
+    def workspace(self) -> dict:
         n, (h, w), (H, W) = self.chunk, self.inner, self.shape
         return {"full": np.empty((n, H, W), np.float32), "full2": np.empty((n, H, W), np.float32),
-                "filt": np.empty((n * H, W), np.float32),
+                "filt": np.empty((n * H, W), np.float32), "b_terms": self.alloc(n),
                 **{k: np.empty((n, h, w), np.float32) for k in ("i1", "i2", "i3", "i4", "i5")}}
 
     def filt(self, x: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -181,10 +181,12 @@ class _CvEngine:
 
 def _cv_ssim(a: np.ndarray, b: np.ndarray, a_idx: np.ndarray, b_idx: np.ndarray, threads: int,
              max_images: int | None = None, chunk: int = 32) -> np.ndarray:
-    """Pairs in (a, b) order, in blocks whose distinct images' terms (≈ 63 KB each at 64 px) number at most
-    `max_images` (default: 64 MB worth); per block, the terms of its distinct images, then its pairs, `chunk`
-    at a time, spread over `threads` threads (numpy and OpenCV release the GIL; OpenCV's own threads are off
-    meanwhile, as they would only compete)."""
+    """The terms of up to `max_images` distinct `a` images are held at once (default: 64 MB worth, ≈ 63 KB
+    per image at 64 px); their pairs are then visited in `b` order, `chunk` at a time, each chunk computing
+    the terms of its own `b` images into a small buffer that stays in cache (holding the terms of every
+    distinct `b` image instead costs more in page faults than all the arithmetic on them). Chunks are spread
+    over `threads` threads: numpy and OpenCV release the GIL, and OpenCV's own threads are off meanwhile, as
+    they would only compete."""
     from concurrent.futures import ThreadPoolExecutor
 
     out = np.empty(len(a_idx), np.float32)
@@ -192,18 +194,7 @@ def _cv_ssim(a: np.ndarray, b: np.ndarray, a_idx: np.ndarray, b_idx: np.ndarray,
         return out
     h, w = a.shape[1:]
     eng = _CvEngine((h, w), chunk)
-    max_images = max(2, max_images or (64 << 20) // (4 * (h * w + 4 * (h - 10) * (w - 10))))
-    order = np.lexsort((b_idx, a_idx))
-    sa, sb = a_idx[order], b_idx[order]
-    # Blocks of pairs whose distinct a and b images number at most max_images (one pair at least).
-    blocks, start, seen_a, seen_b = [], 0, set(), set()
-    for i, (x, y) in enumerate(zip(sa.tolist(), sb.tolist())):
-        if i > start and len(seen_a) + len(seen_b) + (x not in seen_a) + (y not in seen_b) > max_images:
-            blocks.append((start, i))
-            start, seen_a, seen_b = i, set(), set()
-        seen_a.add(x)
-        seen_b.add(y)
-    blocks.append((start, len(sa)))
+    max_a = max(1, max_images or (64 << 20) // (4 * (h * w + 4 * (h - 10) * (w - 10))))
     threads = max(1, threads)
     spaces = [eng.workspace() for _ in range(threads)]
     cv_threads = cv2.getNumThreads()
@@ -213,19 +204,24 @@ def _cv_ssim(a: np.ndarray, b: np.ndarray, a_idx: np.ndarray, b_idx: np.ndarray,
             def spread(fn, items):
                 list(ex.map(lambda t: [fn(it, spaces[t]) for it in items[t::threads]], range(threads)))
 
-            for s, e in blocks:
-                ua, ja = np.unique(sa[s:e], return_inverse=True)
-                ub, jb = np.unique(sb[s:e], return_inverse=True)
-                ta, tb = eng.alloc(len(ua)), eng.alloc(len(ub))
-                jobs = [(src, idx[i:i + chunk], tuple(t[i:i + chunk] for t in dst))
-                        for src, idx, dst in ((a, ua, ta), (b, ub, tb)) for i in range(0, len(idx), chunk)]
-                spread(lambda job, ws: eng.terms(np.ascontiguousarray(job[0][job[1]], np.float32), job[2], ws),
-                       jobs)
+            all_a = np.unique(a_idx)
+            for s in range(0, len(all_a), max_a):
+                ua = all_a[s:s + max_a]
+                sel = np.flatnonzero((a_idx >= ua[0]) & (a_idx <= ua[-1]))
+                sel = sel[np.argsort(b_idx[sel], kind="stable")]
+                ja = np.searchsorted(ua, a_idx[sel])
+                ta = eng.alloc(len(ua))
+                spread(lambda i, ws: eng.terms(np.ascontiguousarray(a[ua[i:i + chunk]], np.float32),
+                                               tuple(t[i:i + chunk] for t in ta), ws), list(range(0, len(ua), chunk)))
 
                 def pair_chunk(i, ws):
-                    out[order[s + i:min(e, s + i + chunk)]] = eng.pairs(ta, tb, ja[i:i + chunk], jb[i:i + chunk], ws)
+                    p = sel[i:i + chunk]
+                    ub, jb = np.unique(b_idx[p], return_inverse=True)
+                    tb = tuple(t[:len(ub)] for t in ws["b_terms"])
+                    eng.terms(np.ascontiguousarray(b[ub], np.float32), tb, ws)
+                    out[p] = eng.pairs(ta, tb, ja[i:i + chunk], jb.reshape(-1), ws)
 
-                spread(pair_chunk, list(range(0, e - s, chunk)))
+                spread(pair_chunk, list(range(0, len(sel), chunk)))
     finally:
         cv2.setNumThreads(cv_threads)
     return out
@@ -239,10 +235,11 @@ def ssim_indexed(a: np.ndarray, b: np.ndarray, a_idx: np.ndarray, b_idx: np.ndar
                  batch: int = 64, threads: int | None = None) -> np.ndarray:
     """SSIM of a[a_idx[i]] with b[b_idx[i]] for every i; a and b are stacks of H × W images in [0, 1].
 
-    Means and second moments are filtered once per distinct image (at most `max_images` images' terms are
-    held at once, ≈ 290 KB each at 128 px; default 512 `a` images on CPU, 1024 images on GPU), the cross
-    moment once per pair. engine: 'auto' (OpenCV
-    on CPU, tensors on GPU), 'cv' or 'torch' (`batch` pairs per tensor op). Returns float32 (len(a_idx),).
+    Means and second moments are filtered once per distinct image (on the CPU once per distinct `a` image and,
+    nearly always, once per distinct `b` image: a `b` image whose pairs straddle two chunks is done twice), the
+    cross moment once per pair. At most `max_images` images' terms are held at once (CPU: `a` images, ≈ 63 KB
+    each at 64 px, default 64 MB worth; GPU: both sides, default 1024). engine: 'auto' (OpenCV on CPU, tensors
+    on GPU), 'cv' or 'torch' (`batch` pairs per tensor op). Returns float32 (len(a_idx),).
     """
     a, b = np.asarray(a), np.asarray(b)
     if a.ndim != 3 or b.ndim != 3 or a.shape[1:] != b.shape[1:]:
