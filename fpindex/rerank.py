@@ -194,7 +194,7 @@ def _cv_ssim(a: np.ndarray, b: np.ndarray, a_idx: np.ndarray, b_idx: np.ndarray,
         return out
     h, w = a.shape[1:]
     eng = _CvEngine((h, w), chunk)
-    max_a = max(1, max_images or (64 << 20) // (4 * (h * w + 4 * (h - 10) * (w - 10))))
+    max_a = max(1, max_images or (64 << 20) // (4 * (h * w + 4 * eng.inner[0] * eng.inner[1])))
     threads = max(1, threads)
     spaces = [eng.workspace() for _ in range(threads)]
     cv_threads = cv2.getNumThreads()
