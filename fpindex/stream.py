@@ -172,7 +172,19 @@ def batches(files: Sequence[Path], size: int, enhance: Sequence[str], batch_size
                         collate_fn=_Collate(enhance), pin_memory=pin, worker_init_fn=_init_worker if workers else None,
                         prefetch_factor=2 if workers else None, persistent_workers=False,
                         multiprocessing_context=_context() if workers else None)
-    yield from loader
+    if workers:
+        yield from loader
+        return
+    # Decoding and enhancement run here, between forward passes: OpenCV's own thread pool would only contend
+    # with the model's threads (workers turn it off too, in _init_worker).
+    import cv2
+
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield from loader
+    finally:
+        cv2.setNumThreads(cv_threads)
 
 
 __all__ = ["batches", "Batch", "Item", "optimise", "autocast", "check_precision", "default_batch_size",

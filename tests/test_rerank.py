@@ -101,3 +101,25 @@ def test_jaccard_of_binarised_embeddings_tracks_similarity():
     far = rng.standard_normal((1, 64))
     assert jaccard(binarize(v), binarize(3.0 * v))[0] == 1.0     # scale-free
     assert jaccard(binarize(v), binarize(near))[0] > 0.8 > jaccard(binarize(v), binarize(far))[0]
+
+
+def test_indexed_ssim_cpu_chunks_threads_and_blocks_agree_bit_for_bit():
+    """Audit-like pairs (each real image against k neighbours, neighbours shared, some identical to the real
+    image) over many 32-pair chunks: same values whatever the threads or the number of images held, equal to
+    skimage, and exactly 1 for identical images wherever they fall in a chunk."""
+    from fpindex.rerank import ssim_indexed
+
+    rng = np.random.default_rng(5)
+    real = rng.random((12, 24, 24)).astype(np.float32)
+    gen = np.clip(np.concatenate([real[:4], rng.random((30, 24, 24))]) +
+                  np.r_[np.zeros(4), np.full(30, 0.05)][:, None, None] * rng.standard_normal((34, 24, 24)),
+                  0, 1).astype(np.float32)
+    ai = np.repeat(np.arange(12), 9)
+    bi = rng.integers(4, 34, len(ai))
+    bi[[0, 9, 18, 27]] = [0, 1, 2, 3]                       # real image i against its exact copy gen[i]
+    got = ssim_indexed(real, gen, ai, bi, threads=2)
+    for kw in ({"threads": 1}, {"max_images": 3}, {"max_images": 1, "threads": 3}):
+        np.testing.assert_array_equal(ssim_indexed(real, gen, ai, bi, **kw), got)
+    np.testing.assert_array_equal(got[[0, 9, 18, 27]], 1.0)
+    pick = rng.choice(len(ai), 20, replace=False)
+    np.testing.assert_allclose(got[pick], [reference_ssim(real[ai[i]], gen[bi[i]]) for i in pick], atol=1e-5)
