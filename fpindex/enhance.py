@@ -33,6 +33,9 @@ from .registry import Registry
 
 Enhancer = Callable[[np.ndarray], np.ndarray]
 ENHANCERS: Registry[Enhancer] = Registry("enhancement")
+# Raised whenever any filter's output changes, so cached vectors of the old images are not reused
+# (2: OpenCV Hessian and 8-bit bilateral replaced the scikit-image / float versions).
+REVISION = 2
 
 
 def _to_u8(img: np.ndarray) -> np.ndarray:

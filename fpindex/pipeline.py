@@ -19,7 +19,7 @@ from .cache import EmbeddingCache, PairCache, default_cache_dir
 from .config import DecideConfig, EmbedConfig, IndexConfig, QueryConfig, RunConfig, to_dict
 from .decide import FEATURES, Evidence, Labelled, choose_method, decide
 from .embed import Embedder, build_embedder
-from .enhance import enhance_stack, parse_enhance
+from .enhance import REVISION as ENHANCE_REVISION, enhance_stack, parse_enhance
 from .errors import FpindexError
 from .index import IndexStore
 from .indexing import create_store, finish_in_memory
@@ -81,7 +81,7 @@ def open_cache(cfg: EmbedConfig, embedder: Embedder) -> EmbeddingCache | None:
 
     # `weights` is how the weights were asked for (a path can differ between runs); `weights_id` is what they are.
     identity = {k: v for k, v in embed_identity(cfg, embedder).items() if k != "weights"}
-    identity |= {"fpindex": __version__, "torch": torch.__version__}
+    identity |= {"fpindex": __version__, "torch": torch.__version__, "enhance_revision": ENHANCE_REVISION}
     return EmbeddingCache(cfg.cache_dir or default_cache_dir(), identity)
 
 
@@ -233,6 +233,7 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
             except OSError:
                 continue  # reported by the embedding pass that follows
     key = identity_key({"selfsup": sscfg.as_dict(), "model": cfg.model, "enhance": list(cfg.enhance),
+                        "enhance_revision": ENHANCE_REVISION,
                         "size": embedder.spec.size, "seed": cfg.seed, "versions": {k: v for k, v in versions().items()
                                                                                   if k in ("fpindex", "torch")},
                         "sample": sha256_bytes("".join(sha256_bytes(d) for d in raw).encode())})

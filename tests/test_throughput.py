@@ -145,6 +145,16 @@ def test_cache_is_invalidated_by_model_weights_enhancement_and_precision(helpers
     # Same file name, other weights inside: the weights id is the checkpoint's content hash.
     ckpt_a.write_bytes(ckpt_b.read_bytes())
     assert embed(variants[-1], root)[0].cached == 0
+    # A new revision of the filters (their images changed) does not reuse vectors of the old images.
+    import fpindex.pipeline as pipeline
+
+    old = pipeline.ENHANCE_REVISION
+    try:
+        pipeline.ENHANCE_REVISION = old + 1
+        assert embed(variants[1], root)[0].cached == 0
+    finally:
+        pipeline.ENHANCE_REVISION = old
+    assert embed(variants[1], root)[0].cached == 3
 
 
 def test_cache_ignores_damaged_shards_and_can_be_disabled(helpers, tmp_path):
