@@ -61,8 +61,8 @@ O_WORKERS = typer.Option(None, "--workers", min=0, help="Processes that decode a
                          "runs (0: in the main process). Default: one per spare core (at most 8) with more than "
                          "2 cores, else 0; 0 for small sets. Results do not depend on it.", rich_help_panel="Embedding")
 O_TRAIN_STEPS = typer.Option(None, "--train-steps", min=1, help="Weights selfsup: steps of self-supervised "
-                             "training on the generated images at build time (batch 128). Default: about 16 passes "
-                             "over them, 20 to 250 steps. Fewer build faster and match less robustly.",
+                             "training on the generated images at build time (batch 64). Default: about 8 passes "
+                             "over them, 10 to 250 steps. Fewer build faster and match less robustly.",
                              rich_help_panel="Embedding")
 O_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the caches of vectors and SSIM values.",
                           rich_help_panel="Embedding")

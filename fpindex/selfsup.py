@@ -30,7 +30,7 @@ from .utils import sha256_bytes
 
 @dataclass(frozen=True)
 class SelfSupConfig:
-    steps: int | None = None  # None: about 8 passes over the images, at most 100 steps
+    steps: int | None = None  # None: about 8 passes over the images, 10 to 250 steps
     batch_size: int = 64
     lr: float = 2e-3
     temperature: float = 0.1
@@ -42,7 +42,7 @@ class SelfSupConfig:
         return asdict(self)
 
     def steps_for(self, n_images: int) -> int:
-        return self.steps if self.steps is not None else int(min(100, max(10, math.ceil(8 * n_images / self.batch_size))))
+        return self.steps if self.steps is not None else int(min(250, max(10, math.ceil(8 * n_images / self.batch_size))))
 
 
 def _blur_kernel(device: torch.device) -> torch.Tensor:

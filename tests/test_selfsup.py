@@ -41,7 +41,7 @@ def test_training_is_deterministic_and_moves_weights():
 
 def test_auto_steps_scale_with_data_and_are_capped():
     cfg = SelfSupConfig()
-    assert cfg.steps_for(24) == 10 and cfg.steps_for(400) == 50 and cfg.steps_for(10**6) == 100
+    assert cfg.steps_for(24) == 10 and cfg.steps_for(400) == 50 and cfg.steps_for(10**6) == 250
 
 
 def test_selfsup_index_stores_weights_and_queries_reuse_them(leak, helpers, tmp_path):
