@@ -85,11 +85,14 @@ def open_cache(cfg: EmbedConfig, embedder: Embedder) -> EmbeddingCache | None:
     return EmbeddingCache(cfg.cache_dir or default_cache_dir(), identity)
 
 
-def open_pair_cache(cfg: EmbedConfig, size: int) -> PairCache | None:
+def open_pair_cache(cfg: EmbedConfig, size: int, kind: str = "ssim") -> PairCache | None:
+    """kind 'ssim': SSIM values by (real, generated) hashes; 'subspace': subspace evidence by (real, subspace)."""
     from .rerank import SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW
 
     if not cfg.cache:
         return None
+    if kind == "subspace":
+        return PairCache(cfg.cache_dir or default_cache_dir(), {"size": size, "shrink": subspace.SIZE}, kind=kind)
     # Re-ranking runs on the CPU engine (threads over all cores) whatever the embedding device.
     return PairCache(cfg.cache_dir or default_cache_dir(), {"size": size, "window": SSIM_WINDOW, "sigma": SSIM_SIGMA,
                                                             "K": [SSIM_K1, SSIM_K2], "engine": "cv"})
@@ -284,7 +287,7 @@ def fit_subspace(emb: Embedded, size: int, cfg: EmbedConfig, timings: Timings) -
     if cached is not None and cached.is_file():
         try:
             return subspace.Subspace.from_bytes(cached.read_bytes())
-        except (ValueError, OSError, KeyError):
+        except (ValueError, OSError):
             pass   # damaged: fit again
     with timings.stage("load"):
         pixels = _real_pixels(emb, rows, size)
@@ -362,9 +365,46 @@ def _real_pixels(emb: Embedded, rows: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+@dataclass
+class IndexSubspace:
+    """An index's generated subspace, its content id, and the cache of its evidence by real-image hash."""
+
+    space: subspace.Subspace
+    id: str
+    cache: PairCache | None
+
+    @classmethod
+    def of(cls, store: IndexStore, cfg: EmbedConfig, size: int) -> "IndexSubspace | None":
+        data = store.attachments.get(subspace.FILE)
+        if data is None:
+            return None
+        try:
+            space = subspace.Subspace.from_bytes(data)
+        except ValueError as e:
+            raise FpindexError(f"index {store.directory}: {subspace.FILE} is damaged ({e}); rebuild the index") from None
+        return cls(space, sha256_bytes(data), open_pair_cache(cfg, size, kind="subspace"))
+
+
+def subspace_evidence(emb: Embedded, sub: IndexSubspace, size: int, timings: Timings) -> np.ndarray:
+    """Per real image, the share the generated subspace explains; cached values are reused undecoded."""
+    n = len(emb.paths)
+    other = [sub.id] * n
+    out = sub.cache.get(emb.sha256, other) if sub.cache else np.full(n, np.nan, np.float32)
+    todo = np.flatnonzero(np.isnan(out))
+    for s in range(0, len(todo), 4096):
+        rows = todo[s:s + 4096]
+        with timings.stage("load"):
+            pix = _real_pixels(emb, rows, size)
+        with timings.stage("rerank"):
+            out[rows] = sub.space.evidence(pix)
+    if sub.cache is not None and len(todo):
+        sub.cache.put([emb.sha256[i] for i in todo.tolist()], other[:len(todo)], out[todo])
+    return out
+
+
 def evidence_for(emb: Embedded, store: IndexStore, gen_pixels: GeneratedPixels, k: int,
                  timings: Timings, run: RunConfig, desc: str, pair_cache: PairCache | None = None,
-                 space: subspace.Subspace | None = None) -> tuple[Neighbours, np.ndarray, np.ndarray, Evidence]:
+                 space: IndexSubspace | None = None) -> tuple[Neighbours, np.ndarray, np.ndarray, Evidence]:
     """Search then re-rank: returns neighbours, their SSIM and Jaccard (n × k), and per-image evidence.
 
     SSIM values already in `pair_cache` (by content hashes) are reused; only the pixels of the images in the
@@ -406,21 +446,7 @@ def evidence_for(emb: Embedded, store: IndexStore, gen_pixels: GeneratedPixels, 
             ssim[valid] = vals
             gen_bits = binarize(store.reconstruct(flat))
             jac[valid] = jaccard(binarize(emb.vectors)[real_idx], gen_bits)
-    explained = np.zeros(n, np.float32)
-    if space is not None and n:
-        space_id = [sha256_bytes(space.to_bytes())] * n
-        space_cache = PairCache(pair_cache.dir.parent, {"size": gen_pixels.size}, kind="subspace") \
-            if pair_cache is not None else None
-        explained = space_cache.get(emb.sha256, space_id) if space_cache else np.full(n, np.nan, np.float32)
-        todo = np.flatnonzero(np.isnan(explained))
-        for s in range(0, len(todo), 4096):
-            rows = todo[s:s + 4096]
-            with timings.stage("load"):
-                pix = _real_pixels(emb, rows, gen_pixels.size)
-            with timings.stage("rerank"):
-                explained[rows] = space.evidence(pix)
-        if space_cache is not None and len(todo):
-            space_cache.put([emb.sha256[i] for i in todo.tolist()], space_id[:len(todo)], explained[todo])
+    explained = np.zeros(n, np.float32) if space is None else subspace_evidence(emb, space, gen_pixels.size, timings)
     ev = Evidence({"cosine": np.where(valid[:, 0], nb.cosine[:, 0], -1.0) if n else np.zeros(0),
                    "ssim": np.where(valid, ssim, -1.0).max(axis=1) if n else np.zeros(0),
                    "jaccard": np.where(valid, jac, 0.0).max(axis=1) if n else np.zeros(0),
@@ -451,12 +477,7 @@ def query(index: str | Path | IndexStore, real: str | Path, out: str | Path, que
     pixels = GeneratedPixels(store, embedder.spec.size, gen_pixels)
     cache = open_cache(embed_cfg, embedder)
     pair_cache = open_pair_cache(embed_cfg, embedder.spec.size)
-    space = None
-    if subspace.FILE in store.attachments:
-        try:
-            space = subspace.Subspace.from_bytes(store.attachments[subspace.FILE])
-        except (ValueError, KeyError, OSError) as e:
-            raise FpindexError(f"index {store.directory}: {subspace.FILE} is damaged ({e}); rebuild the index") from None
+    space = IndexSubspace.of(store, embed_cfg, embedder.spec.size)
 
     results: dict[str, tuple[Embedded, Neighbours, np.ndarray, np.ndarray, Evidence]] = {}
     for name, (root, files) in listed.items():
