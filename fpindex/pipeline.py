@@ -289,10 +289,14 @@ def fit_subspace(emb: Embedded, size: int, cfg: EmbedConfig, timings: Timings) -
             return subspace.Subspace.from_bytes(cached.read_bytes())
         except (ValueError, OSError):
             pass   # damaged: fit again
-    with timings.stage("load"):
-        pixels = _real_pixels(emb, rows, size)
+    shrunk = []
+    for s in range(0, len(rows), 1024):        # shrink as we go: 10,000 images at 224 px would take 2 GB
+        with timings.stage("load"):
+            pixels = _real_pixels(emb, rows[s:s + 1024], size)
+        with timings.stage("index"):
+            shrunk.append(subspace.shrink(pixels))
     with timings.stage("index"):
-        fitted = subspace.fit(pixels)
+        fitted = subspace.fit_shrunk(np.concatenate(shrunk))
     if cached is not None:
         with atomic_path(cached) as tmp:
             tmp.write_bytes(fitted.to_bytes())
@@ -391,8 +395,8 @@ def subspace_evidence(emb: Embedded, sub: IndexSubspace, size: int, timings: Tim
     other = [sub.id] * n
     out = sub.cache.get(emb.sha256, other) if sub.cache else np.full(n, np.nan, np.float32)
     todo = np.flatnonzero(np.isnan(out))
-    for s in range(0, len(todo), 4096):
-        rows = todo[s:s + 4096]
+    for s in range(0, len(todo), 1024):
+        rows = todo[s:s + 1024]
         with timings.stage("load"):
             pix = _real_pixels(emb, rows, size)
         with timings.stage("rerank"):

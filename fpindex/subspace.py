@@ -49,7 +49,7 @@ class Subspace:
     variance: float     # share of the generated set's variance the basis holds
     n_images: int
 
-    def evidence(self, images: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    def evidence(self, images: np.ndarray, chunk: int = 1024) -> np.ndarray:
         """Per image, the share of its centred norm inside the subspace: 1 = fully explained, 0 = orthogonal."""
         out = np.empty(len(images), np.float32)
         for s in range(0, len(images), chunk):
@@ -83,7 +83,11 @@ class Subspace:
 
 def fit(images: np.ndarray, variance: float = VARIANCE) -> Subspace:
     """Principal subspace of canonical images (n × S × S) holding `variance` of their variance."""
-    x = shrink(images)
+    return fit_shrunk(shrink(images), variance)
+
+
+def fit_shrunk(x: np.ndarray, variance: float = VARIANCE) -> Subspace:
+    """The same from images already shrunk (n × SIZE², see `shrink`), so big samples can be shrunk in chunks."""
     mean = x.mean(axis=0) if len(x) else np.zeros(SIZE * SIZE)
     if len(x) < 2:
         return Subspace(mean=mean, basis=np.zeros((0, SIZE * SIZE)), variance=0.0, n_images=len(x))
@@ -97,4 +101,4 @@ def fit(images: np.ndarray, variance: float = VARIANCE) -> Subspace:
     return Subspace(mean=mean, basis=vt[:m], variance=float(cum[m - 1]), n_images=len(x))
 
 
-__all__ = ["Subspace", "fit", "shrink", "FILE", "SIZE", "VARIANCE", "MAX_IMAGES"]
+__all__ = ["Subspace", "fit", "fit_shrunk", "shrink", "FILE", "SIZE", "VARIANCE", "MAX_IMAGES"]

@@ -46,3 +46,12 @@ def test_degenerate_sets_do_not_crash():
     assert np.all(space.evidence(flat) == 1.0)              # an image equal to the mean is fully explained
     assert len(subspace.fit(flat[:1]).basis) == 0
     assert subspace.fit(family(10, seed=5)).evidence(np.empty((0, 64, 64), np.float32)).shape == (0,)
+
+
+def test_fitting_in_shrunk_chunks_equals_fitting_at_once():
+    imgs = family(40, seed=6, size=96)
+    whole = subspace.fit(imgs)
+    chunked = subspace.fit_shrunk(np.concatenate([subspace.shrink(imgs[:15]), subspace.shrink(imgs[15:])]))
+    np.testing.assert_allclose(np.abs(chunked.basis @ whole.basis.T), np.eye(len(whole.basis)), atol=1e-6)
+    probe = family(7, seed=7, size=96)
+    np.testing.assert_allclose(chunked.evidence(probe), whole.evidence(probe), atol=1e-6)
