@@ -44,6 +44,8 @@ def shrink(images: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Subspace:
+    """A generated set's principal subspace at SIZE × SIZE, as fitted by `fit` (see the module docstring)."""
+
     mean: np.ndarray    # (SIZE²,)
     basis: np.ndarray   # (m, SIZE²), orthonormal rows
     variance: float     # share of the generated set's variance the basis holds
