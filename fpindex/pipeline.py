@@ -36,8 +36,8 @@ SELFSUP = "selfsup"
 SELFSUP_FILE = "selfsup.pt"
 
 
-def _progress(run: RunConfig, total: int, desc: str) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="img", disable=run.quiet, file=sys.stderr, dynamic_ncols=True,
+def _progress(run: RunConfig, total: int, desc: str, unit: str = "img") -> tqdm:
+    return tqdm(total=total, desc=desc, unit=unit, disable=run.quiet, file=sys.stderr, dynamic_ncols=True,
                 leave=False)
 
 
@@ -259,8 +259,7 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
             stacks.append(enhance_stack(img, cfg.enhance))
     if len(stacks) < 2:
         raise FpindexError(f"generated-image folder {generated}: too few readable images to train on")
-    with timings.stage("embed"), _progress(run, sscfg.steps_for(len(stacks)), "train on generated") as bar:
-        bar.unit = "step"
+    with timings.stage("embed"), _progress(run, sscfg.steps_for(len(stacks)), "train on generated", "step") as bar:
         report = selfsup.train(embedder.trainable(), embedder.dim, np.stack(stacks), sscfg, bar.update)
     data, embedder.weights_id = selfsup.state_bytes(embedder.trainable())
     if cached is not None:
