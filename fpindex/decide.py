@@ -1,10 +1,11 @@
 """Stage 7 — turn similarities into a membership score and a used / not-used label per real image.
 
-Per real image the evidence is four numbers: the top-1 cosine, the best SSIM and the best Jaccard over its
-k neighbours, and the share of the image that the generated set's principal subspace explains (subspace.py).
+Per real image the evidence is five numbers: the top-1 cosine, the best SSIM and the best Jaccard over its
+k neighbours, the share of the image that the generated set's principal subspace explains (subspace.py), and
+the best SSIM after each neighbour is moved onto the image by the best rigid motion (rerank.align_to).
 Three ways to decide, chosen by `--decision` (default `auto`: the first that the inputs allow,
 in the order calibrated → reference → fixed):
-- `calibrated`: labelled used / not-used real images (ImageCLEF's train split). The four scores are fused
+- `calibrated`: labelled used / not-used real images (ImageCLEF's train split). The five scores are fused
   with non-negative weights (see `MonotoneScore`) and Platt-scaled, fitted on them; the stratified k-fold
   cross-validated quality on those images is reported. Score = P(used); label = P ≥ 0.5.
 - `reference`: real images known *not* to be used. Their `--score` values model the null; each image gets
@@ -30,8 +31,8 @@ from .config import DecideConfig
 from .errors import FpindexError
 from .registry import Registry
 
-FEATURES = ("cosine", "ssim", "jaccard", "subspace")
-DEFAULT_THRESHOLDS = {"cosine": 0.90, "ssim": 0.50, "jaccard": 0.60, "subspace": 0.90}
+FEATURES = ("cosine", "ssim", "jaccard", "subspace", "ssim_aligned")
+DEFAULT_THRESHOLDS = {"cosine": 0.90, "ssim": 0.50, "jaccard": 0.60, "subspace": 0.90, "ssim_aligned": 0.50}
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
@@ -25,7 +26,7 @@ from .index import IndexStore
 from .indexing import create_store, finish_in_memory
 from .load import BadFile, decode, fit_size, list_images, load_image
 from .report import write_outputs, write_summary
-from .rerank import binarize, jaccard, ssim_indexed
+from .rerank import ALIGN_ITERATIONS, binarize, jaccard, ssim_aligned, ssim_indexed
 from .search import Neighbours, search
 from .stream import autocast, batches, check_precision, default_batch_size, default_workers, optimise
 from .utils import Timings, atomic_path, sha256_bytes, versions, write_json_atomic
@@ -86,7 +87,8 @@ def open_cache(cfg: EmbedConfig, embedder: Embedder) -> EmbeddingCache | None:
 
 
 def open_pair_cache(cfg: EmbedConfig, size: int, kind: str = "ssim") -> PairCache | None:
-    """kind 'ssim': SSIM values by (real, generated) hashes; 'subspace': subspace evidence by (real, subspace)."""
+    """kind 'ssim' / 'ssim-aligned': SSIM values by (real, generated) hashes, plain or after alignment;
+    'subspace': subspace evidence by (real, subspace) hashes."""
     from .rerank import SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW
 
     if not cfg.cache:
@@ -94,8 +96,10 @@ def open_pair_cache(cfg: EmbedConfig, size: int, kind: str = "ssim") -> PairCach
     if kind == "subspace":
         return PairCache(cfg.cache_dir or default_cache_dir(), {"size": size, "shrink": subspace.SIZE}, kind=kind)
     # Re-ranking runs on the CPU engine (threads over all cores) whatever the embedding device.
-    return PairCache(cfg.cache_dir or default_cache_dir(), {"size": size, "window": SSIM_WINDOW, "sigma": SSIM_SIGMA,
-                                                            "K": [SSIM_K1, SSIM_K2], "engine": "cv"})
+    identity = {"size": size, "window": SSIM_WINDOW, "sigma": SSIM_SIGMA, "K": [SSIM_K1, SSIM_K2], "engine": "cv"}
+    if kind == "ssim-aligned":
+        identity |= {"align": "ecc-euclidean", "iterations": ALIGN_ITERATIONS, "opencv": cv2.__version__}
+    return PairCache(cfg.cache_dir or default_cache_dir(), identity, kind=kind)
 
 
 def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedConfig, timings: Timings,
@@ -407,27 +411,30 @@ def subspace_evidence(emb: Embedded, sub: IndexSubspace, size: int, timings: Tim
 
 def evidence_for(emb: Embedded, store: IndexStore, gen_pixels: GeneratedPixels, k: int,
                  timings: Timings, run: RunConfig, desc: str, pair_cache: PairCache | None = None,
-                 space: IndexSubspace | None = None) -> tuple[Neighbours, np.ndarray, np.ndarray, Evidence]:
-    """Search then re-rank: returns neighbours, their SSIM and Jaccard (n × k), and per-image evidence.
+                 space: IndexSubspace | None = None,
+                 aligned_cache: PairCache | None = None) -> tuple[Neighbours, dict[str, np.ndarray], Evidence]:
+    """Search then re-rank: returns neighbours, per-neighbour scores (n × k: ssim, ssim_aligned, jaccard) and
+    per-image evidence.
 
-    SSIM values already in `pair_cache` (by content hashes) are reused; only the pixels of the images in the
-    other pairs are read. `space`: the index's generated subspace (None for indexes made before it existed:
-    that evidence is then 0 for every image and carries no weight)."""
+    SSIM values (plain and aligned) already in the caches (by content hashes) are reused; only the pixels of the
+    images in the other pairs are read. `space`: the index's generated subspace (None for indexes made before it
+    existed: that evidence is then 0 for every image and carries no weight)."""
     with timings.stage("search"):
         nb = search(store, emb.vectors, k)
     n, kk = nb.ids.shape
-    ssim = np.zeros((n, kk), np.float32)
-    jac = np.zeros((n, kk), np.float32)
+    pair = {name: np.zeros((n, kk), np.float32) for name in ("ssim", "ssim_aligned", "jaccard")}
     valid = nb.ids >= 0
     if n and valid.any():
         flat = nb.ids[valid]
         real_idx = np.repeat(np.arange(n), kk).reshape(n, kk)[valid]
         # Per-image SSIM terms once per distinct image, the cross term per pair (rerank.ssim_indexed).
         with timings.stage("rerank"):
-            gen_sha = store.items.column("sha256").take(pa.array(flat)).to_pylist() if pair_cache else []
-            real_sha = [emb.sha256[i] for i in real_idx.tolist()] if pair_cache else []
-            vals = pair_cache.get(real_sha, gen_sha) if pair_cache else np.full(len(flat), np.nan, np.float32)
-            todo = np.flatnonzero(np.isnan(vals))
+            cached = pair_cache is not None and aligned_cache is not None
+            gen_sha = store.items.column("sha256").take(pa.array(flat)).to_pylist() if cached else []
+            real_sha = [emb.sha256[i] for i in real_idx.tolist()] if cached else []
+            vals = pair_cache.get(real_sha, gen_sha) if cached else np.full(len(flat), np.nan, np.float32)
+            avals = aligned_cache.get(real_sha, gen_sha) if cached else np.full(len(flat), np.nan, np.float32)
+            todo = np.flatnonzero(np.isnan(vals) | np.isnan(avals))
         if len(todo) < len(flat):
             with timings.stage("load"):
                 gen_pixels.check_present(flat[~np.isin(np.arange(len(flat)), todo)])
@@ -442,19 +449,25 @@ def evidence_for(emb: Embedded, store: IndexStore, gen_pixels: GeneratedPixels, 
                     gen, real = gen_pixels.get(ug), _real_pixels(emb, ur, size)
                 with timings.stage("rerank"):
                     vals[part] = ssim_indexed(real, gen, ir.ravel(), ig.ravel())
+                    avals[part] = ssim_aligned(real, gen, ir.ravel(), ig.ravel())
                 bar.update(len(part))
         with timings.stage("rerank"):
-            if pair_cache is not None and len(todo):
-                pair_cache.put([real_sha[i] for i in todo.tolist()], [gen_sha[i] for i in todo.tolist()], vals[todo])
-            ssim[valid] = vals
+            if cached and len(todo):
+                done_real, done_gen = [real_sha[i] for i in todo.tolist()], [gen_sha[i] for i in todo.tolist()]
+                pair_cache.put(done_real, done_gen, vals[todo])
+                aligned_cache.put(done_real, done_gen, avals[todo])
+            pair["ssim"][valid], pair["ssim_aligned"][valid] = vals, avals
             gen_bits = binarize(store.reconstruct(flat))
-            jac[valid] = jaccard(binarize(emb.vectors)[real_idx], gen_bits)
+            pair["jaccard"][valid] = jaccard(binarize(emb.vectors)[real_idx], gen_bits)
     explained = np.zeros(n, np.float32) if space is None else subspace_evidence(emb, space, gen_pixels.size, timings)
+
+    def best(name: str, missing: float) -> np.ndarray:
+        return np.where(valid, pair[name], missing).max(axis=1) if n else np.zeros(0)
+
     ev = Evidence({"cosine": np.where(valid[:, 0], nb.cosine[:, 0], -1.0) if n else np.zeros(0),
-                   "ssim": np.where(valid, ssim, -1.0).max(axis=1) if n else np.zeros(0),
-                   "jaccard": np.where(valid, jac, 0.0).max(axis=1) if n else np.zeros(0),
-                   "subspace": explained})
-    return nb, ssim, jac, ev
+                   "ssim": best("ssim", -1.0), "jaccard": best("jaccard", 0.0), "subspace": explained,
+                   "ssim_aligned": best("ssim_aligned", -1.0)})
+    return nb, pair, ev
 
 
 def query(index: str | Path | IndexStore, real: str | Path, out: str | Path, query_cfg: QueryConfig,
@@ -482,22 +495,23 @@ def query(index: str | Path | IndexStore, real: str | Path, out: str | Path, que
     pair_cache = open_pair_cache(embed_cfg, embedder.spec.size)
     space = IndexSubspace.of(store, embed_cfg, embedder.spec.size)
 
-    results: dict[str, tuple[Embedded, Neighbours, np.ndarray, np.ndarray, Evidence]] = {}
+    aligned_cache = open_pair_cache(embed_cfg, embedder.spec.size, kind="ssim-aligned")
+    results: dict[str, tuple[Embedded, Neighbours, dict[str, np.ndarray], Evidence]] = {}
     for name, (root, files) in listed.items():
         emb = embed_folder(root, files, embedder, embed_cfg, timings, run, f"embed {name}",
                            keep_pixels="decoded", cache=cache)
         if name == "real" and not emb.paths:
             raise FpindexError(f"real-image folder {root}: none of its {len(files)} images could be read")
-        nb, ssim, jac, ev = evidence_for(emb, store, pixels, query_cfg.k, timings, run, f"re-rank {name}",
-                                         pair_cache=pair_cache, space=space)
-        results[name] = (emb, nb, ssim, jac, ev)
+        nb, pair, ev = evidence_for(emb, store, pixels, query_cfg.k, timings, run, f"re-rank {name}",
+                                    pair_cache=pair_cache, space=space, aligned_cache=aligned_cache)
+        results[name] = (emb, nb, pair, ev)
 
     with timings.stage("decide"):
-        labelled = Labelled(**{n: results[n][4] for n in ("used", "not_used", "reference") if n in results})
-        decision = decide(query_cfg.decide, results["real"][4], labelled)
+        labelled = Labelled(**{n: results[n][3] for n in ("used", "not_used", "reference") if n in results})
+        decision = decide(query_cfg.decide, results["real"][3], labelled)
     assert decision.method == method
 
-    emb, nb, ssim, jac, ev = results["real"]
+    emb, nb, pair, ev = results["real"]
     summary = {
         "counts": {name: {"files": len(listed[name][1]), "embedded": len(r[0].paths), "bad": len(r[0].bad)}
                    for name, r in results.items()} | {"generated_indexed": store.ntotal,
@@ -514,7 +528,7 @@ def query(index: str | Path | IndexStore, real: str | Path, out: str | Path, que
     if build_summary is not None:
         summary["build"] = {k: v for k, v in build_summary.items() if k != "manifest"}
     with timings.stage("write"):
-        write_outputs(Path(out), emb.paths, decision, nb, ssim, jac, store)
+        write_outputs(Path(out), emb.paths, decision, nb, pair, store)
     write_summary(Path(out), summary, timings)
     return summary
 

@@ -3,7 +3,8 @@
 OUT/predictions.csv     image,score,label,p_value  (image: path relative to the real folder; p_value empty
                                                     when the decision method has no null, i.e. `fixed`)
 OUT/submission.csv      <image id>,<0|1>           (ImageCLEF format: id = file stem, no header)
-OUT/neighbours.parquet  image, rank, generated, cosine, ssim, jaccard (one row per real image × neighbour)
+OUT/neighbours.parquet  image, rank, generated_id, generated, cosine, ssim, ssim_aligned, jaccard
+                        (one row per real image × neighbour)
 OUT/summary.json        counts, decision, settings, versions, timings per stage, bad files
 """
 
@@ -33,8 +34,9 @@ def _csv(rows, header: list[str] | None = None) -> str:
     return buf.getvalue()
 
 
-def write_outputs(out: Path, images: list[str], decision: Decision, nb: Neighbours, ssim: np.ndarray,
-                  jac: np.ndarray, store: IndexStore) -> None:
+def write_outputs(out: Path, images: list[str], decision: Decision, nb: Neighbours,
+                  pair: dict[str, np.ndarray], store: IndexStore) -> None:
+    """pair: per-neighbour scores (n × k arrays), written as columns in their order after `cosine`."""
     out.mkdir(parents=True, exist_ok=True)
     pvals = decision.p_value if decision.p_value is not None else [None] * len(images)
     write_text_atomic(out / "predictions.csv", _csv(
@@ -51,8 +53,7 @@ def write_outputs(out: Path, images: list[str], decision: Decision, nb: Neighbou
         "generated_id": nb.ids.ravel(),
         "generated": gen.ravel().tolist(),
         "cosine": nb.cosine.ravel(),
-        "ssim": ssim.ravel(),
-        "jaccard": jac.ravel(),
+        **{name: values.ravel() for name, values in pair.items()},
     })
     with atomic_path(out / "neighbours.parquet") as tmp:
         pq.write_table(table, tmp)

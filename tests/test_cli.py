@@ -148,7 +148,7 @@ def test_demo(runner, tmp_path):
 
     nb = pq.read_table(res / "neighbours.parquet")
     assert nb.num_rows == 80 * 10
-    assert set(nb.column_names) >= {"image", "rank", "generated", "cosine", "ssim", "jaccard"}
+    assert set(nb.column_names) >= {"image", "rank", "generated", "cosine", "ssim", "ssim_aligned", "jaccard"}
 
     summary = json.loads((res / "summary.json").read_text())
     assert set(summary["timings"]) == {"load", "enhance", "embed", "index", "search", "rerank", "decide", "write",

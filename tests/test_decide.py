@@ -10,13 +10,14 @@ from fpindex.decide import (DECIDERS, DEFAULT_THRESHOLDS, FEATURES, Evidence, La
 from fpindex.errors import FpindexError
 
 
-def ev(cosine, ssim=None, jaccard=None, subspace=None):
+def ev(cosine, ssim=None, jaccard=None, subspace=None, ssim_aligned=None):
     cosine = np.asarray(cosine, float)
 
     def given(v):
         return np.asarray(v if v is not None else np.zeros_like(cosine), float)
 
-    return Evidence({"cosine": cosine, "ssim": given(ssim), "jaccard": given(jaccard), "subspace": given(subspace)})
+    return Evidence({"cosine": cosine, "ssim": given(ssim), "jaccard": given(jaccard), "subspace": given(subspace),
+                     "ssim_aligned": given(ssim_aligned)})
 
 
 def synthetic(n, used, seed):
@@ -28,9 +29,9 @@ def synthetic(n, used, seed):
 
 
 def test_evidence_matrix_in_feature_order():
-    e = ev([0.1, 0.2], [0.3, 0.4], [0.5, 0.6], [0.7, 0.8])
-    assert len(e) == 2 and FEATURES == ("cosine", "ssim", "jaccard", "subspace")
-    np.testing.assert_array_equal(e.matrix(), [[0.1, 0.3, 0.5, 0.7], [0.2, 0.4, 0.6, 0.8]])
+    e = ev([0.1, 0.2], [0.3, 0.4], [0.5, 0.6], [0.7, 0.8], [0.9, 1.0])
+    assert len(e) == 2 and FEATURES == ("cosine", "ssim", "jaccard", "subspace", "ssim_aligned")
+    np.testing.assert_array_equal(e.matrix(), [[0.1, 0.3, 0.5, 0.7, 0.9], [0.2, 0.4, 0.6, 0.8, 1.0]])
 
 
 # ---- fixed ----------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_audit_writes_consistent_outputs(leak, helpers):
     assert (out / "submission.csv").read_text().splitlines()[0] == f"{Path(real[0]).stem},{preds[0]['label']}"
 
     nb = helpers.read_parquet(out / "neighbours.parquet")
-    assert set(nb) == {"image", "rank", "generated_id", "generated", "cosine", "ssim", "jaccard"}
+    assert set(nb) == {"image", "rank", "generated_id", "generated", "cosine", "ssim", "ssim_aligned", "jaccard"}
     assert len(nb["image"]) == len(real) * 3
     store = IndexStore.load(out / "index")
     assert store.paths(np.array(nb["generated_id"])) == nb["generated"]
@@ -106,7 +106,7 @@ def test_build_then_query_equals_audit(leak, helpers, tmp_path):
     mine, theirs = helpers.read_parquet(out / "neighbours.parquet"), helpers.read_parquet(a / "neighbours.parquet")
     for col in ("image", "rank", "generated_id", "generated"):
         assert mine[col] == theirs[col], col
-    for col in ("cosine", "ssim", "jaccard"):
+    for col in ("cosine", "ssim", "ssim_aligned", "jaccard"):
         np.testing.assert_allclose(mine[col], theirs[col], atol=1e-6)
     assert summary["decision"] == leak.audit_summary["decision"]
     # The two indexes hold the same vectors for the same files.

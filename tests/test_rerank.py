@@ -123,3 +123,30 @@ def test_indexed_ssim_cpu_chunks_threads_and_blocks_agree_bit_for_bit():
     np.testing.assert_array_equal(got[[0, 9, 18, 27]], 1.0)
     pick = rng.choice(len(ai), 20, replace=False)
     np.testing.assert_allclose(got[pick], [reference_ssim(real[ai[i]], gen[bi[i]]) for i in pick], atol=1e-5)
+
+
+# ---- SSIM after rigid alignment -------------------------------------------------------------------------
+
+def moved(img, angle, dx, dy):
+    h, w = img.shape
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+    m[:, 2] += (dx, dy)
+    return cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REFLECT)
+
+
+def test_alignment_recovers_shifted_and_rotated_copies(helpers):
+    from fpindex.rerank import align_to, ssim_aligned
+
+    imgs = np.stack([helpers.smooth_image(s) for s in range(6)])
+    copies = np.stack([moved(im, ang, dx, dy) for im, (ang, dx, dy)
+                       in zip(imgs, [(0, 0, 0), (4, 0, 0), (0, 3, -2), (-5, 2, 1), (6, -3, 3), (2, 1, 0)])])
+    idx = np.arange(len(imgs))
+    plain, aligned = ssim_pairs(imgs, copies), ssim_aligned(imgs, copies, idx, idx)
+    assert aligned[0] == pytest.approx(1.0, abs=1e-6)                # an identical pair stays exactly matched
+    assert np.all(aligned[1:] > 0.9) and np.all(aligned[1:] > plain[1:] + 0.05)
+    # Unrelated images gain far less than copies do: alignment does not make everything match.
+    other = ssim_aligned(imgs, np.roll(copies, 1, axis=0), idx, idx)
+    assert other.max() < aligned[1:].min() - 0.2
+    np.testing.assert_allclose(ssim_aligned(imgs, copies, idx, idx, threads=1, chunk=2), aligned, atol=0)
+    flat = np.full((64, 64), 0.5, np.float32)                        # ECC finds nothing: image unchanged
+    np.testing.assert_array_equal(align_to(flat, flat), flat)
