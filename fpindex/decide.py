@@ -1,7 +1,7 @@
 """Stage 7 — turn similarities into a membership score and a used / not-used label per real image.
 
 Per real image the evidence is five numbers: the top-1 cosine, the best SSIM and the best Jaccard over its
-k neighbours, the share of the image that the generated set's principal subspace explains (subspace.py), and
+k neighbours, how well the generated set's principal subspace reconstructs the image (subspace.py), and
 the best SSIM after each neighbour is moved onto the image by the best rigid motion (rerank.align_to).
 Three ways to decide, chosen by `--decision` (default `auto`: the first that the inputs allow,
 in the order calibrated → reference → fixed):

@@ -94,7 +94,8 @@ def open_pair_cache(cfg: EmbedConfig, size: int, kind: str = "ssim") -> PairCach
     if not cfg.cache:
         return None
     if kind == "subspace":
-        return PairCache(cfg.cache_dir or default_cache_dir(), {"size": size, "shrink": subspace.SIZE}, kind=kind)
+        return PairCache(cfg.cache_dir or default_cache_dir(),
+                         {"size": size, "shrink": subspace.SIZE, "evidence": "ssim-of-reconstruction"}, kind=kind)
     # Re-ranking runs on the CPU engine (threads over all cores) whatever the embedding device.
     identity = {"size": size, "window": SSIM_WINDOW, "sigma": SSIM_SIGMA, "K": [SSIM_K1, SSIM_K2], "engine": "cv"}
     if kind == "ssim-aligned":
@@ -393,7 +394,7 @@ class IndexSubspace:
 
 
 def subspace_evidence(emb: Embedded, sub: IndexSubspace, size: int, timings: Timings) -> np.ndarray:
-    """Per real image, the share the generated subspace explains; cached values are reused undecoded."""
+    """Per real image, how well the generated subspace reconstructs it; cached values are reused undecoded."""
     n = len(emb.paths)
     other = [sub.id] * n
     out = sub.cache.get(emb.sha256, other) if sub.cache else np.full(n, np.nan, np.float32)
@@ -459,13 +460,13 @@ def evidence_for(emb: Embedded, store: IndexStore, gen_pixels: GeneratedPixels, 
             pair["ssim"][valid], pair["ssim_aligned"][valid] = vals, avals
             gen_bits = binarize(store.reconstruct(flat))
             pair["jaccard"][valid] = jaccard(binarize(emb.vectors)[real_idx], gen_bits)
-    explained = np.zeros(n, np.float32) if space is None else subspace_evidence(emb, space, gen_pixels.size, timings)
+    recon = np.zeros(n, np.float32) if space is None else subspace_evidence(emb, space, gen_pixels.size, timings)
 
     def best(name: str, missing: float) -> np.ndarray:
         return np.where(valid, pair[name], missing).max(axis=1) if n else np.zeros(0)
 
     ev = Evidence({"cosine": np.where(valid[:, 0], nb.cosine[:, 0], -1.0) if n else np.zeros(0),
-                   "ssim": best("ssim", -1.0), "jaccard": best("jaccard", 0.0), "subspace": explained,
+                   "ssim": best("ssim", -1.0), "jaccard": best("jaccard", 0.0), "subspace": recon,
                    "ssim_aligned": best("ssim_aligned", -1.0)})
     return nb, pair, ev
 

@@ -19,7 +19,7 @@ def family(n: int, seed: int, basis_seed: int = 0, rank: int = 6, size: int = 64
     return np.clip(imgs, 0, 1).astype(np.float32)
 
 
-def test_images_of_the_generated_family_are_explained_and_others_are_not():
+def test_images_of_the_generated_family_are_reconstructed_and_others_are_not():
     space = subspace.fit(family(200, seed=1))
     assert 1 <= len(space.basis) <= 6                       # the rank of the family, found from the data
     inside = space.evidence(family(20, seed=2))            # same family, new images
@@ -43,7 +43,7 @@ def test_degenerate_sets_do_not_crash():
     flat = np.full((3, 64, 64), 0.5, np.float32)
     space = subspace.fit(flat)                               # no variance at all
     assert len(space.basis) == 0
-    assert np.all(space.evidence(flat) == 1.0)              # an image equal to the mean is fully explained
+    assert np.all(space.evidence(flat) == 1.0)              # an image equal to the mean is reconstructed exactly
     assert len(subspace.fit(flat[:1]).basis) == 0
     assert subspace.fit(family(10, seed=5)).evidence(np.empty((0, 64, 64), np.float32)).shape == (0,)
 
