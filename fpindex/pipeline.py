@@ -26,7 +26,7 @@ from .index import IndexStore
 from .indexing import create_store, finish_in_memory
 from .load import BadFile, decode, fit_size, list_images, load_image
 from .report import write_outputs, write_summary
-from .rerank import ALIGN_ITERATIONS, binarize, jaccard, ssim_aligned, ssim_indexed
+from .rerank import ALIGN_EPS, ALIGN_ITERATIONS, binarize, jaccard, ssim_aligned, ssim_indexed
 from .search import Neighbours, search
 from .stream import autocast, batches, check_precision, default_batch_size, default_workers, optimise
 from .utils import Timings, atomic_path, sha256_bytes, versions, write_json_atomic
@@ -99,7 +99,8 @@ def open_pair_cache(cfg: EmbedConfig, size: int, kind: str = "ssim") -> PairCach
     # Re-ranking runs on the CPU engine (threads over all cores) whatever the embedding device.
     identity = {"size": size, "window": SSIM_WINDOW, "sigma": SSIM_SIGMA, "K": [SSIM_K1, SSIM_K2], "engine": "cv"}
     if kind == "ssim-aligned":
-        identity |= {"align": "ecc-euclidean", "iterations": ALIGN_ITERATIONS, "opencv": cv2.__version__}
+        identity |= {"align": "ecc-euclidean", "iterations": ALIGN_ITERATIONS, "eps": ALIGN_EPS,
+                     "opencv": cv2.__version__}
     return PairCache(cfg.cache_dir or default_cache_dir(), identity, kind=kind)
 
 
@@ -412,10 +413,11 @@ def subspace_evidence(emb: Embedded, sub: IndexSubspace, size: int, timings: Tim
 
 def evidence_for(emb: Embedded, store: IndexStore, gen_pixels: GeneratedPixels, k: int,
                  timings: Timings, run: RunConfig, desc: str, pair_cache: PairCache | None = None,
-                 space: IndexSubspace | None = None,
-                 aligned_cache: PairCache | None = None) -> tuple[Neighbours, dict[str, np.ndarray], Evidence]:
+                 space: IndexSubspace | None = None, aligned_cache: PairCache | None = None,
+                 features: frozenset[str] = frozenset(FEATURES)) -> tuple[Neighbours, dict[str, np.ndarray], Evidence]:
     """Search then re-rank: returns neighbours, per-neighbour scores (n × k: ssim, ssim_aligned, jaccard) and
-    per-image evidence.
+    per-image evidence. The costlier evidence (aligned SSIM, subspace) is computed only when in `features`,
+    the ones the decision reads; otherwise it is NaN per neighbour and 0 per image.
 
     SSIM values (plain and aligned) already in the caches (by content hashes) are reused; only the pixels of the
     images in the other pairs are read. `space`: the index's generated subspace (None for indexes made before it
@@ -424,6 +426,9 @@ def evidence_for(emb: Embedded, store: IndexStore, gen_pixels: GeneratedPixels, 
         nb = search(store, emb.vectors, k)
     n, kk = nb.ids.shape
     pair = {name: np.zeros((n, kk), np.float32) for name in ("ssim", "ssim_aligned", "jaccard")}
+    align = "ssim_aligned" in features
+    if not align:
+        pair["ssim_aligned"][:] = np.nan
     valid = nb.ids >= 0
     if n and valid.any():
         flat = nb.ids[valid]
@@ -434,8 +439,8 @@ def evidence_for(emb: Embedded, store: IndexStore, gen_pixels: GeneratedPixels, 
             gen_sha = store.items.column("sha256").take(pa.array(flat)).to_pylist() if cached else []
             real_sha = [emb.sha256[i] for i in real_idx.tolist()] if cached else []
             vals = pair_cache.get(real_sha, gen_sha) if cached else np.full(len(flat), np.nan, np.float32)
-            avals = aligned_cache.get(real_sha, gen_sha) if cached else np.full(len(flat), np.nan, np.float32)
-            todo = np.flatnonzero(np.isnan(vals) | np.isnan(avals))
+            avals = aligned_cache.get(real_sha, gen_sha) if cached and align else np.full(len(flat), np.nan, np.float32)
+            todo = np.flatnonzero(np.isnan(vals) | (np.isnan(avals) if align else False))
         if len(todo) < len(flat):
             with timings.stage("load"):
                 gen_pixels.check_present(flat[~np.isin(np.arange(len(flat)), todo)])
@@ -450,20 +455,25 @@ def evidence_for(emb: Embedded, store: IndexStore, gen_pixels: GeneratedPixels, 
                     gen, real = gen_pixels.get(ug), _real_pixels(emb, ur, size)
                 with timings.stage("rerank"):
                     vals[part] = ssim_indexed(real, gen, ir.ravel(), ig.ravel())
-                    avals[part] = ssim_aligned(real, gen, ir.ravel(), ig.ravel())
+                    if align:
+                        avals[part] = ssim_aligned(real, gen, ir.ravel(), ig.ravel())
                 bar.update(len(part))
         with timings.stage("rerank"):
             if cached and len(todo):
                 done_real, done_gen = [real_sha[i] for i in todo.tolist()], [gen_sha[i] for i in todo.tolist()]
                 pair_cache.put(done_real, done_gen, vals[todo])
-                aligned_cache.put(done_real, done_gen, avals[todo])
+                if align:
+                    aligned_cache.put(done_real, done_gen, avals[todo])
             pair["ssim"][valid], pair["ssim_aligned"][valid] = vals, avals
             gen_bits = binarize(store.reconstruct(flat))
             pair["jaccard"][valid] = jaccard(binarize(emb.vectors)[real_idx], gen_bits)
-    recon = np.zeros(n, np.float32) if space is None else subspace_evidence(emb, space, gen_pixels.size, timings)
+    recon = np.zeros(n, np.float32) if space is None or "subspace" not in features \
+        else subspace_evidence(emb, space, gen_pixels.size, timings)
 
     def best(name: str, missing: float) -> np.ndarray:
-        return np.where(valid, pair[name], missing).max(axis=1) if n else np.zeros(0)
+        if not n or np.isnan(pair[name]).all():
+            return np.zeros(n)
+        return np.where(valid, pair[name], missing).max(axis=1)
 
     ev = Evidence({"cosine": np.where(valid[:, 0], nb.cosine[:, 0], -1.0) if n else np.zeros(0),
                    "ssim": best("ssim", -1.0), "jaccard": best("jaccard", 0.0), "subspace": recon,
@@ -497,6 +507,8 @@ def query(index: str | Path | IndexStore, real: str | Path, out: str | Path, que
     space = IndexSubspace.of(store, embed_cfg, embedder.spec.size)
 
     aligned_cache = open_pair_cache(embed_cfg, embedder.spec.size, kind="ssim-aligned")
+    # Calibrated decisions fuse every feature; fixed and reference ones read one score only.
+    features = frozenset(FEATURES) if method == "calibrated" else frozenset({query_cfg.decide.score})
     results: dict[str, tuple[Embedded, Neighbours, dict[str, np.ndarray], Evidence]] = {}
     for name, (root, files) in listed.items():
         emb = embed_folder(root, files, embedder, embed_cfg, timings, run, f"embed {name}",
@@ -504,7 +516,8 @@ def query(index: str | Path | IndexStore, real: str | Path, out: str | Path, que
         if name == "real" and not emb.paths:
             raise FpindexError(f"real-image folder {root}: none of its {len(files)} images could be read")
         nb, pair, ev = evidence_for(emb, store, pixels, query_cfg.k, timings, run, f"re-rank {name}",
-                                    pair_cache=pair_cache, space=space, aligned_cache=aligned_cache)
+                                    pair_cache=pair_cache, space=space, aligned_cache=aligned_cache,
+                                    features=features)
         results[name] = (emb, nb, pair, ev)
 
     with timings.stage("decide"):

@@ -4,7 +4,8 @@ OUT/predictions.csv     image,score,label,p_value  (image: path relative to the 
                                                     when the decision method has no null, i.e. `fixed`)
 OUT/submission.csv      <image id>,<0|1>           (ImageCLEF format: id = file stem, no header)
 OUT/neighbours.parquet  image, rank, generated_id, generated, cosine, ssim, ssim_aligned, jaccard
-                        (one row per real image × neighbour)
+                        (one row per real image × neighbour; ssim_aligned is NaN when the decision method
+                        does not read it: fixed and reference decisions on another score)
 OUT/summary.json        counts, decision, settings, versions, timings per stage, bad files
 """
 

