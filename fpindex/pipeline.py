@@ -99,7 +99,7 @@ def open_pair_cache(cfg: EmbedConfig, size: int, kind: str = "ssim") -> PairCach
     # Re-ranking runs on the CPU engine (threads over all cores) whatever the embedding device.
     identity = {"size": size, "window": SSIM_WINDOW, "sigma": SSIM_SIGMA, "K": [SSIM_K1, SSIM_K2], "engine": "cv"}
     if kind == "ssim-aligned":
-        identity |= {"align": "ecc-euclidean", "iterations": ALIGN_ITERATIONS, "eps": ALIGN_EPS,
+        identity |= {"align": "ecc-euclidean-half", "iterations": ALIGN_ITERATIONS, "eps": ALIGN_EPS,
                      "opencv": cv2.__version__}
     return PairCache(cfg.cache_dir or default_cache_dir(), identity, kind=kind)
 
