@@ -38,6 +38,8 @@ import cv2
 import numpy as np
 import torch
 
+from .utils import opencv_threads
+
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5          # skimage's choice with gaussian_weights=True
@@ -199,33 +201,28 @@ def _cv_ssim(a: np.ndarray, b: np.ndarray, a_idx: np.ndarray, b_idx: np.ndarray,
     max_a = max(1, max_images or (64 << 20) // (4 * (h * w + 4 * eng.inner[0] * eng.inner[1])))
     threads = max(1, threads)
     spaces = [eng.workspace() for _ in range(threads)]
-    cv_threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        with ThreadPoolExecutor(threads) as ex:
-            def spread(fn, items):
-                list(ex.map(lambda t: [fn(it, spaces[t]) for it in items[t::threads]], range(threads)))
+    with opencv_threads(1), ThreadPoolExecutor(threads) as ex:
+        def spread(fn, items):
+            list(ex.map(lambda t: [fn(it, spaces[t]) for it in items[t::threads]], range(threads)))
 
-            all_a = np.unique(a_idx)
-            for s in range(0, len(all_a), max_a):
-                ua = all_a[s:s + max_a]
-                sel = np.flatnonzero((a_idx >= ua[0]) & (a_idx <= ua[-1]))
-                sel = sel[np.argsort(b_idx[sel], kind="stable")]
-                ja = np.searchsorted(ua, a_idx[sel])
-                ta = eng.alloc(len(ua))
-                spread(lambda i, ws: eng.terms(np.ascontiguousarray(a[ua[i:i + chunk]], np.float32),
-                                               tuple(t[i:i + chunk] for t in ta), ws), list(range(0, len(ua), chunk)))
+        all_a = np.unique(a_idx)
+        for s in range(0, len(all_a), max_a):
+            ua = all_a[s:s + max_a]
+            sel = np.flatnonzero((a_idx >= ua[0]) & (a_idx <= ua[-1]))
+            sel = sel[np.argsort(b_idx[sel], kind="stable")]
+            ja = np.searchsorted(ua, a_idx[sel])
+            ta = eng.alloc(len(ua))
+            spread(lambda i, ws: eng.terms(np.ascontiguousarray(a[ua[i:i + chunk]], np.float32),
+                                           tuple(t[i:i + chunk] for t in ta), ws), list(range(0, len(ua), chunk)))
 
-                def pair_chunk(i, ws):
-                    p = sel[i:i + chunk]
-                    ub, jb = np.unique(b_idx[p], return_inverse=True)
-                    tb = tuple(t[:len(ub)] for t in ws["b_terms"])
-                    eng.terms(np.ascontiguousarray(b[ub], np.float32), tb, ws)
-                    out[p] = eng.pairs(ta, tb, ja[i:i + chunk], jb.reshape(-1), ws)
+            def pair_chunk(i, ws):
+                p = sel[i:i + chunk]
+                ub, jb = np.unique(b_idx[p], return_inverse=True)
+                tb = tuple(t[:len(ub)] for t in ws["b_terms"])
+                eng.terms(np.ascontiguousarray(b[ub], np.float32), tb, ws)
+                out[p] = eng.pairs(ta, tb, ja[i:i + chunk], jb.reshape(-1), ws)
 
-                spread(pair_chunk, list(range(0, len(sel), chunk)))
-    finally:
-        cv2.setNumThreads(cv_threads)
+            spread(pair_chunk, list(range(0, len(sel), chunk)))
     return out
 
 
@@ -336,16 +333,11 @@ def ssim_aligned(a: np.ndarray, b: np.ndarray, a_idx: np.ndarray, b_idx: np.ndar
     a_idx, b_idx = np.asarray(a_idx, dtype=np.int64), np.asarray(b_idx, dtype=np.int64)
     out = np.empty(len(a_idx), np.float32)
     threads = max(1, threads if threads is not None else (os.cpu_count() or 1))
-    cv_threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        with ThreadPoolExecutor(threads) as ex:
-            for s in range(0, len(a_idx), chunk):
-                ia, ib = a_idx[s:s + chunk], b_idx[s:s + chunk]
-                moved = np.stack(list(ex.map(lambda p: align_to(a[p[0]], b[p[1]]), zip(ia.tolist(), ib.tolist()))))
-                out[s:s + chunk] = ssim_indexed(a, moved, ia, np.arange(len(ia)), threads=threads)
-    finally:
-        cv2.setNumThreads(cv_threads)
+    with opencv_threads(1), ThreadPoolExecutor(threads) as ex:
+        for s in range(0, len(a_idx), chunk):
+            ia, ib = a_idx[s:s + chunk], b_idx[s:s + chunk]
+            moved = np.stack(list(ex.map(lambda p: align_to(a[p[0]], b[p[1]]), zip(ia.tolist(), ib.tolist()))))
+            out[s:s + chunk] = ssim_indexed(a, moved, ia, np.arange(len(ia)), threads=threads)
     return out
 
 

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from .enhance import enhance_stack
 from .errors import FpindexError
 from .load import decode, fit_size
-from .utils import sha256_bytes
+from .utils import opencv_threads, sha256_bytes
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -177,14 +177,8 @@ def batches(files: Sequence[Path], size: int, enhance: Sequence[str], batch_size
         return
     # Decoding and enhancement run here, between forward passes: OpenCV's own thread pool would only contend
     # with the model's threads (workers turn it off too, in _init_worker).
-    import cv2
-
-    cv_threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
+    with opencv_threads(1):
         yield from loader
-    finally:
-        cv2.setNumThreads(cv_threads)
 
 
 __all__ = ["batches", "Batch", "Item", "optimise", "autocast", "check_precision", "default_batch_size",

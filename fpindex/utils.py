@@ -72,6 +72,20 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def opencv_threads(n: int) -> Iterator[None]:
+    """OpenCV's own thread pool set to `n` inside the block, restored after: where we already spread work over
+    the cores (or the model's threads use them), OpenCV's pool would only compete."""
+    import cv2
+
+    old = cv2.getNumThreads()
+    cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(old)
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
