@@ -20,7 +20,7 @@ from .cache import EmbeddingCache, PairCache, default_cache_dir
 from .config import DecideConfig, EmbedConfig, IndexConfig, QueryConfig, RunConfig, to_dict
 from .decide import FEATURES, Evidence, Labelled, choose_method, decide
 from .embed import Embedder, build_embedder
-from .enhance import REVISION as ENHANCE_REVISION, enhance_stack, parse_enhance
+from .enhance import REVISION as ENHANCE_REVISION, enhance_batch, parse_enhance
 from .errors import FpindexError
 from .index import IndexStore
 from .indexing import create_store, finish_in_memory
@@ -254,19 +254,23 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
         report = {**json.loads(cached.with_suffix(".json").read_text()), "from_cache": True}
         embedder.weights_id = f"file:sha256={sha256_bytes(data)[:16]}"
         return report, data
-    stacks = []
-    for d in raw:
-        with timings.stage("load"):
+    decoded = []
+    with timings.stage("load"):
+        for d in raw:
             try:
-                img = fit_size(decode(d), embedder.spec.size)
+                decoded.append(fit_size(decode(d), embedder.spec.size))
             except ValueError:
                 continue
-        with timings.stage("enhance"):
-            stacks.append(enhance_stack(img, cfg.enhance))
-    if len(stacks) < 2:
+    if len(decoded) < 2:
         raise FpindexError(f"generated-image folder {generated}: too few readable images to train on")
+    with timings.stage("load"):
+        imgs = np.stack(decoded)
+    del decoded                                   # before the channels are made: less memory at once
+    with timings.stage("enhance"):
+        stacks = enhance_batch(imgs, cfg.enhance)  # all at once: filters with a batch version run on chunks
+    del imgs
     with timings.stage("embed"), _progress(run, sscfg.steps_for(len(stacks)), "train on generated", "step") as bar:
-        report = selfsup.train(embedder.trainable(), embedder.dim, np.stack(stacks), sscfg, bar.update)
+        report = selfsup.train(embedder.trainable(), embedder.dim, stacks, sscfg, bar.update)
     data, embedder.weights_id = selfsup.state_bytes(embedder.trainable())
     if cached is not None:
         with atomic_path(cached) as tmp:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fpindex.enhance import ENHANCERS, _hessian_magnitude2, enhance_stack, parse_enhance
+from fpindex.enhance import (BATCH_ENHANCERS, ENHANCERS, _hessian_magnitude2, enhance_batch, enhance_stack,
+                             hessian_batch, parse_enhance)
 from fpindex.errors import FpindexError
 
 
@@ -146,3 +147,87 @@ def test_laplacian_and_8bit_conversion_unchanged(helpers):
                                   np.clip(np.abs(cv2.Laplacian(img, cv2.CV_32F, ksize=3)), 0.0, 1.0))
     x = np.concatenate([img.ravel(), [-0.2, 1.3, 0.5 / 255, 1.5 / 255, 2.5 / 255, 254.5 / 255]]).astype(np.float32)
     np.testing.assert_array_equal(_to_u8(x.reshape(1, -1)), np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)[None])
+
+
+# ---- batch versions: exactly the per-image functions, image by image ----
+
+SHAPES = [(64, 64), (128, 128), (48, 80)]
+
+
+def _stack(helpers, shape, n, seed=0):
+    """Seeded noise, structured images (resized to `shape`) and the flat cases, `n` in all."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    imgs = [rng.random(shape).astype(np.float32) for _ in range(n // 2)]
+    imgs += [cv2.resize(helpers.perturb(helpers.smooth_image(seed + i), i), (w, h)) for i in range(n - n // 2)]
+    if n > 3:
+        imgs[1], imgs[2], imgs[3] = (np.zeros(shape, np.float32), np.ones(shape, np.float32),
+                                     np.full(shape, 0.3, np.float32))
+    return np.stack(imgs)
+
+
+def test_batch_versions_belong_to_registered_filters():
+    assert "hessian" in BATCH_ENHANCERS and "none" in BATCH_ENHANCERS
+    assert set(BATCH_ENHANCERS.names()) <= set(ENHANCERS.names())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("n", [1, 37])
+def test_hessian_batch_is_bit_identical_to_per_image(helpers, shape, n):
+    imgs = _stack(helpers, shape, n, seed=n)
+    ref = np.stack([ENHANCERS.get("hessian")(img) for img in imgs])
+    got = hessian_batch(imgs)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    assert np.array_equal(got, ref), int((got != ref).sum())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("n", [1, 37])
+def test_enhance_batch_is_bit_identical_to_enhance_stack(helpers, shape, n):
+    names = tuple(ENHANCERS.names())
+    imgs = _stack(helpers, shape, n, seed=10 + n)
+    ref = np.stack([enhance_stack(img, names) for img in imgs])
+    got = enhance_batch(imgs, names)
+    assert got.shape == (n, len(names)) + shape and got.dtype == np.float32
+    assert np.array_equal(got, ref)
+    # A list of images, one filter, and the channel order of a subset.
+    assert np.array_equal(enhance_batch(list(imgs), ("hessian",)), ref[:, names.index("hessian")][:, None])
+    sub = ("dog", "hessian", "none")
+    assert np.array_equal(enhance_batch(imgs, sub), ref[:, [names.index(x) for x in sub]])
+
+
+def test_hessian_batch_chunks_shapes_and_reused_buffers(helpers, monkeypatch):
+    """Chunk sizes (BATCH_PIXELS), alternating shapes (the per-thread buffers are re-sized) and writing into a
+    strided `out` all give the per-image result; images too small for the padding go image by image."""
+    import fpindex.enhance as enh
+
+    hess = ENHANCERS.get("hessian")
+    for pixels in (1, 3 * 64 * 64, 1 << 16, 1 << 22):
+        monkeypatch.setattr(enh, "BATCH_PIXELS", pixels)
+        for shape, n in [((64, 64), 20), ((48, 80), 7), ((64, 64), 3), ((37, 50), 9), ((5, 9), 2)]:
+            imgs = _stack(helpers, shape, n, seed=n)
+            out = np.full((n, 2) + shape, -1.0, np.float32)
+            hessian_batch(imgs, out=out[:, 1])
+            assert np.array_equal(out[:, 1], np.stack([hess(img) for img in imgs])), (pixels, shape, n)
+            assert (out[:, 0] == -1.0).all()
+
+
+def test_enhance_batch_rejects_a_single_image():
+    with pytest.raises(ValueError, match="N × H × W"):
+        enhance_batch(np.zeros((8, 8), np.float32), ("none",))
+
+
+def test_collate_enhances_the_batch_once_and_shares_the_time(helpers):
+    from fpindex.stream import Item, _Collate
+
+    imgs = _stack(helpers, (64, 64), 6)
+    items = [Item(pos=i, img=imgs[i]) for i in range(6)]
+    items[1].cached, items[2].skipped, items[3].error, items[4].img = True, True, "bad", None
+    batch = _Collate(("hessian", "none"))(items)
+    todo = [0, 5]
+    assert np.array_equal(batch.x.numpy(), np.stack([enhance_stack(imgs[i], ("hessian", "none")) for i in todo]))
+    assert items[0].t_enhance > 0 and items[0].t_enhance == items[5].t_enhance
+    assert all(items[i].t_enhance == 0.0 for i in (1, 2, 3, 4))
+    assert _Collate(("hessian",))([items[1], items[4]]).x is None
