@@ -61,13 +61,17 @@ def decode(data: bytes) -> np.ndarray:
     if img.ndim != 2 or min(img.shape) < 1:
         raise ValueError(f"unsupported image shape {img.shape}")
     if np.issubdtype(img.dtype, np.unsignedinteger):
-        out = img.astype(np.float32) / float(np.iinfo(img.dtype).max)
-    elif np.issubdtype(img.dtype, np.signedinteger):
+        # k ≤ max rounds to a float32 ≤ max's, so the correctly rounded quotient is already in [0, 1] and float32,
+        # a fresh contiguous array: no clip or copy pass.
+        out = img.astype(np.float32)
+        out /= np.float32(np.iinfo(img.dtype).max)
+        return out
+    if np.issubdtype(img.dtype, np.signedinteger):
         info = np.iinfo(img.dtype)
         out = (img.astype(np.float64) - info.min) / (float(info.max) - info.min)
     else:
         out = np.nan_to_num(img.astype(np.float32))
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)   # clip made a fresh array already
 
 
 def fit_size(img: np.ndarray, size: int) -> np.ndarray:

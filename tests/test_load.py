@@ -205,3 +205,29 @@ def test_list_images_file_instead_of_folder(tmp_path):
     p.write_bytes(b"x")
     with pytest.raises(FpindexError, match="is a file"):
         list_images(p)
+
+
+# ---- conversions without redundant passes: outputs unchanged ----
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_unsigned_decode_needs_no_clip(tmp_path, dtype):
+    """Every value of the type, through a PNG: bit-identical to the former divide-clip-cast, float32, fresh and
+    contiguous, exactly 0 and 1 at the ends."""
+    top = np.iinfo(dtype).max
+    raw = np.arange(top + 1, dtype=np.int64).astype(dtype).reshape(-1, 256)
+    p = tmp_path / "all.png"
+    assert cv2.imwrite(str(p), raw)
+    img = decode(p.read_bytes())
+    former = np.clip(raw.astype(np.float32) / float(top), 0.0, 1.0).astype(np.float32)
+    assert img.dtype == np.float32 and img.flags.c_contiguous and img.flags.writeable
+    assert np.array_equal(img, former)
+    assert img.min() == 0.0 and img.max() == 1.0
+
+
+def test_area_shrink_can_round_above_one_so_fit_size_keeps_its_clip():
+    """INTER_AREA is a convex combination only up to float rounding: an all-white 70 × 70 image shrunk to
+    32 px comes out a few ulps above 1, hence the clip in fit_size even when shrinking."""
+    white = np.ones((70, 70), np.float32)
+    assert cv2.resize(white, (32, 32), interpolation=cv2.INTER_AREA).max() > 1.0
+    out = fit_size(white, 32)
+    assert out.max() == 1.0 and out.dtype == np.float32 and out.flags.c_contiguous
