@@ -110,7 +110,7 @@ class Estimate:
     n: int
     dim: int
     index_bytes: int     # the finished index in memory
-    build_bytes: int     # extra while building: training sample and add buffers
+    build_bytes: int     # extra while building: training sample, add buffers, storage growth while adding
 
     @property
     def total(self) -> int:
@@ -130,11 +130,18 @@ def train_size(index: faiss.Index, n: int) -> int:
     return min(n, want)
 
 
+# FAISS stores codes and ids in std::vectors that grow by doubling as batches are added, so while adding, memory
+# runs above the finished index (spare capacity, and old and new buffers side by side during a reallocation).
+# Measured peak RSS, 1M × 32-d added in batches of 65,536, against the estimate without this allowance: +3 %
+# (HNSW16), +8 % (IVF256,PQ8), +15 % (IVF64,Flat), +17 % (Flat). 30 % of the stored vectors covers them all.
+ADD_GROWTH = 0.3
+
+
 def estimate(factory: str, n: int, dim: int, add_batch: int = 65_536) -> Estimate:
     """Memory of `factory` holding n × dim vectors, computed from the empty FAISS index (no allocation)."""
     index = make_faiss_index(factory, dim)
     per, fixed = _layout(index)
-    build = 4 * dim * (train_size(index, n) + min(n, add_batch))
+    build = 4 * dim * (train_size(index, n) + min(n, add_batch)) + ADD_GROWTH * per * n
     return Estimate(factory, n, dim, int(per * n + fixed), int(build))
 
 
