@@ -92,22 +92,26 @@ def train(net: nn.Module, dim: int, images: np.ndarray, cfg: SelfSupConfig,
           progress: Callable[[int], None] | None = None) -> dict:
     """Train `net` (images → dim-d features) in place on N × C × S × S images in [0, 1]; returns a report."""
     t0 = time.perf_counter()
+    # Corruptions are drawn on the CPU from one seeded generator, then the batch moves to the model's device:
+    # the same training inputs whatever the device (on a GPU only the network's arithmetic differs).
+    device = next(net.parameters()).device
     g = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        head = _Head(dim)
+        head = _Head(dim).to(device)
     data = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     params = list(net.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
     steps = cfg.steps_for(len(data))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     bs = min(cfg.batch_size, len(data))
-    target = torch.arange(bs)
+    target = torch.arange(bs, device=device)
     net.train()
     losses = []
     for _ in range(steps):
         batch = data[torch.randperm(len(data), generator=g)[:bs]]
-        za, zb = head(net(corrupt(batch, g, cfg.strength))), head(net(corrupt(batch, g, cfg.strength)))
+        xa, xb = (corrupt(batch, g, cfg.strength).to(device, non_blocking=True) for _ in range(2))
+        za, zb = head(net(xa)), head(net(xb))
         logits = za @ zb.T / cfg.temperature
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         opt.zero_grad(set_to_none=True)
