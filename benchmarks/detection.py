@@ -6,6 +6,7 @@ benchmarks/results/detection.json and detection.md.
 
     python benchmarks/detection.py [--root ../shared/bench-dev] [--preset default|zoq-...|all]
     python benchmarks/detection.py --model pixels --label "pixels baseline"      # any embedding settings
+    python benchmarks/detection.py --preset default --seed 1                    # the spread from the seed alone
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def main() -> None:
     ap.add_argument("--enhance", default="none")
     ap.add_argument("--image-size", type=int, default=None)
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the embedding (random weights, self-supervised "
+                    "training, samples); rows of other seeds are labelled 'seed N' and kept beside seed 0's")
     ap.add_argument("--label", default=None, help="row label (default: model+enhance)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
@@ -71,11 +74,14 @@ def main() -> None:
     scenarios = sorted(p for p in args.root.iterdir() if (p / "test_labels.csv").is_file())
     if args.preset:
         names = PRESETS.names() if args.preset == "all" else [args.preset]
-        configs = [(n, EmbedConfig(**PRESETS.get(n).embed), DecideConfig(**PRESETS.get(n).decide)) for n in names]
+        configs = [(n, EmbedConfig(**{**PRESETS.get(n).embed, "seed": args.seed}), DecideConfig(**PRESETS.get(n).decide))
+                   for n in names]
     else:
         embed = EmbedConfig(model=args.model, weights=args.weights, enhance=parse_enhance(args.enhance),
-                            image_size=args.image_size)
+                            image_size=args.image_size, seed=args.seed)
         configs = [(args.label or f"{args.model}/{'+'.join(embed.enhance)}", embed, DecideConfig())]
+    if args.seed:
+        configs = [(f"{label}, seed {args.seed}", embed, decide) for label, embed, decide in configs]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, embed, decide in configs:
