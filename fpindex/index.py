@@ -62,6 +62,9 @@ def make_faiss_index(factory: str, dim: int) -> faiss.Index:
         raise FpindexError(f"invalid FAISS factory string {factory!r} for dimension {dim}: {faiss_reason(e)}") from None
 
 
+GPU_MAX_K = 2048                     # the largest k FAISS's GPU search kernels accept
+
+
 @dataclass
 class IndexStore:
     index: faiss.Index
@@ -139,16 +142,22 @@ class IndexStore:
         """Top-k by cosine: (similarities, ids), both n × min(k, ntotal); missing slots have id -1."""
         x = as_queries(queries, self.dim)
         k = max(1, min(int(k), self.ntotal))
+        if self.device == "cuda" and k > GPU_MAX_K:     # FAISS's GPU kernels stop at k = 2048; the CPU copy does not
+            return IndexStore(self._cpu(), self.manifest, self.items).search(x, k)
         sims, ids = self.index.search(x, k)
         return sims, ids
+
+    def _cpu(self) -> faiss.Index:
+        """A CPU copy of a GPU index, made once per change of its contents."""
+        if self._cpu_copy is None:
+            self._cpu_copy = to_cpu(self.index)
+        return self._cpu_copy
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors for FAISS ids (decoded, so approximate for compressed indexes)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64).ravel()
         if self.device == "cuda":      # GPU indexes do not all decode; a CPU copy does
-            if self._cpu_copy is None:
-                self._cpu_copy = to_cpu(self.index)
-            return IndexStore(self._cpu_copy, self.manifest, self.items).reconstruct(ids)
+            return IndexStore(self._cpu(), self.manifest, self.items).reconstruct(ids)
         try:
             return self.index.reconstruct_batch(ids)
         except RuntimeError:

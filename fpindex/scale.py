@@ -225,12 +225,23 @@ def train_sample(x: np.ndarray, index: faiss.Index, seed: int = 0) -> np.ndarray
 
 # ---- search parameters ----------------------------------------------------------------------------
 
+def _ivf(index: faiss.Index) -> Any:
+    """The IVF layer of an index on the CPU (IndexIVF) or moved to a GPU (GpuIndexIVF, which FAISS's
+    extract_index_ivf does not know), else None."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None and hasattr(faiss, "GpuIndexIVF"):
+        inner, _ = _unwrap(index)
+        if isinstance(inner, faiss.GpuIndexIVF):
+            return inner
+    return ivf
+
+
 def tunable(index: faiss.Index) -> str | None:
     """The search parameter that trades speed for recall: 'nprobe' (IVF), 'efSearch' (HNSW), or None."""
     inner, _ = _unwrap(index)
     if isinstance(inner, faiss.IndexRefine):
         inner, _ = _unwrap(inner.base_index)
-    if faiss.try_extract_index_ivf(inner) is not None:
+    if _ivf(inner) is not None:
         return "nprobe"
     if isinstance(inner, faiss.IndexHNSW):
         return "efSearch"
@@ -242,7 +253,7 @@ def param_values(index: faiss.Index, name: str, value: int) -> dict[str, int]:
     as far as nprobe lists."""
     out = {name: int(value)}
     if name == "nprobe":
-        q = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
+        q = faiss.downcast_index(_ivf(index).quantizer)
         if isinstance(q, faiss.IndexHNSW):
             out["quantizer_efSearch"] = max(64, 2 * int(value))
     return out
@@ -318,7 +329,7 @@ def tune(index: faiss.Index, queries: np.ndarray, exact_ids: np.ndarray, k: int 
     if name is None:
         return {}, {"parameter": None, "reached": True, "note": "exact or untunable index"}
     if name == "nprobe":
-        nlist = faiss.extract_index_ivf(index).nlist
+        nlist = _ivf(index).nlist
         values = [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if v <= nlist]
     else:
         values = [16, 32, 64, 128, 256, 512]
@@ -394,7 +405,16 @@ def _gpu_resources() -> Any:
 
 
 def _is_gpu(index: faiss.Index) -> bool:
-    return "Gpu" in type(faiss.downcast_index(index)).__name__ if index is not None else False
+    """Also true for a PCA/OPQ/IDMap wrapper around a GPU index: index_cpu_to_gpu keeps those wrappers on the
+    CPU, and they must still go through index_gpu_to_cpu before saving and GpuParameterSpace for parameters."""
+    if index is None:
+        return False
+    index = faiss.downcast_index(index)
+    if "Gpu" in type(index).__name__:
+        return True
+    if isinstance(index, (faiss.IndexPreTransform, faiss.IndexIDMap)):
+        return _is_gpu(index.index)
+    return False
 
 
 def to_device(index: faiss.Index, device: str) -> tuple[faiss.Index, str]:
@@ -402,6 +422,8 @@ def to_device(index: faiss.Index, device: str) -> tuple[faiss.Index, str]:
     (HNSW, on-disk lists) stay on the CPU."""
     if device != "cuda" or _is_gpu(index):
         return index, "cuda" if _is_gpu(index) else "cpu"
+    if has_ondisk_lists(index):      # the GPU copy would read every memory-mapped list into GPU memory
+        return index, "cpu"
     try:
         co = faiss.GpuClonerOptions()
         co.useFloat16 = False

@@ -323,3 +323,12 @@ def test_bench_on_embeddings_file(tmp_path, data):
     r = run_bench(10**9, 0, "Flat", embeddings=p, n_eval=40, n_tune=20, repeats=1, n_single=5)
     assert r["n"] == len(x) - 60 and r["dim"] == DIM and r["recall_at_10"] == 1.0
     assert r["source"] == "embeddings:e.npy"
+
+
+def test_cpu_indexes_and_their_wrappers_are_not_taken_for_gpu_ones():
+    from fpindex.scale import _is_gpu
+
+    for factory in ("Flat", "IVF16,Flat", "PCAR16,IVF16,SQ8", "OPQ8,IVF16,PQ8"):
+        assert not _is_gpu(faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT)), factory
+    assert not _is_gpu(faiss.IndexIDMap(faiss.IndexFlatIP(DIM)))
+    assert not _is_gpu(None)
