@@ -68,7 +68,8 @@ O_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the 
                           rich_help_panel="Embedding")
 O_CACHE_DIR = typer.Option(None, "--cache-dir", help="Cache of vectors and SSIM values, by image content hash and "
                            "embedder. Default: $FPINDEX_CACHE, else ~/.cache/fpindex.", rich_help_panel="Embedding")
-O_DEVICE = typer.Option(Device("auto"), "--device", help="auto picks cuda when torch sees a GPU.",
+O_DEVICE = typer.Option(Device("auto"), "--device", help="Where the model runs; auto picks cuda when torch sees a "
+                        "GPU. The FAISS index follows onto the GPU when FAISS has GPU support (the gpu extra).",
                         rich_help_panel="Embedding")
 O_FACTORY = typer.Option("auto", "--index-type", "--factory", help="auto (chosen from the number of vectors, "
                          "their dimension and --max-memory: exact Flat below 100k, else IVF with ~4·√N lists and "
@@ -134,6 +135,13 @@ def _apply_preset(ctx: typer.Context, name: Enum, embed: EmbedConfig, query: Que
     if query is not None:
         query = replace(query, decide=replace(query.decide, **{k: v for k, v in preset.decide.items() if not typed(k)}))
     return embed, query
+
+
+def _faiss_device(device) -> str:
+    """For the commands that embed, --device says where torch runs; FAISS follows onto the GPU only when it has
+    GPU support (faiss-cpu is the default install), so `--device cuda` never fails on FAISS's account."""
+    d = device.value if isinstance(device, Enum) else device
+    return "auto" if d == "cuda" else d
 
 
 def _index_cfg(factory, max_memory, nprobe, ef_search, target_recall, device, seed) -> IndexConfig:
@@ -213,7 +221,8 @@ def build(
     embed, _ = _apply_preset(ctx, preset, _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device,
                                                      precision, workers, no_cache, cache_dir, train_steps))
     store, emb, summary = run_build(generated, index, embed,
-                                    _index_cfg(factory, max_memory, nprobe, ef_search, target_recall, device, seed),
+                                    _index_cfg(factory, max_memory, nprobe, ef_search, target_recall,
+                                               _faiss_device(device), seed),
                                     run, mode="add" if add else "overwrite" if overwrite else "new", timings=timings)
     if save_embeddings is not None:
         from .vectors import write_embeddings
@@ -264,7 +273,7 @@ def query(
     from .index import IndexStore
     from .scale import resolve_device, search_overrides
 
-    store = IndexStore.load(index, device=resolve_device(device.value))
+    store = IndexStore.load(index, device=resolve_device(_faiss_device(device)))
     store.set_search_params(search_overrides(store.index, nprobe, ef_search), save=False)
     summary = run_query(store, real, out, _query_cfg(k, decision, score, threshold, alpha, seed), run,
                         embed_override=override, used=used, not_used=not_used, reference=reference)
@@ -296,7 +305,8 @@ def audit(
     embed, qcfg = _apply_preset(ctx, preset, _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device,
                                                         precision, workers, no_cache, cache_dir, train_steps),
                                 _query_cfg(k, decision, score, threshold, alpha, seed))
-    summary = run_audit(generated, real, out, embed, _index_cfg(factory, max_memory, None, None, 0.95, device, seed),
+    summary = run_audit(generated, real, out, embed,
+                        _index_cfg(factory, max_memory, None, None, 0.95, _faiss_device(device), seed),
                         qcfg, run,
                         index_dir=index, used=used, not_used=not_used, reference=reference)
     _report(run, out, summary)

@@ -82,7 +82,9 @@ def open_cache(cfg: EmbedConfig, embedder: Embedder) -> EmbeddingCache | None:
 
     # `weights` is how the weights were asked for (a path can differ between runs); `weights_id` is what they are.
     identity = {k: v for k, v in embed_identity(cfg, embedder).items() if k != "weights"}
-    identity |= {"fpindex": __version__, "torch": torch.__version__, "enhance_revision": ENHANCE_REVISION}
+    identity |= {"fpindex": __version__, "torch": torch.__version__, "enhance_revision": ENHANCE_REVISION,
+                 # GPU convolutions in "fp32" run as TF32 by default (vectors ≈ 1e-3 from the CPU's): never mixed
+                 "device": embedder.spec.device.type}
     return EmbeddingCache(cfg.cache_dir or default_cache_dir(), identity)
 
 
@@ -184,7 +186,9 @@ def build(generated: str | Path, index_dir: str | Path, embed_cfg: EmbedConfig, 
         raise FpindexError(f"index {index_dir} already exists; pass --add to append to it or --overwrite to replace it")
     store: IndexStore | None = None
     if exists and mode == "add":
-        store = IndexStore.load(index_dir)
+        from .scale import resolve_device
+
+        store = IndexStore.load(index_dir, device=resolve_device(index_cfg.device))
         embed_cfg = embed_config_from_manifest(store, embed_cfg)
     embedder = make_embedder(embed_cfg)
     identity = embed_identity(embed_cfg, embedder)

@@ -105,8 +105,8 @@ def versions() -> dict[str, str]:
     from . import __version__
 
     out = {"fpindex": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
-    for dist in ("numpy", "torch", "torchvision", "faiss-cpu", "faiss-gpu", "opencv-python-headless",
-                 "opencv-python", "scikit-image", "scikit-learn", "pyarrow", "pytorch-msssim"):
+    for dist in ("numpy", "torch", "torchvision", "faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11",
+                 "opencv-python-headless", "opencv-python", "scikit-image", "scikit-learn", "pyarrow", "pytorch-msssim"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

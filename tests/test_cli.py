@@ -199,3 +199,11 @@ def test_subprocess_missing_folder_exit_code_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fpindex: error: ") and "does not exist" in lines[0]
     assert proc.stdout == ""
+
+
+def test_device_cuda_moves_the_model_and_lets_faiss_follow_only_when_it_can():
+    from fpindex.cli import Device, _faiss_device, _index_cfg
+
+    assert _faiss_device(Device("cuda")) == "auto"       # faiss-cpu: index stays on the CPU, no refusal
+    assert _faiss_device(Device("cpu")) == "cpu" and _faiss_device("auto") == "auto"
+    assert _index_cfg("auto", None, None, None, 0.95, _faiss_device(Device("cuda")), 0).device == "auto"
