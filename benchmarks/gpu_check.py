@@ -5,8 +5,9 @@
 Needs a FAISS build with GPU support (`pip uninstall -y faiss-cpu && pip install 'fpindex[gpu]'`); with a CPU-only
 FAISS it says so and exits 3 without measuring anything. Checks, on seeded synthetic vectors:
 1. device detection: `--device auto` resolves to cuda;
-2. the same IndexStore code builds IVF-Flat and IVF-SQ8 on the GPU and on the CPU from the same trained
-   quantizer; the GPU answers agree with the CPU answers (recall of GPU ids against CPU ids);
+2. the same IndexStore code builds IVF-Flat and IVF-SQ8 on the GPU (trained there) and on the CPU from that same
+   trained quantizer; the GPU answers agree with the CPU answers (recall of GPU ids against CPU ids), and a GPU
+   IVF index is recognised as tunable (nprobe);
 3. a GPU index saves through IndexStore.save and loads back on the CPU with the same neighbours;
 4. build time and batch queries per second on GPU vs CPU, exact (Flat) search included.
 Writes gpu_check.json (and prints it) with the GPU named.
@@ -30,7 +31,7 @@ import numpy as np  # noqa: E402
 from common import machine  # noqa: E402
 from fpindex.bench import Synthetic  # noqa: E402
 from fpindex.index import IndexStore  # noqa: E402
-from fpindex.scale import faiss_gpus, recall_at, resolve_device  # noqa: E402
+from fpindex.scale import faiss_gpus, recall_at, resolve_device, tunable  # noqa: E402
 from fpindex.utils import write_json_atomic  # noqa: E402
 
 ID = {"model": "synthetic", "weights": None, "weights_id": "synthetic", "enhance": ["none"], "image_size": None,
@@ -43,13 +44,21 @@ def rows(n):
     return pa.table({"root": [""] * n, "path": [str(i) for i in range(n)], "sha256": [""] * n, "bytes": [0] * n})
 
 
-def build(factory, x, device, params):
+def build(factory, x, device, params, trained=None):
+    """Build on `device`; with `trained` (an empty trained CPU index) the training is skipped and its quantizer
+    and codebooks reused, so the GPU and CPU answers can be compared list for list. Returns the store, the
+    build seconds and the empty trained index."""
     s = IndexStore.create(factory, x.shape[1], dict(ID, dim=x.shape[1]), device=device)
     t = time.perf_counter()
+    if trained is not None:
+        s.index = faiss.clone_index(trained)
+    elif not s.index.is_trained:
+        s.train(x)                                  # on the GPU side: k-means through gpu_clustering
+    empty = faiss.clone_index(s.index)              # still on the CPU: add() moves the index
     s.add(x, rows(len(x)))
     build_s = time.perf_counter() - t
     s.set_search_params(params)
-    return s, build_s
+    return s, build_s, empty
 
 
 def qps(store, q, k=10, repeats=5):
@@ -78,9 +87,11 @@ def main() -> None:
     x, q = syn.take(args.n, 0), syn.take(args.queries, 2)
     rows_out = []
     for factory, params in (("Flat", {}), ("IVF1024,Flat", {"nprobe": 16}), ("IVF1024,SQ8", {"nprobe": 16})):
-        cpu, cpu_build = build(factory, x, "cpu", params)
-        gpu, gpu_build = build(factory, x, "cuda", params)
+        gpu, gpu_build, trained = build(factory, x, "cuda", params)
+        cpu, cpu_build, _ = build(factory, x, "cpu", params, trained)      # CPU build time: adding only
         assert gpu.device == "cuda", f"{factory} did not move to the GPU"
+        if factory.startswith("IVF"):
+            assert tunable(gpu.index) == "nprobe", f"{factory} on the GPU is not seen as an IVF index"
         _, ic = cpu.search(q, 10)
         _, ig = gpu.search(q, 10)
         with tempfile.TemporaryDirectory() as d:
