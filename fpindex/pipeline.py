@@ -258,16 +258,15 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
         report = {**json.loads(cached.with_suffix(".json").read_text()), "from_cache": True}
         embedder.weights_id = f"file:sha256={sha256_bytes(data)[:16]}"
         return report, data
-    decoded = []
     with timings.stage("load"):
+        decoded = []
         for d in raw:
             try:
                 decoded.append(fit_size(decode(d), embedder.spec.size))
             except ValueError:
                 continue
-    if len(decoded) < 2:
-        raise FpindexError(f"generated-image folder {generated}: too few readable images to train on")
-    with timings.stage("load"):
+        if len(decoded) < 2:
+            raise FpindexError(f"generated-image folder {generated}: too few readable images to train on")
         imgs = np.stack(decoded)
     del decoded                                   # before the channels are made: less memory at once
     with timings.stage("enhance"):
