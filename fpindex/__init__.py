@@ -1,11 +1,19 @@
 """fpindex: find the real images a generative model was very probably trained on.
 
-Stages, one module each: load → enhance → embed → index → search → rerank → decide → report,
-wired together by `pipeline`; `evaluate` scores predictions against labels; `cli` is the command line.
+The pipeline, one stage per module or sub-package: load → enhance → embed → index → search → evidence →
+decide → report, composed by `pipeline`. The public API is below; the command line (`cli`) calls it.
 """
 
 __version__ = "0.1.0"
 
 from .errors import FpindexError  # noqa: E402
+from .config import (AuditConfig, DecideConfig, EmbedConfig, EvidenceConfig, IndexConfig,  # noqa: E402
+                     RunConfig)
+from .api import Index, audit, build_index, open_index  # noqa: E402
+from .report import AuditResult  # noqa: E402
+from .presets import PRESETS  # noqa: E402
+from .evidence import FEATURES, Feature, feature  # noqa: E402
 
-__all__ = ["FpindexError", "__version__"]
+__all__ = ["audit", "build_index", "open_index", "Index", "AuditResult", "AuditConfig", "EmbedConfig",
+           "IndexConfig", "EvidenceConfig", "DecideConfig", "RunConfig", "PRESETS", "FEATURES", "Feature",
+           "feature", "FpindexError", "__version__"]

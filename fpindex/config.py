@@ -1,8 +1,16 @@
-"""Typed options for every stage, passed around as one object instead of long keyword lists."""
+"""Typed options, one nested object for a whole audit: `AuditConfig(embed, index, evidence, decide, run)`.
+
+It is recorded whole in `summary.json` and in the index manifest, and rebuilt from them with `from_dict`
+(no hand mapping); presets are named `AuditConfig`s (presets.py).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from typing import Any, ClassVar
+
+from .errors import FpindexError
 
 
 @dataclass(frozen=True)
@@ -22,15 +30,13 @@ class EmbedConfig:
     cache: bool = True               # reuse embeddings by content hash (see fpindex/cache.py)
     cache_dir: str | None = None     # None: $FPINDEX_CACHE or ~/.cache/fpindex
 
-    def identity(self) -> dict:
-        """The fields that change the vectors (batch size, device, workers and caching do not)."""
-        return {"model": self.model, "weights": self.weights, "enhance": list(self.enhance),
-                "image_size": self.image_size, "seed": self.seed, "precision": self.precision}
+    # How a run executes, not what it computes: a query takes these from its caller, the rest from the index.
+    RUNTIME: ClassVar[tuple[str, ...]] = ("batch_size", "device", "workers", "cache", "cache_dir")
 
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """How the index is chosen, built, tuned and placed (see scale.py)."""
+    """How the index is chosen, built, tuned and placed (see fpindex/index/)."""
 
     factory: str = "auto"            # 'auto' or any FAISS index_factory string; vectors are L2-normalised, metric IP
     max_memory: int | None = None    # bytes for the index and its build; None: half the machine's RAM
@@ -42,20 +48,20 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
-class DecideConfig:
-    method: str = "auto"             # auto | fixed | calibrated | reference
-    score: str = "cosine"            # the similarity that `fixed` and `reference` threshold
-    threshold: float | None = None   # `fixed` only; None: the score's documented default
-    alpha: float = 0.05              # `reference`: false-positive rate allowed under the null
-    cv_folds: int = 5
-    permutations: int = 199          # label permutations for the calibrated verdict's p-value
-    seed: int = 0
+class EvidenceConfig:
+    k: int = 10                      # neighbours retrieved per real image
+    features: tuple[str, ...] | None = None   # None: every registered feature (fpindex/evidence/)
 
 
 @dataclass(frozen=True)
-class QueryConfig:
-    k: int = 10
-    decide: DecideConfig = field(default_factory=DecideConfig)
+class DecideConfig:
+    method: str = "auto"             # auto | fixed | calibrated | reference
+    score: str = "cosine"            # the evidence feature that `fixed` and `reference` threshold
+    threshold: float | None = None   # `fixed` only; None: the feature's documented default
+    alpha: float = 0.05              # false-positive rate allowed under the null
+    cv_folds: int = 5
+    permutations: int = 199          # label permutations for the calibrated verdict's p-value
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -64,8 +70,55 @@ class RunConfig:
     verbose: bool = False
 
 
-def to_dict(cfg) -> dict:
-    return asdict(cfg)
+@dataclass(frozen=True)
+class AuditConfig:
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
+    decide: DecideConfig = field(default_factory=DecideConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AuditConfig":
+        """The inverse of `to_dict`; missing fields take their defaults, unknown ones are refused."""
+        return _build(cls, data, "")
+
+    def override(self, **sections: dict[str, Any]) -> "AuditConfig":
+        """A copy with some fields of some sections replaced: `cfg.override(embed={"seed": 1})`."""
+        changed = {}
+        for name, values in sections.items():
+            part = getattr(self, name, None)
+            if not is_dataclass(part):
+                raise FpindexError(f"unknown config section {name!r}")
+            changed[name] = _build(type(part), {**asdict(part), **values}, name + ".")
+        return replace(self, **changed)
 
 
-__all__ = ["EmbedConfig", "IndexConfig", "DecideConfig", "QueryConfig", "RunConfig", "to_dict", "replace"]
+def _build(cls, data: dict[str, Any], prefix: str):
+    if not isinstance(data, dict):
+        raise FpindexError(f"config {prefix.rstrip('.') or 'root'}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise FpindexError(f"unknown setting {prefix}{unknown[0]}; known: {', '.join(known)}")
+    values = {}
+    for name, value in data.items():
+        default = _default(known[name])
+        if is_dataclass(default):
+            value = _build(type(default), value, f"{prefix}{name}.")
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+__all__ = ["AuditConfig", "EmbedConfig", "IndexConfig", "EvidenceConfig", "DecideConfig", "RunConfig", "replace"]

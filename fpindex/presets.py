@@ -1,4 +1,4 @@
-"""Named bundles of settings, so a whole published pipeline can be run (and compared) by name.
+"""Named audit configurations, so a whole published pipeline can be run (and compared) by name.
 
 The `zoq-*` presets follow the ImageCLEFmed GAN 2025 runs of team ZOQ: Gaussian blur + histogram
 equalisation, a CNN or ResNet-50 feature extractor, and a fixed threshold on one similarity. The paper's
@@ -9,30 +9,20 @@ weights. Explicit command-line options override a preset's values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
+from .config import AuditConfig, DecideConfig, EmbedConfig
 from .registry import Registry
 
+PRESETS: Registry[AuditConfig] = Registry("preset")
 
-@dataclass(frozen=True)
-class Preset:
-    embed: dict[str, Any] = field(default_factory=dict)    # EmbedConfig fields
-    decide: dict[str, Any] = field(default_factory=dict)   # DecideConfig fields
-    help: str = ""
-
-
-PRESETS: Registry[Preset] = Registry("preset")
+_ZOQ_CNN = EmbedConfig(model="cnn", weights="random", image_size=128, enhance=("gaussian",))
 
 PRESETS.register("default", "fpindex's defaults: cnn trained self-supervised on the generated set (64 px), "
-                 "calibrated decision")(Preset())
+                 "calibrated decision")(AuditConfig())
 PRESETS.register("zoq-cnn-cosine", "ZOQ 2025: Gaussian+histogram equalisation, CNN, fixed cosine threshold")(
-    Preset(embed={"model": "cnn", "weights": "random", "image_size": 128, "enhance": ("gaussian",)},
-           decide={"method": "fixed", "score": "cosine"}))
+    AuditConfig(embed=_ZOQ_CNN, decide=DecideConfig(method="fixed", score="cosine")))
 PRESETS.register("zoq-cnn-ssim", "ZOQ 2025: Gaussian+histogram equalisation, CNN retrieval, fixed SSIM threshold")(
-    Preset(embed={"model": "cnn", "weights": "random", "image_size": 128, "enhance": ("gaussian",)},
-           decide={"method": "fixed", "score": "ssim"}))
+    AuditConfig(embed=_ZOQ_CNN, decide=DecideConfig(method="fixed", score="ssim")))
 PRESETS.register("zoq-resnet50-jaccard", "ZOQ 2025: Gaussian+histogram equalisation, ImageNet ResNet-50, fixed "
                  "Jaccard threshold (needs the ImageNet weights in the torch cache)")(
-    Preset(embed={"model": "resnet50", "weights": "imagenet", "image_size": 224, "enhance": ("gaussian",)},
-           decide={"method": "fixed", "score": "jaccard"}))
+    AuditConfig(embed=EmbedConfig(model="resnet50", weights="imagenet", image_size=224, enhance=("gaussian",)),
+                decide=DecideConfig(method="fixed", score="jaccard")))

@@ -25,6 +25,11 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """For plug-ins registered for a while (a test's toy feature); unknown names are refused."""
+        self.get(name)
+        del self._items[name], self._help[name]
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

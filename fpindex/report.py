@@ -1,29 +1,97 @@
-"""Writing an audit's outputs, each file atomically (temp file, then rename).
+"""Stage 8 — the audit's result in memory (`AuditResult`), and its files when asked (`save`), each atomically.
 
 OUT/predictions.csv     image,score,label,p_value  (image: path relative to the real folder; p_value empty
                                                     when the decision method has no null, i.e. `fixed`)
-OUT/submission.csv      <image id>,<0|1>           (ImageCLEF format: id = file stem, no header)
-OUT/neighbours.parquet  image, rank, generated_id, generated, cosine, ssim, ssim_aligned, jaccard
-                        (one row per real image × neighbour; ssim_aligned is NaN when the decision method
-                        does not read it: fixed and reference decisions on another score)
-OUT/summary.json        counts, decision, settings, versions, timings per stage, bad files
+OUT/submission.csv      <image id>,<0|1>           (ImageCLEF format, no header; id: see `submission_ids`)
+OUT/neighbours.parquet  image, rank, generated_id, generated, cosine, then every other pair-level evidence
+                        feature (one row per real image × neighbour; NaN where the feature was not computed
+                        because the decision does not read it)
+OUT/summary.json        counts, verdict, decision, settings and config, versions, timings per stage, bad files
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .decide import Decision
-from .index import IndexStore
+from .decide import Decision, Verdict
+from .errors import FpindexError
 from .search import Neighbours
 from .utils import Timings, atomic_path, write_json_atomic, write_text_atomic
+
+OUTPUTS = ("predictions.csv", "submission.csv", "neighbours.parquet", "summary.json")
+
+
+def submission_ids(images: list[str]) -> list[str]:
+    """ImageCLEF ids are file stems; two real images with one stem would get one id, so that is refused."""
+    seen: dict[str, str] = {}
+    ids = []
+    for img in images:
+        stem = PurePosixPath(img).stem
+        if stem in seen:
+            raise FpindexError(f"real images {seen[stem]} and {img} share the id {stem!r} (submission.csv uses "
+                               "file stems); rename one or audit the folders separately")
+        seen[stem] = img
+        ids.append(stem)
+    return ids
+
+
+@dataclass
+class AuditResult:
+    """What an audit found: per-image predictions, the neighbours with their evidence, the set-level verdict
+    and the summary (what summary.json holds). Files are written only by `save`."""
+
+    predictions: pd.DataFrame        # image, score, label, p_value (NaN when the method has no null)
+    neighbours: pd.DataFrame         # image, rank, generated_id, generated, cosine, <pair-level evidence…>
+    verdict: Verdict
+    summary: dict[str, Any]
+    decision: Decision
+    timings: Timings
+
+    @classmethod
+    def of(cls, images: list[str], decision: Decision, nb: Neighbours, pair: dict[str, np.ndarray],
+           generated: np.ndarray, summary: dict[str, Any], timings: Timings) -> "AuditResult":
+        n, k = nb.ids.shape
+        predictions = pd.DataFrame({
+            "image": images, "score": np.asarray(decision.score, np.float64),
+            "label": np.asarray(decision.label, np.int8),
+            "p_value": decision.p_value if decision.p_value is not None else np.full(n, np.nan)})
+        neighbours = pd.DataFrame({
+            "image": np.repeat(np.array(images, dtype=object), k), "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
+            "generated_id": nb.ids.ravel(), "generated": generated.ravel(), "cosine": nb.cosine.ravel(),
+            **{name: values.ravel() for name, values in pair.items() if name != "cosine"}})
+        summary = {**summary, "timings": timings.as_dict()}
+        return cls(predictions, neighbours, decision.verdict, summary, decision, timings)
+
+    def save(self, out: str | Path) -> Path:
+        """Write the four output files into `out` (created if needed); summary.json last, with its timings
+        including the writing."""
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise FpindexError(f"output folder {out} is a file")
+        with self.timings.stage("write"):
+            out.mkdir(parents=True, exist_ok=True)
+            has_p = self.decision.p_value is not None
+            p = self.predictions
+            write_text_atomic(out / "predictions.csv", _csv(
+                ((img, f"{s:.6f}", int(lab), f"{pv:.6g}" if has_p else "")
+                 for img, s, lab, pv in zip(p["image"], p["score"], p["label"], p["p_value"])),
+                header=["image", "score", "label", "p_value"]))
+            write_text_atomic(out / "submission.csv", _csv(zip(submission_ids(list(p["image"])),
+                                                               p["label"].astype(int))))
+            with atomic_path(out / "neighbours.parquet") as tmp:
+                pq.write_table(pa.Table.from_pandas(self.neighbours, preserve_index=False), tmp)
+        self.summary["timings"] = self.timings.as_dict()
+        write_json_atomic(out / "summary.json", self.summary)
+        return out
 
 
 def _csv(rows, header: list[str] | None = None) -> str:
@@ -33,34 +101,3 @@ def _csv(rows, header: list[str] | None = None) -> str:
         w.writerow(header)
     w.writerows(rows)
     return buf.getvalue()
-
-
-def write_outputs(out: Path, images: list[str], decision: Decision, nb: Neighbours,
-                  pair: dict[str, np.ndarray], store: IndexStore) -> None:
-    """pair: per-neighbour scores (n × k arrays), written as columns in their order after `cosine`."""
-    out.mkdir(parents=True, exist_ok=True)
-    pvals = decision.p_value if decision.p_value is not None else [None] * len(images)
-    write_text_atomic(out / "predictions.csv", _csv(
-        ((img, f"{s:.6f}", int(lab), "" if p is None else f"{p:.6g}")
-         for img, s, lab, p in zip(images, decision.score, decision.label, pvals)),
-        header=["image", "score", "label", "p_value"]))
-    write_text_atomic(out / "submission.csv", _csv((Path(img).stem, int(lab))
-                                                   for img, lab in zip(images, decision.label)))
-    n, k = nb.ids.shape
-    gen = np.array(store.paths(nb.ids), dtype=object).reshape(n, k) if n else np.empty((0, k), object)
-    table = pa.table({
-        "image": np.repeat(np.array(images, dtype=object), k).tolist(),
-        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
-        "generated_id": nb.ids.ravel(),
-        "generated": gen.ravel().tolist(),
-        "cosine": nb.cosine.ravel(),
-        **{name: values.ravel() for name, values in pair.items()},
-    })
-    with atomic_path(out / "neighbours.parquet") as tmp:
-        pq.write_table(table, tmp)
-
-
-def write_summary(out: Path, summary: dict[str, Any], timings: Timings) -> None:
-    """Written last, so its timings include writing the other files."""
-    summary["timings"] = timings.as_dict()
-    write_json_atomic(out / "summary.json", summary)

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import FpindexError
-from .registry import Registry
-from .utils import sha256_file
+from ..errors import FpindexError
+from ..registry import Registry
+from ..utils import sha256_file
 
 
 def resolve_device(device: str) -> torch.device:

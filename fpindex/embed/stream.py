@@ -20,17 +20,17 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .enhance import enhance_batch
-from .errors import FpindexError
-from .load import decode, fit_size
-from .utils import opencv_threads, sha256_bytes
+from ..enhance import enhance_batch
+from ..errors import FpindexError
+from ..load import decode, fit_size
+from ..utils import opencv_threads, sha256_bytes
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -112,9 +112,9 @@ class Batch:
 
 class FileStream(Dataset):
     def __init__(self, files: Sequence[Path], size: int, enhance: Sequence[str], known: frozenset[str],
-                 skip: frozenset[str], decode_known: bool) -> None:
+                 skip: frozenset[str], preloaded: Mapping[int, np.ndarray]) -> None:
         self.files, self.size, self.enhance = list(files), size, tuple(enhance)
-        self.known, self.skip, self.decode_known = known, skip, decode_known
+        self.known, self.skip, self.preloaded = known, skip, preloaded
 
     def __len__(self) -> int:
         return len(self.files)
@@ -131,7 +131,9 @@ class FileStream(Dataset):
         item.sha256, item.nbytes = sha256_bytes(data), len(data)
         item.skipped = item.sha256 in self.skip
         item.cached = item.sha256 in self.known
-        if not item.skipped and (not item.cached or self.decode_known):
+        if not item.skipped and not item.cached and i in self.preloaded:
+            item.img = self.preloaded[i]          # decoded earlier in this run (pixels.py)
+        elif not item.skipped and not item.cached:
             try:
                 item.img = fit_size(decode(data), self.size)
             except ValueError as e:
@@ -168,9 +170,10 @@ def _init_worker(_: int) -> None:
 
 
 def batches(files: Sequence[Path], size: int, enhance: Sequence[str], batch_size: int, workers: int,
-            known: frozenset[str] = frozenset(), skip: frozenset[str] = frozenset(), decode_known: bool = False,
+            known: frozenset[str] = frozenset(), skip: frozenset[str] = frozenset(),
+            preloaded: Mapping[int, np.ndarray] | None = None,
             pin: bool = False) -> Iterator[Batch]:
-    ds = FileStream(files, size, enhance, known, skip, decode_known)
+    ds = FileStream(files, size, enhance, known, skip, preloaded or {})
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=_Collate(enhance), pin_memory=pin, worker_init_fn=_init_worker if workers else None,
                         prefetch_factor=2 if workers else None, persistent_workers=False,

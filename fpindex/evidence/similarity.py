@@ -1,15 +1,10 @@
-"""Stage 6 — re-rank the k retrieved neighbours with three more views of similarity.
+"""Batched SSIM for re-ranking: a real image against each of its k retrieved neighbours.
 
-- SSIM between a real image and each neighbour, on the canonical grayscale pixels both were embedded from
-  (data range 1). Window and constants are those of `skimage.metrics.structural_similarity` with
-  `gaussian_weights=True, sigma=1.5, use_sample_covariance=False`: an 11 × 11 Gaussian window (σ = 1.5,
-  scipy's truncate 3.5 → radius 5), K1 = 0.01, K2 = 0.03, mean over the region 5 px in from every edge
-  (skimage's crop, which is exactly where the filter never touches the border, so no padding is needed).
-- The same SSIM after moving the neighbour onto the real image by the best rigid motion (`align_to`), so a
-  shifted or rotated echo of a training image is recognised as one.
-- Jaccard similarity of binarised embeddings: a feature is "on" when it exceeds the median of its own
-  vector, so every code has half its bits set and the score does not depend on the vector's scale.
-Only the k candidates per real image are compared, never all pairs.
+SSIM is computed on the canonical grayscale pixels both were embedded from (data range 1). Window and constants
+are those of `skimage.metrics.structural_similarity` with `gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False`: an 11 × 11 Gaussian window (σ = 1.5, scipy's truncate 3.5 → radius 5), K1 = 0.01,
+K2 = 0.03, mean over the region 5 px in from every edge (skimage's crop, which is exactly where the filter
+never touches the border, so no padding is needed). Only the k candidates per real image are compared.
 
 Why SSIM is hand-written here rather than taken from `pytorch_msssim` (or kornia/torchmetrics): those compute
 all five Gaussian filterings (μx, μy, E[x²], E[y²], E[xy]) for every pair with a grouped convolution, which on
@@ -23,8 +18,8 @@ they are computed once per distinct image, and only E[xy] is filtered per pair.
   intermediates, hurt by thread contention) and a numba kernel (no faster than OpenCV, and seconds of JIT
   compilation per process). Not used: band-matrix products through BLAS on the CPU (a kernel may round an
   element differently depending on where it falls in the batch, which would break the exact 1 below).
-- GPU (or `engine="torch"`): the same terms batched on tensors, the separable Gaussian as two batched matrix
-  products with banded matrices (Gᵀ X G), which suits BLAS/cuBLAS far better than an 11-tap convolution.
+A torch engine for the GPU existed and was never reached by the pipeline (re-ranking runs on the CPU whatever
+the embedding device); it was removed rather than kept untested.
 Images are centred on their own mean before filtering so float32 variance terms keep their digits; values
 agree with skimage's float64 result to ~1e-6, and an image against itself gives exactly 1.
 """
@@ -32,13 +27,11 @@ agree with skimage's float64 result to ~1e-6, and an image against itself gives 
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 
 import cv2
 import numpy as np
-import torch
 
-from .utils import opencv_threads
+from ..utils import opencv_threads
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -54,57 +47,10 @@ def gaussian_taps(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE) ->
     return g / g.sum()
 
 
-@lru_cache(maxsize=16)
-def _band(n: int, device: str, dtype: torch.dtype) -> torch.Tensor:
-    """n × (n − 2r) matrix whose column j holds the taps at rows j … j + 2r: X @ band = 'valid' filtering."""
-    g = gaussian_taps()
-    m = np.zeros((n, n - len(g) + 1), dtype=np.float64)
-    for j in range(m.shape[1]):
-        m[j:j + len(g), j] = g
-    return torch.from_numpy(m).to(device=device, dtype=dtype)
-
-
-# Both engines evaluate SSIM = (2 μa μb + C1)(2 σab + C2) / ((μa² + μb² + C1)(σa² + σb² + C2)) as
+# The engine evaluates SSIM = (2 μa μb + C1)(2 σab + C2) / ((μa² + μb² + C1)(σa² + σb² + C2)) as
 #   4 t1 t2 / ((qa + qb)(va + vb)),  t1 = μa μb + C1/2,  t2 = σab + C2/2,  q = μ² + C1/2,  v = σ² + C2/2,
 # with q and v per image, so an image compared with itself gives exactly 1 (t1 = q, t2 = v bit for bit).
 # σ terms come from images centred on their own mean (covariances do not change), keeping float32 exact enough.
-
-
-class _TorchTerms:
-    """Batched tensor engine (GPU, or CPU on request)."""
-
-    max_images = 1024
-
-    def __init__(self, device: torch.device, batch: int) -> None:
-        self.device, self.batch = device, batch
-
-    def filt(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        dev = str(x.device)
-        return torch.matmul(_band(h, dev, x.dtype).T, torch.matmul(x, _band(w, dev, x.dtype)))
-
-    def image_terms(self, src: np.ndarray, idx: np.ndarray, side: str):
-        imgs = src[idx]
-        x = torch.from_numpy(np.ascontiguousarray(imgs, dtype=np.float32)).to(self.device)
-        x = x - x.mean(dim=(-2, -1), keepdim=True)
-        c = torch.from_numpy(np.ascontiguousarray(imgs, dtype=np.float32)).to(self.device).mean(dim=(-2, -1),
-                                                                                               keepdim=True)
-        m = torch.cat([self.filt(x[s:s + self.batch]) for s in range(0, len(x), self.batch)])
-        e2 = torch.cat([self.filt(x[s:s + self.batch] * x[s:s + self.batch]) for s in range(0, len(x), self.batch)])
-        u = m + c
-        return x, m, u, u * u + C1 / 2, (e2 - m * m) + C2 / 2
-
-    def pairs(self, ta, tb, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
-        (xa, ma, ua, qa, va), (xb, mb, ub, qb, vb) = ta, tb
-        out = np.empty(len(ia), np.float32)
-        for s in range(0, len(ia), self.batch):
-            a = torch.from_numpy(ia[s:s + self.batch]).to(self.device)
-            b = torch.from_numpy(ib[s:s + self.batch]).to(self.device)
-            t2 = (self.filt(xa[a] * xb[b]) - ma[a] * mb[b]) + C2 / 2
-            t1 = ua[a] * ub[b] + C1 / 2
-            ssim = (t1 * t2 * 4) / ((qa[a] + qb[b]) * (va[a] + vb[b]))
-            out[s:s + self.batch] = ssim.mean(dim=(-2, -1), dtype=torch.float64).cpu().numpy()
-        return out
 
 
 class _CvEngine:
@@ -230,15 +176,13 @@ C1, C2 = SSIM_K1 ** 2, SSIM_K2 ** 2
 
 
 def ssim_indexed(a: np.ndarray, b: np.ndarray, a_idx: np.ndarray, b_idx: np.ndarray,
-                 device: str | torch.device = "cpu", engine: str = "auto", max_images: int | None = None,
-                 batch: int = 64, threads: int | None = None) -> np.ndarray:
+                 max_images: int | None = None, threads: int | None = None) -> np.ndarray:
     """SSIM of a[a_idx[i]] with b[b_idx[i]] for every i; a and b are stacks of H × W images in [0, 1].
 
-    Means and second moments are filtered once per distinct image (on the CPU once per distinct `a` image and,
-    nearly always, once per distinct `b` image: a `b` image whose pairs straddle two chunks is done twice), the
-    cross moment once per pair. At most `max_images` images' terms are held at once (CPU: `a` images, ≈ 63 KB
-    each at 64 px, default 64 MB worth; GPU: both sides, default 1024). engine: 'auto' (OpenCV on CPU, tensors
-    on GPU), 'cv' or 'torch' (`batch` pairs per tensor op). Returns float32 (len(a_idx),).
+    Means and second moments are filtered once per distinct image (once per distinct `a` image and, nearly
+    always, once per distinct `b` image: a `b` image whose pairs straddle two chunks is done twice), the cross
+    moment once per pair. At most `max_images` `a` images' terms are held at once (≈ 63 KB each at 64 px,
+    default 64 MB worth). Returns float32 (len(a_idx),).
     """
     a, b = np.asarray(a), np.asarray(b)
     if a.ndim != 3 or b.ndim != 3 or a.shape[1:] != b.shape[1:]:
@@ -248,111 +192,16 @@ def ssim_indexed(a: np.ndarray, b: np.ndarray, a_idx: np.ndarray, b_idx: np.ndar
     a_idx, b_idx = np.asarray(a_idx, dtype=np.int64), np.asarray(b_idx, dtype=np.int64)
     if a_idx.shape != b_idx.shape or a_idx.ndim != 1:
         raise ValueError("a_idx and b_idx must be 1-D and of equal length")
-    device = torch.device(device)
-    if engine == "auto":
-        engine = "cv" if device.type == "cpu" else "torch"
-    if engine not in ("cv", "torch"):
-        raise ValueError(f"unknown SSIM engine {engine!r}")
-    if engine == "cv":
-        return _cv_ssim(a, b, a_idx, b_idx, threads if threads is not None else (os.cpu_count() or 1),
-                        max_images=max_images)
-    eng = _TorchTerms(device, batch=batch)
-    out = np.empty(len(a_idx), dtype=np.float32)
-    max_images = max_images or eng.max_images
-    a_step = max(1, max_images // 4)
-    all_a = np.unique(a_idx)
-    with torch.inference_mode():
-        for s in range(0, len(all_a), a_step):
-            ua = all_a[s:s + a_step]
-            sel = np.flatnonzero(np.isin(a_idx, ua))
-            ta = eng.image_terms(a, ua, "a")
-            all_b = np.unique(b_idx[sel])
-            b_step = max(1, max_images - len(ua))
-            for t in range(0, len(all_b), b_step):
-                ub = all_b[t:t + b_step]
-                sub = sel[np.isin(b_idx[sel], ub)]
-                out[sub] = eng.pairs(ta, eng.image_terms(b, ub, "b"), np.searchsorted(ua, a_idx[sub]),
-                                     np.searchsorted(ub, b_idx[sub]))
-    return out
+    return _cv_ssim(a, b, a_idx, b_idx, threads if threads is not None else (os.cpu_count() or 1),
+                    max_images=max_images)
 
 
-def ssim_pairs(a: np.ndarray, b: np.ndarray, batch: int = 64, device: str | torch.device = "cpu",
-               engine: str = "auto") -> np.ndarray:
+def ssim_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """SSIM of a[i] with b[i] for pairs of H × W images in [0, 1]; returns float32 (n,)."""
     if a.shape != b.shape or a.ndim != 3:
         raise ValueError(f"expected two n × H × W stacks of equal shape, got {a.shape} and {b.shape}")
     idx = np.arange(len(a))
-    return ssim_indexed(a, b, idx, idx, device=device, engine=engine, batch=batch)
+    return ssim_indexed(a, b, idx, idx)
 
 
-# ECC steps and convergence threshold: measured on bench-dev, 15 steps / 1e-3 give the same evidence as
-# 30 / 1e-4 in 55 % of the time.
-ALIGN_ITERATIONS, ALIGN_EPS = 15, 1e-3
-
-
-def align_to(ref: np.ndarray, mov: np.ndarray, iterations: int = ALIGN_ITERATIONS) -> np.ndarray:
-    """`mov` moved onto `ref` by the rigid motion (rotation + shift) that maximises their correlation.
-
-    Why: generators shift and rotate what they echo, and plain SSIM scores a copy moved by two pixels about as
-    low as another image; after alignment the copy scores near 1 again, while an unrelated image gains little.
-    OpenCV's ECC (enhanced correlation coefficient, Evangelidis & Psarakis 2008), Euclidean motion, started at
-    the identity, at most `iterations` steps. Images of 64 px or more are registered at half size (area
-    averaging; the shift is then doubled), which on bench-dev gave the same evidence as full size in 60 % of
-    the time; images below 64 px at full size with 3-px Gaussian pre-smoothing. The motion is applied to the
-    full-size `mov` with reflected borders. When ECC finds no motion (flat images, no convergence) `mov` is
-    returned unchanged, i.e. the pair gets its plain SSIM."""
-    warp = np.eye(2, 3, dtype=np.float32)
-    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, ALIGN_EPS)
-    h, w = ref.shape
-    half = min(h, w) >= 64
-    if half:
-        size = (w // 2, h // 2)
-        r, m = (cv2.resize(x, size, interpolation=cv2.INTER_AREA) for x in (ref, mov))
-    else:
-        r, m = ref, mov
-    try:
-        _, warp = cv2.findTransformECC(r, m, warp, cv2.MOTION_EUCLIDEAN, criteria, None, 1 if half else 3)
-    except cv2.error:
-        return mov
-    if half:
-        warp[:, 2] *= 2
-    return cv2.warpAffine(mov, warp, (w, h), flags=cv2.INTER_LINEAR + cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REFLECT)
-
-
-def ssim_aligned(a: np.ndarray, b: np.ndarray, a_idx: np.ndarray, b_idx: np.ndarray, threads: int | None = None,
-                 chunk: int = 512) -> np.ndarray:
-    """SSIM of a[a_idx[i]] with b[b_idx[i]] moved onto it by `align_to`; float32 (len(a_idx),).
-
-    Pairs are aligned `chunk` at a time on `threads` threads (OpenCV releases the GIL; its own threads are off
-    meanwhile), then scored by `ssim_indexed`. About 0.3 ms of CPU per 64-px pair."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    b = np.ascontiguousarray(b, dtype=np.float32)
-    a_idx, b_idx = np.asarray(a_idx, dtype=np.int64), np.asarray(b_idx, dtype=np.int64)
-    out = np.empty(len(a_idx), np.float32)
-    threads = max(1, threads if threads is not None else (os.cpu_count() or 1))
-    with opencv_threads(1), ThreadPoolExecutor(threads) as ex:
-        for s in range(0, len(a_idx), chunk):
-            ia, ib = a_idx[s:s + chunk], b_idx[s:s + chunk]
-            moved = np.stack(list(ex.map(lambda p: align_to(a[p[0]], b[p[1]]), zip(ia.tolist(), ib.tolist()))))
-            out[s:s + chunk] = ssim_indexed(a, moved, ia, np.arange(len(ia)), threads=threads)
-    return out
-
-
-def binarize(vectors: np.ndarray) -> np.ndarray:
-    """Bits on where a feature exceeds its vector's median."""
-    v = np.asarray(vectors, dtype=np.float32)
-    return v > np.median(v, axis=-1, keepdims=True)
-
-
-def jaccard(a_bits: np.ndarray, b_bits: np.ndarray) -> np.ndarray:
-    """Jaccard similarity along the last axis (broadcasting); 0 where both codes are empty."""
-    inter = np.logical_and(a_bits, b_bits).sum(-1)
-    union = np.logical_or(a_bits, b_bits).sum(-1)
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0).astype(np.float32)
-
-
-__all__ = ["ssim_pairs", "ssim_indexed", "ssim_aligned", "align_to", "binarize", "jaccard", "gaussian_taps",
-           "SSIM_WINDOW", "SSIM_SIGMA"]
+__all__ = ["ssim_pairs", "ssim_indexed", "gaussian_taps", "SSIM_WINDOW", "SSIM_SIGMA", "SSIM_K1", "SSIM_K2"]

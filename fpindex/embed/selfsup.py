@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .utils import sha256_bytes
+from ..utils import sha256_bytes
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Stage 6b — how well the generated set's own principal subspace reconstructs a real image.
+"""Evidence: how well the generated set's own principal subspace reconstructs a real image.
 
 Why: a generator reproduces the variation of the images it was fitted on. Its output therefore spans, to a
 close approximation, the directions along which its *training* images vary, and a training image is
@@ -23,9 +23,14 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
+
+from ..utils import sha256_bytes
+from .base import Feature, FitInput, ImageBatch, feature
+from .similarity import ssim_pairs
 
 SIZE = 32
 VARIANCE = 0.999
@@ -56,8 +61,6 @@ class Subspace:
     def evidence(self, images: np.ndarray, chunk: int = 1024) -> np.ndarray:
         """Per image, SSIM(image, its reconstruction from the subspace) at SIZE × SIZE: 1 = reconstructed
         exactly. A flat generated set (no components) reconstructs every image as the generated mean."""
-        from .rerank import ssim_pairs
-
         out = np.empty(len(images), np.float32)
         for s in range(0, len(images), chunk):
             x = shrink(images[s:s + chunk])
@@ -109,4 +112,61 @@ def fit_shrunk(x: np.ndarray, variance: float = VARIANCE) -> Subspace:
     return Subspace(mean=mean, basis=vt[:m], variance=float(cum[m - 1]), n_images=len(x))
 
 
-__all__ = ["Subspace", "fit", "fit_shrunk", "shrink", "FILE", "SIZE", "VARIANCE", "MAX_IMAGES"]
+@feature
+class SubspaceEvidence(Feature):
+    name = "subspace"
+    help = "SSIM between the real image and its reconstruction from the generated set's principal subspace"
+    level = "image"
+    needs = frozenset({"pixels"})
+    threshold = 0.90
+    on_demand = True
+    attachment = FILE
+
+    def cache_identity(self, size: int) -> dict[str, Any]:
+        return {"size": size, "shrink": SIZE, "evidence": "ssim-of-reconstruction"}
+
+    def fit(self, data: FitInput) -> tuple[bytes, dict[str, Any]]:
+        """From a seeded sample of the generated images, shrunk in chunks (10,000 images at 224 px would take
+        2 GB at once); cached by the sample's content hashes, so an unchanged re-run decodes nothing."""
+        from .. import __version__
+        from ..cache import blob_path, read_blob, write_blob
+
+        rng = np.random.default_rng(data.seed)
+        n = len(data.sha256)
+        rows = np.sort(rng.choice(n, size=min(n, MAX_IMAGES), replace=False))
+        cached = None
+        if data.cache_dir is not None:
+            cached = blob_path(data.cache_dir, "subspace", {
+                "subspace": [SIZE, VARIANCE], "size": data.size, "fpindex": __version__, "numpy": np.__version__,
+                "sample": sha256_bytes("".join(data.sha256[r] for r in rows.tolist()).encode())}, ".npz")
+            blob = read_blob(cached)
+            if blob is not None:
+                try:
+                    return blob, Subspace.from_bytes(blob).describe()
+                except ValueError:
+                    pass                                  # damaged: fit again
+        shrunk = [shrink(data.pixels(rows[s:s + 1024])) for s in range(0, len(rows), 1024)]
+        fitted = fit_shrunk(np.concatenate(shrunk) if shrunk else np.zeros((0, SIZE * SIZE)))
+        blob = fitted.to_bytes()
+        if cached is not None:
+            write_blob(cached, blob)
+        return blob, fitted.describe()
+
+    def prepare(self, attachment: bytes | None, where: str) -> Subspace | None:
+        if attachment is None:      # an index made before this evidence existed: it carries no weight
+            return None
+        try:
+            return Subspace.from_bytes(attachment)
+        except ValueError as e:
+            from ..errors import FpindexError
+
+            raise FpindexError(f"index {where}: {FILE} is damaged ({e}); rebuild the index") from None
+
+    def state_id(self, attachment: bytes | None) -> str:
+        return sha256_bytes(attachment) if attachment is not None else ""
+
+    def images(self, batch: ImageBatch) -> np.ndarray:
+        return batch.state.evidence(batch.pixels)
+
+
+__all__ = ["Subspace", "SubspaceEvidence", "fit", "fit_shrunk", "shrink", "FILE", "SIZE", "VARIANCE", "MAX_IMAGES"]

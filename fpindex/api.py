@@ -1,0 +1,135 @@
+"""The public Python API: what the command line itself calls.
+
+    import fpindex
+    result = fpindex.audit("gen/", "real/", used="train/used", not_used="train/not_used")
+    result.predictions.head(); result.verdict.text
+    result.save("results/")                       # the same files as `fpindex audit --out results/`
+
+Nothing is written unless `out` (audit, query) or `index_dir` (build_index) is given; vectors and re-ranking
+values are still cached by content under ~/.cache/fpindex unless `EmbedConfig(cache=False)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import pipeline
+from .config import AuditConfig
+from .devices import faiss_device
+from .errors import FpindexError
+from .index import IndexStore, search_overrides
+from .report import AuditResult
+from .search import Neighbours, search as search_vectors
+
+PathLike = str | Path
+
+
+class Index:
+    """An index of generated images, built in this process or opened from a directory."""
+
+    def __init__(self, store: IndexStore, built: pipeline.Built | None = None,
+                 config: AuditConfig | None = None) -> None:
+        self.store, self._built, self.config = store, built, config or AuditConfig()
+
+    @property
+    def ntotal(self) -> int:
+        return self.store.ntotal
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.store.manifest
+
+    @property
+    def directory(self) -> Path | None:
+        return self.store.directory
+
+    @property
+    def build_summary(self) -> dict[str, Any]:
+        """What the build in this process did (empty for an opened index)."""
+        return self._built.summary if self._built is not None else {}
+
+    @property
+    def embedded(self):
+        """The generated images embedded by the build in this process (paths, hashes, vectors)."""
+        return self._built.embedded if self._built is not None else None
+
+    @property
+    def timings(self):
+        return self._built.timings if self._built is not None else None
+
+    def query(self, real: PathLike, *, used: PathLike | None = None, not_used: PathLike | None = None,
+              reference: PathLike | None = None, config: AuditConfig | None = None,
+              out: PathLike | None = None) -> AuditResult:
+        """Score the real images against this index (see `audit` for the labelled folders)."""
+        cfg = config or self.config
+        target = self._built if self._built is not None else self.store
+        result = pipeline.query(target, real, cfg, used=used, not_used=not_used, reference=reference,
+                                pixels=self._built.pixels if self._built is not None else None)
+        if out is not None:
+            result.save(out)
+        return result
+
+    def search(self, queries: np.ndarray | PathLike, k: int = 10) -> Neighbours:
+        """The k nearest generated images (ids = rows of `self.store.items`) of L2-normalised vectors, or of
+        the images in a folder (embedded with the index's own settings)."""
+        if not isinstance(queries, np.ndarray):
+            from .embed import embed_folder, make_embedder
+            from .load import list_images
+            from .utils import Timings
+
+            cfg = pipeline.embed_config_of(self.store, self.config.embed) if self._built is None else None
+            embedder = self._built.embedder if self._built is not None else make_embedder(cfg)
+            root = Path(queries)
+            emb = embed_folder(root, list_images(root, "query folder"), embedder, cfg or self.config.embed,
+                               Timings(), pipeline.progress_bar(self.config.run.quiet), "embed queries")
+            queries = emb.vectors
+        return search_vectors(self.store, queries, k)
+
+    def save(self, index_dir: PathLike) -> Path:
+        return self.store.save(index_dir)
+
+
+def build_index(generated: PathLike, index_dir: PathLike | None = None, config: AuditConfig | None = None, *,
+                add: bool = False, overwrite: bool = False) -> Index:
+    """Embed a folder of generated images into an index; saved to `index_dir` when given."""
+    if add and overwrite:
+        raise FpindexError("--add and --overwrite exclude each other")
+    cfg = config or AuditConfig()
+    built = pipeline.build(generated, cfg, index_dir, mode="add" if add else "overwrite" if overwrite else "new")
+    return Index(built.store, built, cfg)
+
+
+def open_index(index_dir: PathLike, config: AuditConfig | None = None, *, nprobe: int | None = None,
+               ef_search: int | None = None, expect: dict[str, Any] | None = None) -> Index:
+    """Open a saved index; `config` says how to run (device, batch size, cache), the index says how to embed.
+    `expect`: embedding settings the caller asserts (e.g. {"model": "cnn"}); a mismatch is refused rather than
+    silently ignored. nprobe / ef_search override the stored search parameters for this session."""
+    cfg = config or AuditConfig()
+    store = IndexStore.load(index_dir, device=faiss_device(cfg.index.device))
+    own = store.manifest["embedder"]
+    for key, value in (expect or {}).items():
+        if value is not None and value != own.get(key):
+            raise FpindexError(f"the index was built with {key}={own.get(key)!r} but the query asks for "
+                               f"{key}={value!r}; drop the option or rebuild the index")
+    store.set_search_params(search_overrides(store.index, nprobe, ef_search), save=False)
+    return Index(store, None, cfg)
+
+
+def audit(generated: PathLike, real: PathLike, *, used: PathLike | None = None, not_used: PathLike | None = None,
+          reference: PathLike | None = None, config: AuditConfig | None = None, out: PathLike | None = None,
+          index_dir: PathLike | None = None, overwrite: bool = False) -> AuditResult:
+    """Index the generated images, score the real ones, decide. With `used` and `not_used` (labelled real
+    images) the decision is calibrated on them; with only `reference` (or `not_used`), tested against them;
+    else the fixed thresholds. `out`: also write the output files there (the index goes to `index_dir`, by
+    default `out/index`; an existing index is replaced only with `overwrite`)."""
+    cfg = config or AuditConfig()
+    if index_dir is None and out is not None:
+        index_dir, overwrite = Path(out) / "index", True     # the output folder's own index is fpindex's to replace
+    result = pipeline.audit(generated, real, cfg, index_dir=index_dir, overwrite=overwrite, used=used,
+                            not_used=not_used, reference=reference)
+    if out is not None:
+        result.save(out)
+    return result

@@ -1,0 +1,254 @@
+"""The `fpindex` command line: argument parsing and printing around the public API (fpindex/api.py).
+
+Every choice list comes from a registry; bad input → one line `fpindex: error: …`, exit 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .. import __version__
+from ..errors import FpindexError
+from . import index_commands
+from .options import (FIELDS, O_ALPHA, O_BATCH, O_CACHE_DIR, O_DECISION, O_DEVICE, O_EF_SEARCH, O_ENHANCE,
+                      O_FACTORY, O_K, O_MAX_MEMORY, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE, O_PRECISION,
+                      O_PRESET, O_QUIET, O_REFERENCE, O_SCORE, O_SEED, O_SIZE, O_TARGET, O_THRESHOLD,
+                      O_TRAIN_STEPS, O_USED, O_VERBOSE, O_WEIGHTS, O_WORKERS, Device, Method, Model, PresetName,
+                      Precision, Score, config_from)
+
+app = typer.Typer(
+    name="fpindex",
+    help="Audit synthetic medical images for training-data leakage.\n\n"
+         "Index generated images, query real images against them, and say which real images were very "
+         "probably used to train the generator.\n\n"
+         "Quick look: fpindex demo",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _params(local: dict[str, Any]) -> dict[str, Any]:
+    """A command's option values that map onto config fields."""
+    return {k: v for k, v in local.items() if k in FIELDS}
+
+
+def _say(quiet: bool, text: str = "") -> None:
+    if not quiet:
+        typer.echo(text)
+
+
+def _report(quiet: bool, verbose: bool, out: Path, summary: dict[str, Any]) -> None:
+    c, d = summary["counts"], summary["decision"]
+    real = c["real"]
+    _say(quiet, f"real images: {real['embedded']} scored, {real['bad']} unreadable; "
+                f"generated images in index: {c['generated_indexed']}")
+    _say(quiet, f"decision: {d['method']} → {c['predicted_used']} of {real['embedded']} labelled used")
+    cv = d.get("cross_validation")
+    if cv:
+        _say(quiet, f"calibration ({cv['folds']}-fold CV on the labelled images): AUC {cv['auc']:.3f}, "
+                    f"kappa {cv['kappa']:.3f}, F1 {cv['f1']:.3f}")
+    _say(quiet, f"verdict: {summary['verdict']['text']}")
+    for name, bad in summary.get("bad_files", {}).items():
+        for b in bad[:5]:
+            typer.echo(f"warning: skipped unreadable {name} image {b['path']}: {b['reason']}", err=True)
+        if len(bad) > 5:
+            typer.echo(f"warning: … and {len(bad) - 5} more (listed in summary.json)", err=True)
+    if verbose:
+        _say(quiet, "timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in summary["timings"].items()))
+    _say(quiet, f"wrote {out}/predictions.csv, submission.csv, neighbours.parquet, summary.json")
+
+
+@app.command(epilog="Example: fpindex build data/generated --index indexes/gan-v1 --model cnn --enhance gaussian")
+def build(
+    ctx: typer.Context,
+    generated: Path = typer.Argument(..., help="Folder of generated (synthetic) images; searched recursively."),
+    index: Optional[Path] = typer.Option(None, "--index", "-i", help="Index directory to write. "
+                                         "Default: indexes/<name of GENERATED>."),
+    add: bool = typer.Option(False, "--add", help="Append to an existing index (images already in it, by "
+                             "content hash, are skipped; its embedding settings are reused; what was fitted on "
+                             "the generated set and the search parameters are refitted on the whole index)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
+    model: Model = O_MODEL, weights: Optional[str] = O_WEIGHTS, enhance: Optional[list[str]] = O_ENHANCE,
+    image_size: Optional[int] = O_SIZE, factory: str = O_FACTORY, max_memory: Optional[str] = O_MAX_MEMORY,
+    nprobe: Optional[int] = O_NPROBE, ef_search: Optional[int] = O_EF_SEARCH, target_recall: float = O_TARGET,
+    save_embeddings: Optional[Path] = typer.Option(None, "--save-embeddings", help="Also write the vectors "
+                                                   "embedded in this run to a .parquet (with items and embedder) "
+                                                   "or .npy file, for `fpindex index-embeddings` or `fpindex shard`.",
+                                                   rich_help_panel="Index"),
+    seed: int = O_SEED,
+    batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
+    workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
+    train_steps: Optional[int] = O_TRAIN_STEPS,
+    preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
+) -> None:
+    """Embed a folder of generated images and write a FAISS index of them."""
+    from ..api import build_index
+    from ..index import check_embeddings_path, write_embeddings
+
+    index = index or Path("indexes") / generated.resolve().name
+    if save_embeddings is not None:
+        check_embeddings_path(save_embeddings)     # a bad file name fails now, not after embedding
+    built = build_index(generated, index, config_from(ctx, preset, **_params(locals())), add=add,
+                        overwrite=overwrite)
+    summary = built.build_summary
+    if save_embeddings is not None:
+        emb = built.embedded
+        write_embeddings(save_embeddings, emb.vectors, emb.rows(), built.manifest["embedder"])
+    for b in summary["bad_files"][:5]:
+        typer.echo(f"warning: skipped unreadable image {b['path']}: {b['reason']}", err=True)
+    e = built.manifest["embedder"]
+    _say(quiet, f"index {index}: {summary['ntotal']} vectors ({summary['added']} added, "
+                f"{len(summary['bad_files'])} unreadable) · {e['model']} [{e['weights_id']}] · enhance "
+                f"{','.join(e['enhance'])} · {e['dim']}-d · {built.manifest['factory']}")
+    if verbose:
+        _say(quiet, "timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in built.timings.as_dict().items()))
+
+
+@app.command(epilog="Example: fpindex query --index indexes/gan-v1 data/real --out results "
+                    "--used data/train/used --not-used data/train/not_used")
+def query(
+    ctx: typer.Context,
+    real: Path = typer.Argument(..., help="Folder of real images to test for membership."),
+    index: Path = typer.Option(..., "--index", "-i", help="Index directory written by `fpindex build`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    k: int = O_K, decision: Method = O_DECISION, score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD,
+    alpha: float = O_ALPHA, used: Optional[Path] = O_USED, not_used: Optional[Path] = O_NOT_USED,
+    reference: Optional[Path] = O_REFERENCE,
+    model: Optional[Model] = typer.Option(None, "--model", "-m", help="Only to assert the index's model; a "
+                                          "different one is refused.", rich_help_panel="Embedding"),
+    enhance: Optional[list[str]] = typer.Option(None, "--enhance", "-e", help="Only to assert the index's "
+                                                "enhancement; a different one is refused.", rich_help_panel="Embedding"),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="Override the index's stored nprobe "
+                                         "for this query.", rich_help_panel="Index"),
+    ef_search: Optional[int] = typer.Option(None, "--ef-search", min=1, help="Override the index's stored "
+                                            "efSearch for this query.", rich_help_panel="Index"),
+    seed: int = O_SEED, batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE,
+    workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
+    quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
+) -> None:
+    """Score real images against an index: membership score and used/not-used label per image.
+
+    The embedding settings are read from the index, so queries are always embedded like the index.
+    """
+    from ..api import open_index
+    from ..enhance import parse_enhance
+
+    params = {n: v for n, v in _params(locals()).items() if n not in ("model", "enhance", "nprobe", "ef_search")}
+    expect = {"model": model.value if model else None, "enhance": list(parse_enhance(enhance)) if enhance else None}
+    idx = open_index(index, config_from(ctx, **params), nprobe=nprobe, ef_search=ef_search, expect=expect)
+    result = idx.query(real, used=used, not_used=not_used, reference=reference, out=out)
+    _report(quiet, verbose, out, result.summary)
+
+
+@app.command(epilog="Example: fpindex audit --generated bench/generated --real bench/test --out results "
+                    "--used bench/train/used --not-used bench/train/not_used")
+def audit(
+    ctx: typer.Context,
+    generated: Path = typer.Option(..., "--generated", "-g", help="Folder of generated images."),
+    real: Path = typer.Option(..., "--real", "-r", help="Folder of real images to test."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    index: Optional[Path] = typer.Option(None, "--index", "-i", help="Where to write the index. Default: "
+                                         "OUT/index. An existing index elsewhere is replaced only with --overwrite."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the index given with --index if it exists."),
+    used: Optional[Path] = O_USED, not_used: Optional[Path] = O_NOT_USED, reference: Optional[Path] = O_REFERENCE,
+    model: Model = O_MODEL, weights: Optional[str] = O_WEIGHTS, enhance: Optional[list[str]] = O_ENHANCE,
+    image_size: Optional[int] = O_SIZE, factory: str = O_FACTORY, max_memory: Optional[str] = O_MAX_MEMORY,
+    k: int = O_K, decision: Method = O_DECISION,
+    score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD, alpha: float = O_ALPHA, seed: int = O_SEED,
+    batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
+    workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
+    train_steps: Optional[int] = O_TRAIN_STEPS,
+    preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
+) -> None:
+    """Build an index of the generated images, then query it with the real ones, in one go."""
+    from ..api import audit as run_audit
+
+    result = run_audit(generated, real, used=used, not_used=not_used, reference=reference,
+                       config=config_from(ctx, preset, **_params(locals())), out=out, index_dir=index,
+                       overwrite=overwrite)
+    _report(quiet, verbose, out, result.summary)
+
+
+@app.command(epilog="Example: fpindex evaluate results/predictions.csv bench/test_labels.csv")
+def evaluate(
+    predictions: Path = typer.Argument(..., help="predictions.csv written by query or audit."),
+    labels: Path = typer.Argument(..., help="CSV with columns image,label (1 = used)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Also write the JSON result to this file."),
+) -> None:
+    """Accuracy, precision, recall, F1, kappa, ROC-AUC and TPR at 5% FPR, beside the all-used and all-not-used answers."""
+    from ..evaluate import evaluate_files, format_table
+    from ..utils import write_json_atomic
+
+    result = evaluate_files(predictions, labels)
+    if save:
+        write_json_atomic(save, result)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(f"{result['n']} images matched ({result['positives']} used)")
+    if result["unmatched_predictions"] or result["missing_predictions"]:
+        typer.echo(f"warning: {len(result['unmatched_predictions'])} predictions without a label, "
+                   f"{result['missing_predictions']} labels without a prediction", err=True)
+    typer.echo(format_table(result))
+
+
+@app.command(epilog="Example: fpindex demo --out /tmp/fpindex-demo")
+def demo(
+    out: Path = typer.Option(Path("fpindex-demo"), "--out", "-o", help="Folder for the demo data and results."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the scenario."),
+    quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
+) -> None:
+    """Make a small seeded leak scenario (no downloads), audit it with calibration, and evaluate the result."""
+    from ..api import audit as run_audit
+    from ..config import AuditConfig, DecideConfig, EmbedConfig, RunConfig
+    from ..demo import make_scenario
+    from ..evaluate import evaluate_files, format_table
+    from ..utils import write_json_atomic
+
+    data = make_scenario(out / "data", seed=seed)
+    _say(quiet, f"demo scenario written to {data} (generated/, train/used, train/not_used, test/, test_labels.csv)")
+    results = out / "audit"
+    cfg = AuditConfig(embed=EmbedConfig(seed=seed), decide=DecideConfig(seed=seed),
+                      run=RunConfig(quiet=quiet, verbose=verbose))
+    result = run_audit(data / "generated", data / "test", used=data / "train" / "used",
+                       not_used=data / "train" / "not_used", config=cfg, out=results)
+    _report(quiet, verbose, results, result.summary)
+    evaluation = evaluate_files(results / "predictions.csv", data / "test_labels.csv")
+    write_json_atomic(results / "evaluation.json", evaluation)
+    _say(quiet, "\nevaluation on test/ (labels never seen by the audit):")
+    _say(quiet, format_table(evaluation))
+
+
+index_commands.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fpindex {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+def main() -> None:
+    try:
+        app()
+    except FpindexError as e:
+        typer.echo(f"fpindex: error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("fpindex: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Option declarations shared by the commands, and turning the options a user typed into an `AuditConfig`.
+
+Every choice list and its help text come from a registry (embedders, enhancers, evidence features, decision
+methods, presets)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Callable
+
+import typer
+
+from ..config import AuditConfig
+from ..decide import DECIDERS
+from ..embed import EMBEDDERS
+from ..enhance import ENHANCERS, parse_enhance
+from ..evidence import FEATURES
+from ..index import parse_bytes
+from ..presets import PRESETS
+
+Model = Enum("Model", {n: n for n in EMBEDDERS.names()}, type=str)  # type: ignore[misc]
+Method = Enum("Method", {n: n for n in ["auto", *DECIDERS.names()]}, type=str)  # type: ignore[misc]
+Score = Enum("Score", {n: n for n in FEATURES.names()}, type=str)  # type: ignore[misc]
+PresetName = Enum("PresetName", {n: n for n in PRESETS.names()}, type=str)  # type: ignore[misc]
+Device = Enum("Device", {n: n for n in ("auto", "cpu", "cuda")}, type=str)  # type: ignore[misc]
+Precision = Enum("Precision", {n: n for n in ("fp32", "bf16", "fp16")}, type=str)  # type: ignore[misc]
+
+ENHANCE_HELP = ("Enhancement filter(s), stacked as channels in the order given; repeat the option or use "
+                "commas. Choices: " + "; ".join(f"{n} ({ENHANCERS.help(n)})" for n in ENHANCERS.names()))
+MODEL_HELP = "Embedder. " + "; ".join(f"{n}: {EMBEDDERS.help(n)}" for n in EMBEDDERS.names())
+DECISION_HELP = ("How labels are set. auto: calibrated if --used and --not-used are given, else reference if "
+                 "--reference (or --not-used) is given, else fixed. " +
+                 "; ".join(f"{n}: {DECIDERS.help(n)}" for n in DECIDERS.names()))
+
+# Typer option declarations shared by several commands.
+O_MODEL = typer.Option(Model("cnn"), "--model", "-m", help=MODEL_HELP, rich_help_panel="Embedding")
+O_WEIGHTS = typer.Option(None, "--weights", "-w", help="selfsup (cnn: trained on the generated set at build time), "
+                         "random (seeded), imagenet (resnet50; needs the torch cache or a network), none (pixels), "
+                         "or a checkpoint path. Default: the model's own (cnn: selfsup, resnet50: imagenet).",
+                         rich_help_panel="Embedding")
+O_ENHANCE = typer.Option(None, "--enhance", "-e", help=ENHANCE_HELP + ". Default: none.", rich_help_panel="Embedding")
+O_SIZE = typer.Option(None, "--image-size", min=32, help="Side of the square model input in px. Default: the "
+                      "model's (64 for cnn, 128 for pixels, 224 for resnet50).", rich_help_panel="Embedding")
+O_SEED = typer.Option(0, "--seed", help="Seed for random weights and every random choice.", rich_help_panel="Embedding")
+O_BATCH = typer.Option(None, "--batch-size", min=1, help="Images per forward pass. Default: 256 on a GPU, 64 on "
+                       "a CPU.", rich_help_panel="Embedding")
+O_PRECISION = typer.Option(Precision("fp32"), "--precision", help="Arithmetic of the forward pass: bf16/fp16 "
+                           "autocast is faster on GPUs and AMX CPUs but moves vectors slightly (recorded in the "
+                           "index; queries reuse it).", rich_help_panel="Embedding")
+O_WORKERS = typer.Option(None, "--workers", min=0, help="Processes that decode and enhance images while the model "
+                         "runs (0: in the main process). Default: one per spare core (at most 8) with more than "
+                         "2 cores, else 0; 0 for small sets. Results do not depend on it.", rich_help_panel="Embedding")
+O_TRAIN_STEPS = typer.Option(None, "--train-steps", min=1, help="Weights selfsup: steps of self-supervised "
+                             "training on the generated images at build time (batch 64). Default: about 8 passes "
+                             "over them, 10 to 250 steps. Fewer build faster and match less robustly.",
+                             rich_help_panel="Embedding")
+O_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the caches of vectors and SSIM values.",
+                          rich_help_panel="Embedding")
+O_CACHE_DIR = typer.Option(None, "--cache-dir", help="Cache of vectors and SSIM values, by image content hash and "
+                           "embedder. Default: $FPINDEX_CACHE, else ~/.cache/fpindex.", rich_help_panel="Embedding")
+O_DEVICE = typer.Option(Device("auto"), "--device", help="Where the model runs; auto picks cuda when torch sees a "
+                        "GPU. The FAISS index follows onto the GPU when FAISS has GPU support (the gpu extra).",
+                        rich_help_panel="Embedding")
+O_FACTORY = typer.Option("auto", "--index-type", "--factory", help="auto (chosen from the number of vectors, "
+                         "their dimension and --max-memory: exact Flat below 100k, else IVF with ~4·√N lists and "
+                         "the most accurate codes that fit: Flat, SQ8, PQ, PCA+PQ) or any FAISS index_factory "
+                         "string (inner product on L2-normalised vectors), e.g. Flat, HNSW32, IVF1024,SQ8, "
+                         "OPQ32_128,IVF4096,PQ32.", rich_help_panel="Index")
+O_MAX_MEMORY = typer.Option(None, "--max-memory", help="Memory budget for the index and its build, e.g. 8G, 512M. "
+                            "A build that would need more is refused before it starts. Default: half the RAM.",
+                            rich_help_panel="Index")
+O_NPROBE = typer.Option(None, "--nprobe", min=1, help="IVF lists visited per query. Default: the smallest that "
+                        "reaches --target-recall, measured at build time and stored.", rich_help_panel="Index")
+O_EF_SEARCH = typer.Option(None, "--ef-search", min=1, help="HNSW search breadth (efSearch). Default: tuned "
+                           "like --nprobe.", rich_help_panel="Index")
+O_TARGET = typer.Option(0.95, "--target-recall", min=0.0, max=1.0, help="Recall@10 against exact search that "
+                        "the tuned search parameters must reach (on a held-out sample).", rich_help_panel="Index")
+O_K = typer.Option(10, "--k", "-k", min=1, help="Nearest generated images retrieved per real image.",
+                   rich_help_panel="Decision")
+O_DECISION = typer.Option(Method("auto"), "--decision", help=DECISION_HELP, rich_help_panel="Decision")
+SCORE_HELP = ("Evidence feature that fixed and reference decisions use: " +
+              "; ".join(f"{n} ({FEATURES.help(n)})" for n in FEATURES.names()))
+O_SCORE = typer.Option(Score("cosine"), "--score", help=SCORE_HELP, rich_help_panel="Decision")
+O_THRESHOLD = typer.Option(None, "--threshold", help="fixed: label used when score ≥ this (default: " +
+                           ", ".join(f"{n} {FEATURES.get(n).threshold:.2f}" for n in FEATURES.names()) + ").",
+                           rich_help_panel="Decision")
+O_ALPHA = typer.Option(0.05, "--alpha", min=0.0, max=1.0, help="reference: label used when p ≤ alpha.",
+                       rich_help_panel="Decision")
+O_USED = typer.Option(None, "--used", help="Real images known to be used in training (labelled, for calibration).",
+                      rich_help_panel="Decision")
+O_NOT_USED = typer.Option(None, "--not-used", help="Real images known not to be used (labelled, for calibration).",
+                          rich_help_panel="Decision")
+O_REFERENCE = typer.Option(None, "--reference", help="Real images known not to be used, to model the null when "
+                           "no labelled pair is given.", rich_help_panel="Decision")
+O_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or report; errors only.")
+O_VERBOSE = typer.Option(False, "--verbose", "-v", help="Also print per-stage timings.")
+
+O_PRESET = typer.Option(PresetName("default"), "--preset", help="Named settings; options given explicitly "
+                        "override them. " + "; ".join(f"{n}: {PRESETS.help(n)}" for n in PRESETS.names()))
+
+
+def _value(v: Any) -> Any:
+    return v.value if isinstance(v, Enum) else v
+
+
+def _cuda_means_auto(device: Any) -> str:
+    """For the commands that embed, --device says where torch runs; FAISS follows onto the GPU only when it has
+    GPU support (faiss-cpu is the default install), so `--device cuda` never fails on FAISS's account."""
+    d = _value(device)
+    return "auto" if d == "cuda" else d
+
+
+# Each CLI parameter → the config fields it sets, with a conversion.
+FIELDS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
+    "model": [("embed", "model", _value)],
+    "weights": [("embed", "weights", _value)],
+    "enhance": [("embed", "enhance", parse_enhance)],
+    "image_size": [("embed", "image_size", _value)],
+    "seed": [("embed", "seed", _value), ("index", "seed", _value), ("decide", "seed", _value)],
+    "batch_size": [("embed", "batch_size", _value)],
+    "device": [("embed", "device", _value), ("index", "device", _cuda_means_auto)],
+    "precision": [("embed", "precision", _value)],
+    "workers": [("embed", "workers", _value)],
+    "no_cache": [("embed", "cache", lambda v: not v)],
+    "cache_dir": [("embed", "cache_dir", lambda v: str(v) if v else None)],
+    "train_steps": [("embed", "train_steps", _value)],
+    "factory": [("index", "factory", _value)],
+    "max_memory": [("index", "max_memory", parse_bytes)],
+    "nprobe": [("index", "nprobe", _value)],
+    "ef_search": [("index", "ef_search", _value)],
+    "target_recall": [("index", "target_recall", _value)],
+    "k": [("evidence", "k", _value)],
+    "decision": [("decide", "method", _value)],
+    "score": [("decide", "score", _value)],
+    "threshold": [("decide", "threshold", _value)],
+    "alpha": [("decide", "alpha", _value)],
+    "quiet": [("run", "quiet", _value)],
+    "verbose": [("run", "verbose", _value)],
+}
+
+
+def config_from(ctx: typer.Context, preset: Any = None, **params: Any) -> AuditConfig:
+    """The preset's config (default: fpindex's defaults) with every option the user typed applied on top;
+    options left at their defaults never override a preset. (Each option's default is the config's.)"""
+    cfg = PRESETS.get(_value(preset)) if preset is not None else AuditConfig()
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in params.items():
+        source = ctx.get_parameter_source(name)
+        typed = source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+        if typed:
+            for section, field, convert in FIELDS[name]:
+                sections.setdefault(section, {})[field] = convert(value)
+    return cfg.override(**sections)

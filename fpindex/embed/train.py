@@ -1,0 +1,94 @@
+"""Self-supervised fine-tuning of the embedder on the generated images at build time (see selfsup.py for why).
+
+Trained weights are cached by the content of the training sample and every setting that shapes the training,
+so re-running an unchanged audit reads them back instead of training again. The sample's decoded pixels go
+into the run's pixel store, so the embedding pass that follows does not decode them again."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import __version__
+from ..cache import blob_path, default_cache_dir, read_blob, write_blob
+from ..config import EmbedConfig
+from ..enhance import REVISION as ENHANCE_REVISION, enhance_batch
+from ..errors import FpindexError
+from ..load import decode, fit_size
+from ..pixels import PixelStore
+from ..utils import Timings, sha256_bytes
+from . import selfsup
+from .models import Embedder
+from .selfsup import SelfSupConfig
+
+SELFSUP = "selfsup"
+SELFSUP_FILE = "selfsup.pt"
+
+
+def seeded_sample(n: int, size: int, seed: int) -> np.ndarray:
+    """The sorted rows of a seeded sample of at most `size` of n items: every stage samples this one way."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=min(n, size), replace=False))
+
+
+def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, cfg: EmbedConfig, timings: Timings,
+                       progress: Callable[[int, str, str], Any],
+                       pixels: PixelStore | None = None) -> tuple[dict[str, Any], bytes]:
+    import torch
+
+    sscfg = SelfSupConfig(seed=cfg.seed, steps=cfg.train_steps)
+    sample = [files[i] for i in seeded_sample(len(files), sscfg.max_images, cfg.seed).tolist()]
+    with timings.stage("load"):
+        raw = []
+        for f in sample:
+            try:
+                raw.append((f, f.read_bytes()))
+            except OSError:
+                continue  # reported by the embedding pass that follows
+    cached = None
+    if cfg.cache:
+        cached = blob_path(cfg.cache_dir or default_cache_dir(), "selfsup", {
+            "selfsup": sscfg.as_dict(), "model": cfg.model, "enhance": list(cfg.enhance),
+            "enhance_revision": ENHANCE_REVISION, "size": embedder.spec.size, "seed": cfg.seed,
+            "versions": {"fpindex": __version__, "torch": torch.__version__},
+            "sample": sha256_bytes("".join(sha256_bytes(d) for _, d in raw).encode())}, ".pt")
+        data = read_blob(cached)
+        meta = cached.with_suffix(".json")
+        if data is not None and meta.is_file():
+            try:
+                state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+                report = {**json.loads(meta.read_text()), "from_cache": True}
+            except Exception:          # damaged: train again
+                state = None
+            if state is not None:
+                embedder.trainable().load_state_dict(state)
+                embedder.trainable().to(embedder.spec.device)
+                embedder.weights_id = f"file:sha256={sha256_bytes(data)[:16]}"
+                return report, data
+    with timings.stage("load"):
+        decoded = []
+        for f, d in raw:
+            try:
+                img = fit_size(decode(d), embedder.spec.size)
+            except ValueError:
+                continue
+            decoded.append(img)
+            if pixels is not None:
+                pixels.put(f, img)
+        if len(decoded) < 2:
+            raise FpindexError(f"generated-image folder {generated}: too few readable images to train on")
+        imgs = np.stack(decoded)
+    del decoded                                   # before the channels are made: less memory at once
+    with timings.stage("enhance"):
+        stacks = enhance_batch(imgs, cfg.enhance)  # all at once: filters with a batch version run on chunks
+    del imgs
+    with timings.stage("embed"), progress(sscfg.steps_for(len(stacks)), "train on generated", "step") as bar:
+        report = selfsup.train(embedder.trainable(), embedder.dim, stacks, sscfg, bar.update)
+    data, embedder.weights_id = selfsup.state_bytes(embedder.trainable())
+    if cached is not None:
+        write_blob(cached, data, meta=report)
+    return report, data

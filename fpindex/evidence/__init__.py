@@ -1,0 +1,13 @@
+"""Stage 6 — evidence: per real image, numbers saying how closely the generated set echoes it.
+
+Each feature is one module here (`Feature` in base.py, registered in `FEATURES`); importing this package
+registers the built-in ones, in the order their scores appear everywhere (decision, outputs, docs):
+cosine, ssim, jaccard, subspace, ssim_aligned. `compute_evidence` runs them over one folder's neighbours.
+"""
+
+from . import cosine, ssim, jaccard, subspace, ssim_aligned  # noqa: F401  (registration, in this order)
+from .base import FEATURES, Feature, FitInput, ImageBatch, PairBatch, feature, thresholds
+from .compute import Evidence, Query, Run, compute_evidence
+
+__all__ = ["FEATURES", "Feature", "FitInput", "ImageBatch", "PairBatch", "feature", "thresholds", "Evidence",
+           "Query", "Run", "compute_evidence"]

@@ -1,0 +1,187 @@
+"""Running the evidence features over one folder's neighbours: what each needs is loaded once, cached values
+are reused, and per-pair values are pooled into one number per real image."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from ..cache import ContentCache, pair_keys
+from ..search import Neighbours
+from .base import FEATURES, Feature, ImageBatch, PairBatch
+
+PAIR_CHUNK = 8192
+IMAGE_CHUNK = 1024
+
+
+class Images(Protocol):
+    """Where the runner gets pixels and vectors (the pipeline's memoised pixel store and the index)."""
+
+    size: int
+
+    def real(self, rows: np.ndarray) -> np.ndarray: ...
+    def generated(self, ids: np.ndarray) -> np.ndarray: ...
+    def check_generated(self, ids: np.ndarray) -> None: ...
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Per real image, one score per feature (n,) in the registry's order."""
+
+    scores: dict[str, np.ndarray]
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.scores)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.scores.values()))) if self.scores else 0
+
+    def matrix(self) -> np.ndarray:
+        return np.column_stack([self.scores[f] for f in self.features]).astype(np.float64)
+
+
+@dataclass
+class Query:
+    """One folder of real images against the index."""
+
+    sha256: list[str]                 # per real image
+    vectors: np.ndarray               # n × d, the real images' embeddings
+    nb: Neighbours
+    gen_sha256: Callable[[np.ndarray], list[str]]   # generated ids → content hashes
+    gen_vectors: Callable[[np.ndarray], np.ndarray]  # generated ids → stored vectors
+    images: Images
+    attachments: dict[str, bytes]     # the index's stored files (fitted feature states)
+    where: str                        # the index, for messages
+
+
+@dataclass
+class Run:
+    """How to run: which features to compute, caching, timing and progress (all optional)."""
+
+    wanted: frozenset[str]
+    cache_dir: str | None = None
+    stage: Callable[[str], Any] = lambda name: nullcontext()
+    progress: Callable[[int, str], Any] = lambda total, desc: _NoBar()
+    desc: str = "re-rank"
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n: int) -> None:
+        pass
+
+
+def compute_evidence(q: Query, run: Run,
+                     features: Sequence[str] | None = None) -> tuple[dict[str, np.ndarray], Evidence]:
+    """Per-neighbour values (n × k, for pair-level features; NaN where not computed) and per-image evidence
+    for every registered feature. A feature that is `on_demand` and not in `run.wanted` is not computed: 0 for
+    every image. Generated files whose values all came from the cache are not read, but must still exist."""
+    names = list(features) if features is not None else FEATURES.names()
+    n, k = q.nb.ids.shape
+    valid = q.nb.ids >= 0
+    flat = q.nb.ids[valid]
+    real_idx = np.repeat(np.arange(n), k).reshape(n, k)[valid]
+    shas: dict[str, list[str]] = {}
+    pair: dict[str, np.ndarray] = {}
+    scores: dict[str, np.ndarray] = {}
+    read: set[int] = set()
+    for name in names:
+        f = FEATURES.get(name)
+        active = not f.on_demand or name in run.wanted
+        if f.level == "pair":
+            values = np.zeros((n, k), np.float32)
+            if not active:
+                values[:] = np.nan
+            elif len(flat):
+                values[valid] = _pairs(f, q, run, flat, real_idx, shas, read)
+            pair[name] = values
+            scores[name] = _pool(f, values, valid)
+        else:
+            state = f.prepare(q.attachments.get(f.attachment), q.where) if active and f.attachment else None
+            if active and (state is not None or not f.attachment):
+                scores[name] = _images(f, q, run, state, f.state_id(q.attachments.get(f.attachment)))
+            else:
+                scores[name] = np.zeros(n, np.float32)
+    if len(flat):
+        with run.stage("load"):
+            q.images.check_generated(np.setdiff1d(np.unique(flat), np.fromiter(read, np.int64, len(read))))
+    return pair, Evidence(scores)
+
+
+def _pool(f: Feature, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    n = len(values)
+    if not n or np.isnan(values).all():
+        return np.zeros(n)
+    if f.pool == "top1":
+        return np.where(valid[:, 0], values[:, 0], f.missing)
+    return np.where(valid, values, f.missing).max(axis=1)
+
+
+def _cache(f: Feature, q: Query, run: Run) -> ContentCache | None:
+    identity = f.cache_identity(q.images.size)
+    if run.cache_dir is None or identity is None:
+        return None
+    return ContentCache(run.cache_dir, f.name, identity, width=1)
+
+
+def _pairs(f: Feature, q: Query, run: Run, flat: np.ndarray, real_idx: np.ndarray,
+           shas: dict[str, list[str]], read: set[int]) -> np.ndarray:
+    cache = _cache(f, q, run)
+    if cache is not None:
+        with run.stage("rerank"):
+            if "gen" not in shas:
+                shas["gen"] = q.gen_sha256(flat)
+                shas["real"] = [q.sha256[i] for i in real_idx.tolist()]
+            keys = pair_keys(shas["real"], shas["gen"])
+            vals = cache.get(keys)
+    else:
+        vals = np.full(len(flat), np.nan, np.float32)
+    todo = np.flatnonzero(np.isnan(vals))
+    cosine = q.nb.cosine[q.nb.ids >= 0]
+    with (run.progress(len(todo), f"{run.desc}: {f.name}") if "pixels" in f.needs else _NoBar()) as bar:
+        for s in range(0, len(todo), PAIR_CHUNK):
+            part = todo[s:s + PAIR_CHUNK]
+            ug, ig = np.unique(flat[part], return_inverse=True)
+            ur, ir = np.unique(real_idx[part], return_inverse=True)
+            extra: dict[str, Any] = {}
+            with run.stage("load"):        # pixels not kept from embedding are read here
+                if "pixels" in f.needs:
+                    extra = {"real_pixels": q.images.real(ur), "gen_pixels": q.images.generated(ug)}
+                    read.update(ug.tolist())
+            with run.stage("rerank"):
+                if "vectors" in f.needs:
+                    extra |= {"real_vectors": q.vectors[ur], "gen_vectors": q.gen_vectors(ug)}
+                vals[part] = f.pairs(PairBatch(real_idx=ir.ravel(), gen_idx=ig.ravel(), cosine=cosine[part],
+                                               **extra))
+            bar.update(len(part))
+    if cache is not None and len(todo):
+        with run.stage("rerank"):
+            cache.put([keys[i] for i in todo.tolist()], vals[todo])
+    return vals
+
+
+def _images(f: Feature, q: Query, run: Run, state: Any, state_id: str) -> np.ndarray:
+    n = len(q.sha256)
+    cache = _cache(f, q, run)
+    keys = pair_keys(q.sha256, [state_id] * n) if cache is not None else []
+    out = cache.get(keys) if cache is not None else np.full(n, np.nan, np.float32)
+    todo = np.flatnonzero(np.isnan(out))
+    for s in range(0, len(todo), IMAGE_CHUNK):
+        rows = todo[s:s + IMAGE_CHUNK]
+        with run.stage("load"):
+            pix = q.images.real(rows) if "pixels" in f.needs else None
+        with run.stage("rerank"):
+            out[rows] = f.images(ImageBatch(pixels=pix, vectors=q.vectors[rows] if "vectors" in f.needs else None,
+                                            state=state))
+    if cache is not None and len(todo):
+        cache.put([keys[i] for i in todo.tolist()], out[todo])
+    return out

@@ -1,0 +1,87 @@
+"""Canonical pixels, decoded at most once per run.
+
+Several stages need an image's canonical pixels: self-supervised training (a sample of the generated set),
+embedding, the subspace fit, and re-ranking (real images and their neighbours). One `PixelStore` per run
+keeps what was decoded, keyed by the file's resolved path, so each image is decoded once however many stages
+read it. It stops keeping new images beyond `limit_bytes` (what is kept stays; the rest is decoded again
+when asked), so memory stays bounded on large sets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import FpindexError
+from .load import load_image
+
+DEFAULT_LIMIT = 2 << 30
+
+
+class PixelStore:
+    def __init__(self, size: int, limit_bytes: int = DEFAULT_LIMIT) -> None:
+        self.size, self.limit = size, limit_bytes
+        self._memo: dict[str, np.ndarray] = {}
+        self._bytes = 0
+        self.decoded = 0           # decodes done by the store itself (not counting images handed to it)
+
+    @staticmethod
+    def key(path: str | Path) -> str:
+        return str(Path(path).resolve())
+
+    def put(self, path: str | Path, img: np.ndarray) -> None:
+        k = self.key(path)
+        if k not in self._memo and self._bytes + img.nbytes <= self.limit:
+            self._memo[k] = img
+            self._bytes += img.nbytes
+
+    def known(self, path: str | Path) -> np.ndarray | None:
+        return self._memo.get(self.key(path))
+
+    def get(self, path: str | Path, fail: Callable[[str], str]) -> np.ndarray:
+        """The image's pixels; when it cannot be read, FpindexError(fail(reason))."""
+        img = self.known(path)
+        if img is None:
+            try:
+                img = load_image(path, self.size)[0]
+            except ValueError as e:
+                raise FpindexError(fail(str(e))) from None
+            self.decoded += 1
+            self.put(path, img)
+        return img
+
+    def stack(self, paths: Sequence[str | Path], fail: Callable[[str, str], str]) -> np.ndarray:
+        out = np.empty((len(paths), self.size, self.size), np.float32)
+        for i, p in enumerate(paths):
+            out[i] = self.get(p, lambda reason, p=p: fail(str(p), reason))
+        return out
+
+
+class QueryImages:
+    """The evidence runner's view: real images by row of their folder, generated ones by index id."""
+
+    def __init__(self, store: PixelStore, real_paths: Sequence[Path],
+                 generated_paths: Callable[[np.ndarray], list[str]]) -> None:
+        self.store, self.real_paths, self.generated_paths = store, real_paths, generated_paths
+        self.size = store.size
+
+    def real(self, rows: np.ndarray) -> np.ndarray:
+        return self.store.stack([self.real_paths[r] for r in rows.tolist()],
+                                lambda p, e: f"image {p} changed or vanished during the run ({e})")
+
+    def generated(self, ids: np.ndarray) -> np.ndarray:
+        paths = self.generated_paths(ids)
+        out = np.empty((len(ids), self.size, self.size), np.float32)
+        for j, (i, p) in enumerate(zip(ids.tolist(), paths)):
+            out[j] = self.store.get(p, lambda e, i=i, p=p: f"generated image {p} (index id {i}) is needed for SSIM "
+                                                           f"re-ranking but {e}; restore the file or rebuild the index")
+        return out
+
+    def check_generated(self, ids: np.ndarray) -> None:
+        """Neighbours whose values came from the cache are not read, but must still exist (they are reported)."""
+        for i, p in zip(ids.tolist(), self.generated_paths(ids)):
+            if self.store.known(p) is None and not Path(p).is_file():
+                raise FpindexError(f"generated image {p} (index id {i}) is needed for SSIM re-ranking "
+                                   f"but is missing; restore the file or rebuild the index")
