@@ -5,7 +5,6 @@ Each function takes typed configs, reports progress, fills `Timings`, and return
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from .cache import EmbeddingCache, PairCache, default_cache_dir
+from .cache import ContentCache, blob_meta, blob_path, default_cache_dir, pair_keys, read_blob, write_blob
 from .config import DecideConfig, EmbedConfig, IndexConfig, QueryConfig, RunConfig, to_dict
 from .decide import FEATURES, Evidence, Labelled, choose_method, decide
 from .embed import Embedder, build_embedder
@@ -29,7 +28,7 @@ from .report import write_outputs, write_summary
 from .rerank import ALIGN_EPS, ALIGN_ITERATIONS, binarize, jaccard, ssim_aligned, ssim_indexed
 from .search import Neighbours, search
 from .stream import autocast, batches, check_precision, default_batch_size, default_workers, optimise
-from .utils import Timings, atomic_path, sha256_bytes, versions, write_json_atomic
+from .utils import Timings, sha256_bytes, versions
 from . import selfsup, subspace
 from .selfsup import SelfSupConfig
 
@@ -73,7 +72,7 @@ def make_embedder(cfg: EmbedConfig) -> Embedder:
     return embedder
 
 
-def open_cache(cfg: EmbedConfig, embedder: Embedder) -> EmbeddingCache | None:
+def open_cache(cfg: EmbedConfig, embedder: Embedder) -> ContentCache | None:
     if not cfg.cache:
         return None
     import torch
@@ -85,10 +84,10 @@ def open_cache(cfg: EmbedConfig, embedder: Embedder) -> EmbeddingCache | None:
     identity |= {"fpindex": __version__, "torch": torch.__version__, "enhance_revision": ENHANCE_REVISION,
                  # GPU convolutions in "fp32" run as TF32 by default (vectors ≈ 1e-3 from the CPU's): never mixed
                  "device": embedder.spec.device.type}
-    return EmbeddingCache(cfg.cache_dir or default_cache_dir(), identity)
+    return ContentCache(cfg.cache_dir or default_cache_dir(), "embedding", identity, embedder.dim)
 
 
-def open_pair_cache(cfg: EmbedConfig, size: int, kind: str = "ssim") -> PairCache | None:
+def open_pair_cache(cfg: EmbedConfig, size: int, kind: str = "ssim") -> ContentCache | None:
     """kind 'ssim' / 'ssim-aligned': SSIM values by (real, generated) hashes, plain or after alignment;
     'subspace': subspace evidence by (real, subspace) hashes."""
     from .rerank import SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW
@@ -96,19 +95,19 @@ def open_pair_cache(cfg: EmbedConfig, size: int, kind: str = "ssim") -> PairCach
     if not cfg.cache:
         return None
     if kind == "subspace":
-        return PairCache(cfg.cache_dir or default_cache_dir(),
-                         {"size": size, "shrink": subspace.SIZE, "evidence": "ssim-of-reconstruction"}, kind=kind)
+        return ContentCache(cfg.cache_dir or default_cache_dir(), kind,
+                            {"size": size, "shrink": subspace.SIZE, "evidence": "ssim-of-reconstruction"}, 1)
     # Re-ranking runs on the CPU engine (threads over all cores) whatever the embedding device.
     identity = {"size": size, "window": SSIM_WINDOW, "sigma": SSIM_SIGMA, "K": [SSIM_K1, SSIM_K2], "engine": "cv"}
     if kind == "ssim-aligned":
         identity |= {"align": "ecc-euclidean-half", "iterations": ALIGN_ITERATIONS, "eps": ALIGN_EPS,
                      "opencv": cv2.__version__}
-    return PairCache(cfg.cache_dir or default_cache_dir(), identity, kind=kind)
+    return ContentCache(cfg.cache_dir or default_cache_dir(), kind, identity, 1)
 
 
 def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedConfig, timings: Timings,
                  run: RunConfig, desc: str, keep_pixels: bool | str = False, skip_sha: set[str] | None = None,
-                 cache: EmbeddingCache | None = None) -> Embedded:
+                 cache: ContentCache | None = None) -> Embedded:
     """Embed `files` (below `root`) in file order; unreadable files become `bad`, `skip_sha` ones are left out.
 
     keep_pixels: False, True (every row's pixels in `pixels`: cached rows are decoded too, but not embedded),
@@ -233,8 +232,6 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
 
     import torch
 
-    from .cache import identity_key
-
     sscfg = SelfSupConfig(seed=cfg.seed, steps=cfg.train_steps)
     rng = np.random.default_rng(cfg.seed)
     sample = [files[i] for i in sorted(rng.choice(len(files), size=min(len(files), sscfg.max_images), replace=False))]
@@ -245,17 +242,17 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
                 raw.append(f.read_bytes())
             except OSError:
                 continue  # reported by the embedding pass that follows
-    key = identity_key({"selfsup": sscfg.as_dict(), "model": cfg.model, "enhance": list(cfg.enhance),
-                        "enhance_revision": ENHANCE_REVISION,
-                        "size": embedder.spec.size, "seed": cfg.seed, "versions": {k: v for k, v in versions().items()
-                                                                                  if k in ("fpindex", "torch")},
-                        "sample": sha256_bytes("".join(sha256_bytes(d) for d in raw).encode())})
-    cached = (Path(cfg.cache_dir or default_cache_dir()) / "selfsup" / f"{key}.pt") if cfg.cache else None
-    if cached is not None and cached.is_file() and cached.with_suffix(".json").is_file():
-        data = cached.read_bytes()
+    ident = {"selfsup": sscfg.as_dict(), "model": cfg.model, "enhance": list(cfg.enhance),
+             "enhance_revision": ENHANCE_REVISION,
+             "size": embedder.spec.size, "seed": cfg.seed, "versions": {k: v for k, v in versions().items()
+                                                                       if k in ("fpindex", "torch")},
+             "sample": sha256_bytes("".join(sha256_bytes(d) for d in raw).encode())}
+    cached = blob_path(cfg.cache_dir or default_cache_dir(), "selfsup", ident, ".pt") if cfg.cache else None
+    data = read_blob(cached) if cached is not None else None
+    if data is not None and (meta := blob_meta(cached)) is not None:
         embedder.trainable().load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
         embedder.trainable().to(embedder.spec.device)
-        report = {**json.loads(cached.with_suffix(".json").read_text()), "from_cache": True}
+        report = {**meta, "from_cache": True}
         embedder.weights_id = f"file:sha256={sha256_bytes(data)[:16]}"
         return report, data
     with timings.stage("load"):
@@ -276,9 +273,7 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
         report = selfsup.train(embedder.trainable(), embedder.dim, stacks, sscfg, bar.update)
     data, embedder.weights_id = selfsup.state_bytes(embedder.trainable())
     if cached is not None:
-        with atomic_path(cached) as tmp:
-            tmp.write_bytes(data)
-        write_json_atomic(cached.with_suffix(".json"), report)
+        write_blob(cached, data, report)
     return report, data
 
 
@@ -287,19 +282,18 @@ def fit_subspace(emb: Embedded, size: int, cfg: EmbedConfig, timings: Timings) -
 
     Pixels decoded by the embedding pass are reused; the rest of the sample is read now. Cached by the sample's
     content hashes, so an unchanged re-run decodes nothing."""
-    from .cache import identity_key
-
     rng = np.random.default_rng(cfg.seed)
     n = len(emb.paths)
     rows = np.sort(rng.choice(n, size=min(n, subspace.MAX_IMAGES), replace=False))
-    key = identity_key({"subspace": [subspace.SIZE, subspace.VARIANCE], "size": size,
-                        "sample": sha256_bytes("".join(emb.sha256[r] for r in rows.tolist()).encode()),
-                        "versions": {k: v for k, v in versions().items() if k in ("fpindex", "numpy")}})
-    cached = (Path(cfg.cache_dir or default_cache_dir()) / "subspace" / f"{key}.npz") if cfg.cache else None
-    if cached is not None and cached.is_file():
+    ident = {"subspace": [subspace.SIZE, subspace.VARIANCE], "size": size,
+             "sample": sha256_bytes("".join(emb.sha256[r] for r in rows.tolist()).encode()),
+             "versions": {k: v for k, v in versions().items() if k in ("fpindex", "numpy")}}
+    cached = blob_path(cfg.cache_dir or default_cache_dir(), "subspace", ident, ".npz") if cfg.cache else None
+    data = read_blob(cached) if cached is not None else None
+    if data is not None:
         try:
-            return subspace.Subspace.from_bytes(cached.read_bytes())
-        except (ValueError, OSError):
+            return subspace.Subspace.from_bytes(data)
+        except ValueError:
             pass   # damaged: fit again
     shrunk = []
     for s in range(0, len(rows), 1024):        # shrink as we go: 10,000 images at 224 px would take 2 GB
@@ -310,8 +304,7 @@ def fit_subspace(emb: Embedded, size: int, cfg: EmbedConfig, timings: Timings) -
     with timings.stage("index"):
         fitted = subspace.fit_shrunk(np.concatenate(shrunk))
     if cached is not None:
-        with atomic_path(cached) as tmp:
-            tmp.write_bytes(fitted.to_bytes())
+        write_blob(cached, fitted.to_bytes())
     return fitted
 
 
@@ -387,7 +380,7 @@ class IndexSubspace:
 
     space: subspace.Subspace
     id: str
-    cache: PairCache | None
+    cache: ContentCache | None
 
     @classmethod
     def of(cls, store: IndexStore, cfg: EmbedConfig, size: int) -> "IndexSubspace | None":
@@ -405,7 +398,7 @@ def subspace_evidence(emb: Embedded, sub: IndexSubspace, size: int, timings: Tim
     """Per real image, how well the generated subspace reconstructs it; cached values are reused undecoded."""
     n = len(emb.paths)
     other = [sub.id] * n
-    out = sub.cache.get(emb.sha256, other) if sub.cache else np.full(n, np.nan, np.float32)
+    out = sub.cache.get(pair_keys(emb.sha256, other)) if sub.cache else np.full(n, np.nan, np.float32)
     todo = np.flatnonzero(np.isnan(out))
     for s in range(0, len(todo), 1024):
         rows = todo[s:s + 1024]
@@ -414,13 +407,13 @@ def subspace_evidence(emb: Embedded, sub: IndexSubspace, size: int, timings: Tim
         with timings.stage("rerank"):
             out[rows] = sub.space.evidence(pix)
     if sub.cache is not None and len(todo):
-        sub.cache.put([emb.sha256[i] for i in todo.tolist()], other[:len(todo)], out[todo])
+        sub.cache.put(pair_keys([emb.sha256[i] for i in todo.tolist()], other[:len(todo)]), out[todo])
     return out
 
 
 def evidence_for(emb: Embedded, store: IndexStore, gen_pixels: GeneratedPixels, k: int,
-                 timings: Timings, run: RunConfig, desc: str, pair_cache: PairCache | None = None,
-                 space: IndexSubspace | None = None, aligned_cache: PairCache | None = None,
+                 timings: Timings, run: RunConfig, desc: str, pair_cache: ContentCache | None = None,
+                 space: IndexSubspace | None = None, aligned_cache: ContentCache | None = None,
                  features: frozenset[str] = frozenset(FEATURES)) -> tuple[Neighbours, dict[str, np.ndarray], Evidence]:
     """Search then re-rank: returns neighbours, per-neighbour scores (n × k: ssim, ssim_aligned, jaccard) and
     per-image evidence. The costlier evidence (aligned SSIM, subspace) is computed only when in `features`,
@@ -444,9 +437,9 @@ def evidence_for(emb: Embedded, store: IndexStore, gen_pixels: GeneratedPixels, 
         with timings.stage("rerank"):
             cached = pair_cache is not None and aligned_cache is not None
             gen_sha = store.items.column("sha256").take(pa.array(flat)).to_pylist() if cached else []
-            real_sha = [emb.sha256[i] for i in real_idx.tolist()] if cached else []
-            vals = pair_cache.get(real_sha, gen_sha) if cached else np.full(len(flat), np.nan, np.float32)
-            avals = aligned_cache.get(real_sha, gen_sha) if cached and align else np.full(len(flat), np.nan, np.float32)
+            keys = pair_keys([emb.sha256[i] for i in real_idx.tolist()], gen_sha) if cached else []
+            vals = pair_cache.get(keys) if cached else np.full(len(flat), np.nan, np.float32)
+            avals = aligned_cache.get(keys) if cached and align else np.full(len(flat), np.nan, np.float32)
             todo = np.flatnonzero(np.isnan(vals) | (np.isnan(avals) if align else False))
         if len(todo) < len(flat):
             with timings.stage("load"):
@@ -467,10 +460,10 @@ def evidence_for(emb: Embedded, store: IndexStore, gen_pixels: GeneratedPixels, 
                 bar.update(len(part))
         with timings.stage("rerank"):
             if cached and len(todo):
-                done_real, done_gen = [real_sha[i] for i in todo.tolist()], [gen_sha[i] for i in todo.tolist()]
-                pair_cache.put(done_real, done_gen, vals[todo])
+                done = [keys[i] for i in todo.tolist()]
+                pair_cache.put(done, vals[todo])
                 if align:
-                    aligned_cache.put(done_real, done_gen, avals[todo])
+                    aligned_cache.put(done, avals[todo])
             pair["ssim"][valid], pair["ssim_aligned"][valid] = vals, avals
             gen_bits = binarize(store.reconstruct(flat))
             pair["jaccard"][valid] = jaccard(binarize(emb.vectors)[real_idx], gen_bits)
