@@ -1,14 +1,14 @@
-"""Embedding cache: vectors by file content hash, per embedder identity, so nothing known is recomputed.
+"""Content-addressed cache: anything already computed from the same bytes with the same settings is read back.
 
-Layout: `<root>/<key>/identity.json` (what made the vectors, for people) and `shard-*.npz` files, each holding
-`keys` (hex SHA-256 of the image file's bytes) and `vectors` (float32 n × d). Shards are written whole under a
-temporary name and renamed (atomic), read with `allow_pickle=False`, and never modified, so concurrent runs can
-share a cache; too many shards are merged into one. `key` hashes the embedder identity: model, weights id (a
-checkpoint's content hash, or a trained model's), enhancement, input size, seed, precision, dimension, and the
-fpindex and torch versions, so any change that can change a vector selects another directory.
+Why this shape: values are keyed by content hashes (of image files, of a fitted subspace), so renaming or moving
+files costs nothing and any change of content misses. The directory is named by a hash of everything that can
+change a value (the identity), so a new model, filter revision or library version simply selects another one.
 
-`PairCache` keeps SSIM values of (real, generated) pairs the same way, so an unchanged re-run re-ranks
-without decoding a single image.
+`ContentCache`: fixed-width float32 rows by string key, in `<root>/<kind>-<key>/shard-*.npz`. A shard is written
+whole under a temporary name and renamed, never modified, and removed only after a merge holding its rows is in
+place, so concurrent runs can share a directory. Shards are read with `allow_pickle=False` and checked for
+shape; anything damaged or odd is ignored (recomputed), never trusted. Blobs (`blob_path`, `read_blob`,
+`write_blob`) hold one file per identity with a JSON sidecar carrying its hash: a partial blob reads as absent.
 
 Root: `--cache-dir`, else $FPINDEX_CACHE, else $XDG_CACHE_HOME/fpindex, else ~/.cache/fpindex.
 """
@@ -27,7 +27,7 @@ import numpy as np
 from .errors import FpindexError
 from .utils import atomic_path, write_json_atomic
 
-FORMAT = 1
+FORMAT = 2
 MAX_SHARDS = 32
 
 
@@ -43,142 +43,156 @@ def identity_key(identity: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-class EmbeddingCache:
-    """Vectors of one embedder identity, looked up by content hash."""
+def pair_keys(a: Iterable[str], b: Iterable[str]) -> list[str]:
+    """One key per (a[i], b[i]) pair of hashes; hex digests never contain ':'."""
+    return [f"{x}:{y}" for x, y in zip(a, b, strict=True)]
 
-    def __init__(self, root: str | Path, identity: dict[str, Any]) -> None:
-        self.identity = identity
-        self.dir = Path(root).expanduser() / identity_key(identity)
+
+def _write_error(kind: str, where: Path, e: OSError) -> FpindexError:
+    return FpindexError(f"{kind} cache {where}: cannot write ({e.strerror or e}); "
+                        f"pass --cache-dir elsewhere or --no-cache")
+
+
+class ContentCache:
+    """`width` float32 numbers per key, for one identity (vectors: width = d; pair values: width = 1)."""
+
+    def __init__(self, root: str | Path, kind: str, identity: dict[str, Any], width: int) -> None:
+        self.kind, self.width = kind, int(width)
+        self.identity = {"kind": kind, **identity, "width": self.width}
+        self.dir = Path(root).expanduser() / f"{kind}-{identity_key(self.identity)}"
         self._known: dict[str, np.ndarray] | None = None
-        self._dim = int(identity.get("dim", 0)) or None
+
+    def _read(self, shard: Path) -> dict[str, np.ndarray]:
+        """A shard's rows, or nothing if it is missing (merged away meanwhile), damaged or of another shape."""
+        try:
+            with np.load(shard, allow_pickle=False) as z:
+                keys, rows = z["keys"], z["vectors"]
+        except Exception:
+            return {}
+        if keys.ndim != 1 or keys.dtype.kind != "U" or rows.dtype.kind != "f" \
+                or rows.shape != (len(keys), self.width):
+            return {}
+        return dict(zip(keys.tolist(), rows.astype(np.float32, copy=False)))
+
+    def _shards(self) -> list[Path]:
+        return sorted(self.dir.glob("shard-*.npz"))
 
     def _load(self) -> dict[str, np.ndarray]:
         if self._known is None:
             self._known = {}
-            for shard in sorted(self.dir.glob("shard-*.npz")):
-                try:
-                    with np.load(shard, allow_pickle=False) as z:
-                        keys, vecs = z["keys"], z["vectors"]
-                except FileNotFoundError:      # merged away by a concurrent run: its rows are in the new shard
-                    continue
-                except Exception:              # a damaged shard is ignored, never trusted
-                    continue
-                if vecs.ndim != 2 or len(keys) != len(vecs) or (self._dim and vecs.shape[1] != self._dim):
-                    continue
-                self._known.update(zip(keys.tolist(), vecs.astype(np.float32, copy=False)))
+            for shard in self._shards():
+                self._known.update(self._read(shard))
         return self._known
 
     def keys(self) -> set[str]:
         return set(self._load())
 
-    def get(self, digests: Iterable[str]) -> np.ndarray:
+    def get(self, keys: Iterable[str]) -> np.ndarray:
+        """(n, width) float32, or (n,) for width 1; NaN where a key is unknown."""
         known = self._load()
-        rows = [known[d] for d in digests]
-        return np.stack(rows) if rows else np.empty((0, self._dim or 0), np.float32)
+        keys = list(keys)
+        out = np.full((len(keys), self.width), np.nan, np.float32)
+        for i, k in enumerate(keys):
+            row = known.get(k)
+            if row is not None:
+                out[i] = row
+        return out[:, 0] if self.width == 1 else out
 
-    def put(self, digests: list[str], vectors: np.ndarray) -> None:
-        """Store new vectors as one shard (atomically); no-op for an empty batch."""
-        if not digests:
+    def put(self, keys: Iterable[str], values: np.ndarray) -> None:
+        """Store the rows of keys not known yet as one new shard (atomic); merge when there are too many."""
+        keys = list(keys)
+        if not keys:
             return
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.shape[0] != len(digests):
-            raise ValueError("one vector per digest expected")
+        values = np.asarray(values, dtype=np.float32)
+        if self.width == 1 and values.ndim == 1:
+            values = values[:, None]
+        if values.shape != (len(keys), self.width):
+            raise ValueError(f"{len(keys)} rows of {self.width} values expected, got shape {values.shape}")
         known = self._load()
-        fresh = [i for i, d in enumerate(digests) if d not in known]
+        fresh = {k: row for k, row in zip(keys, values) if k not in known}
         if not fresh:
             return
-        keys = np.array([digests[i] for i in fresh], dtype="U64")
-        self._write(keys, vectors[fresh])
-        known.update(zip(keys.tolist(), vectors[fresh]))
-        if len(list(self.dir.glob("shard-*.npz"))) > MAX_SHARDS:
+        self._write(fresh)
+        known.update(fresh)
+        if len(self._shards()) > MAX_SHARDS:
             self._compact()
 
-    def _write(self, keys: np.ndarray, vectors: np.ndarray) -> Path:
+    def _write(self, rows: dict[str, np.ndarray]) -> None:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             meta = self.dir / "identity.json"
             if not meta.exists():
                 write_json_atomic(meta, {"format": FORMAT, **self.identity})
-            path = self.dir / f"shard-{uuid.uuid4().hex}.npz"
-            with atomic_path(path) as tmp:
+            with atomic_path(self.dir / f"shard-{uuid.uuid4().hex}.npz") as tmp:
                 with open(tmp, "wb") as f:
-                    np.savez(f, keys=keys, vectors=vectors)
+                    np.savez(f, keys=np.array(list(rows), dtype=str),
+                             vectors=np.stack(list(rows.values())).astype(np.float32, copy=False))
         except OSError as e:
-            raise FpindexError(f"embedding cache {self.dir}: cannot write ({e.strerror or e}); "
-                               f"pass --cache-dir elsewhere or --no-cache") from None
-        return path
+            raise _write_error(self.kind, self.dir, e) from None
 
     def _compact(self) -> None:
-        """Merge every shard into one; old shards go only after the merged one is in place."""
-        old = sorted(self.dir.glob("shard-*.npz"))
-        known = self._load()
-        keys = np.array(list(known), dtype="U64")
-        self._write(keys, np.stack([known[k] for k in keys.tolist()]))
-        for p in old:
-            p.unlink(missing_ok=True)
-
-
-
-class PairCache:
-    """Values by (real image hash, other hash), so a re-run re-ranks without decoding.
-
-    kind 'ssim': SSIM with a generated image (by its content hash); 'subspace': the subspace evidence, the other
-    hash being that of the fitted subspace. Same layout and guarantees as `EmbeddingCache`; the identity is the
-    canonical image size and the definition (for SSIM also the engine, whose last digits differ), so a value is
-    reused only where it would be recomputed identically.
-    """
-
-    def __init__(self, root: str | Path, identity: dict[str, Any], kind: str = "ssim") -> None:
-        self.identity = {"kind": kind, **identity}
-        self.dir = Path(root).expanduser() / (f"{kind}-" + identity_key(self.identity))
-        self._known: dict[tuple[str, str], float] | None = None
-
-    def _load(self) -> dict[tuple[str, str], float]:
-        if self._known is None:
-            self._known = {}
-            for shard in sorted(self.dir.glob("shard-*.npz")):
-                try:
-                    with np.load(shard, allow_pickle=False) as z:
-                        a, b, v = z["a"], z["b"], z["values"]
-                except Exception:              # missing (merged away) or damaged: recompute instead
-                    continue
-                if not (len(a) == len(b) == len(v)) or v.ndim != 1:
-                    continue
-                self._known.update(zip(zip(a.tolist(), b.tolist()), v.astype(np.float32).tolist()))
-        return self._known
-
-    def get(self, a: list[str], b: list[str]) -> np.ndarray:
-        """float32 values, NaN where unknown."""
-        known = self._load()
-        return np.array([known.get(k, np.nan) for k in zip(a, b)], dtype=np.float32)
-
-    def put(self, a: list[str], b: list[str], values: np.ndarray) -> None:
-        if not a:
-            return
-        known = self._load()
-        values = np.asarray(values, dtype=np.float32)
+        """Merge every shard into one: the shards are re-read (a concurrent run may have added some), and removed
+        only once the merged shard holding their rows is in place."""
+        old = self._shards()
+        merged: dict[str, np.ndarray] = {}
+        for shard in old:
+            merged.update(self._read(shard))
+        merged.update(self._load())
+        self._write(merged)
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            meta = self.dir / "identity.json"
-            if not meta.exists():
-                write_json_atomic(meta, {"format": FORMAT, **self.identity})
-            with atomic_path(self.dir / f"shard-{uuid.uuid4().hex}.npz") as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, a=np.array(a, dtype="U64"), b=np.array(b, dtype="U64"), values=values)
-        except OSError as e:
-            raise FpindexError(f"SSIM cache {self.dir}: cannot write ({e.strerror or e}); "
-                               f"pass --cache-dir elsewhere or --no-cache") from None
-        known.update(zip(zip(a, b), values.tolist()))
-        shards = sorted(self.dir.glob("shard-*.npz"))
-        if len(shards) > MAX_SHARDS:
-            keys = list(known)
-            with atomic_path(self.dir / f"shard-{uuid.uuid4().hex}.npz") as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, a=np.array([k[0] for k in keys], dtype="U64"),
-                             b=np.array([k[1] for k in keys], dtype="U64"),
-                             values=np.array([known[k] for k in keys], dtype=np.float32))
-            for p in shards:
+            for p in old:
                 p.unlink(missing_ok=True)
+        except OSError as e:
+            raise _write_error(self.kind, self.dir, e) from None
+        self._known = merged
 
 
-__all__ = ["EmbeddingCache", "PairCache", "default_cache_dir", "identity_key"]
+# ---- blobs: one file per identity -------------------------------------------------------------------------
+
+def blob_path(root: str | Path, kind: str, identity: dict[str, Any], suffix: str) -> Path:
+    """`<root>/<kind>/<identity key><suffix>`, e.g. suffix '.pt'."""
+    return Path(root).expanduser() / kind / f"{identity_key({'kind': kind, **identity})}{suffix}"
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def read_blob(path: str | Path) -> bytes | None:
+    """The blob's bytes, or None if it is absent, partial or damaged (its hash is not the recorded one)."""
+    path = Path(path)
+    try:
+        side = json.loads(_sidecar(path).read_text())
+        data = path.read_bytes()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(side, dict) or side.get("sha256") != hashlib.sha256(data).hexdigest():
+        return None
+    return data
+
+
+def blob_meta(path: str | Path) -> dict[str, Any] | None:
+    """The `meta` written with the blob (None if none was, or the sidecar is unreadable)."""
+    try:
+        side = json.loads(_sidecar(Path(path)).read_text())
+    except (OSError, ValueError):
+        return None
+    meta = side.get("meta") if isinstance(side, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
+def write_blob(path: str | Path, data: bytes, meta: dict[str, Any] | None = None) -> None:
+    """Write the blob, then its sidecar (hash, size, meta), each atomically; a reader caught between the two, or
+    after a crash, finds the hash wrong and recomputes."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+        write_json_atomic(_sidecar(path), {"format": FORMAT, "sha256": hashlib.sha256(data).hexdigest(),
+                                           "bytes": len(data), "meta": meta})
+    except OSError as e:
+        raise _write_error(path.parent.name, path.parent, e) from None
+
+
+__all__ = ["ContentCache", "MAX_SHARDS", "blob_meta", "blob_path", "default_cache_dir", "identity_key",
+           "pair_keys", "read_blob", "write_blob"]

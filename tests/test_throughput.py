@@ -11,7 +11,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from fpindex.cache import EmbeddingCache, identity_key
+from fpindex.cache import ContentCache, identity_key
 from fpindex.config import EmbedConfig
 from fpindex.errors import FpindexError
 from fpindex.load import list_images
@@ -174,9 +174,9 @@ def test_cache_key_and_put_contract(tmp_path):
     ident = {"model": "cnn", "weights_id": "random:seed=0", "dim": 3}
     assert identity_key(ident) == identity_key(dict(reversed(list(ident.items()))))
     assert identity_key(ident) != identity_key({**ident, "weights_id": "random:seed=1"})
-    c = EmbeddingCache(tmp_path, ident)
+    c = ContentCache(tmp_path, "embedding", ident, 3)
     c.put(["a" * 64], np.ones((1, 3), np.float32))
-    fresh = EmbeddingCache(tmp_path, ident)
+    fresh = ContentCache(tmp_path, "embedding", ident, 3)
     assert fresh.keys() == {"a" * 64}
     np.testing.assert_array_equal(fresh.get(["a" * 64]), np.ones((1, 3)))
     with pytest.raises(ValueError):

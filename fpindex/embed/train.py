@@ -7,14 +7,13 @@ into the run's pixel store, so the embedding pass that follows does not decode t
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from .. import __version__
-from ..cache import blob_path, default_cache_dir, read_blob, write_blob
+from ..cache import blob_meta, blob_path, default_cache_dir, read_blob, write_blob
 from ..config import EmbedConfig
 from ..enhance import REVISION as ENHANCE_REVISION, enhance_batch
 from ..errors import FpindexError
@@ -57,12 +56,12 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
             "versions": {"fpindex": __version__, "torch": torch.__version__},
             "sample": sha256_bytes("".join(sha256_bytes(d) for _, d in raw).encode())}, ".pt")
         data = read_blob(cached)
-        meta = cached.with_suffix(".json")
-        if data is not None and meta.is_file():
+        meta = blob_meta(cached) if data is not None else None
+        if data is not None and meta is not None:
             try:
                 state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-                report = {**json.loads(meta.read_text()), "from_cache": True}
-            except Exception:          # damaged: train again
+                report = {**meta, "from_cache": True}
+            except Exception:          # not a state dict after all: train again
                 state = None
             if state is not None:
                 embedder.trainable().load_state_dict(state)
