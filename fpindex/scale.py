@@ -354,20 +354,6 @@ def tune(index: faiss.Index, queries: np.ndarray, exact_ids: np.ndarray, k: int 
     return chosen, report
 
 
-def tune_on_stored(index: faiss.Index, vectors: np.ndarray, k: int = 10, target: float = TARGET_RECALL,
-                   n_queries: int = TUNE_QUERIES, seed: int = 0) -> tuple[dict[str, int], dict[str, Any]]:
-    """Tune with a seeded sample of the indexed vectors as queries, each excluded from its own answers."""
-    if tunable(index) is None or len(vectors) < 2:
-        return tune(index, vectors[:0], np.empty((0, k), np.int64), k, target)
-    pick = np.sort(np.random.default_rng(seed).choice(len(vectors), size=min(n_queries, len(vectors)),
-                                                      replace=False))
-    q = np.ascontiguousarray(vectors[pick], np.float32)
-    kk = min(k + 1, len(vectors))
-    _, ids = exact_knn(q, (vectors[s:s + 262_144] for s in range(0, len(vectors), 262_144)), kk)
-    return tune(index, q, drop_self(ids, pick, min(k, len(vectors) - 1)), min(k, len(vectors) - 1), target,
-                self_ids=pick)
-
-
 # ---- devices ------------------------------------------------------------------------------------
 
 def faiss_gpus() -> int:
