@@ -11,17 +11,19 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from fpindex import scale
-from fpindex.bench import Synthetic, run_bench
+from fpindex import devices
 from fpindex.cli import app
 from fpindex.config import IndexConfig
+from fpindex.devices import faiss_device
 from fpindex.errors import FpindexError
-from fpindex.index import MANIFEST_FILE, IndexStore
-from fpindex.indexing import (create_store, finish_in_memory, index_embeddings, shard_add, shard_merge,
-                              shard_train)
-from fpindex.scale import (candidates, estimate, exact_knn, format_bytes, nlist_for, parse_bytes, recall_at,
-                           resolve_device, select)
-from fpindex.vectors import embeddings_info, iter_embeddings, read_embeddings, write_embeddings
+from fpindex.index import (LISTS_FILE, MANIFEST_FILE, IndexStore, create_store, finish_in_memory, format_bytes,
+                           index_embeddings, parse_bytes, read_embeddings, run_bench, shard_add, shard_merge,
+                           shard_train, write_embeddings)
+from fpindex.index.base import has_ondisk_lists
+from fpindex.index.bench import Synthetic
+from fpindex.index.factory import MAX_NLIST, candidates, estimate, nlist_for, select
+from fpindex.index.tuning import exact_knn, recall_at
+from fpindex.index.vectors import embeddings_info, iter_embeddings
 
 DIM = 32
 IDENTITY = {"model": "cnn", "weights": "random", "weights_id": "random:seed=0", "enhance": ["none"],
@@ -70,7 +72,7 @@ def test_parse_and_format_bytes():
 
 def test_nlist_follows_sqrt_n():
     assert nlist_for(100_000) == 1024 and nlist_for(1_000_000) == 4096
-    assert nlist_for(10_000_000) == scale.MAX_NLIST        # capped: k-means cost on a CPU
+    assert nlist_for(10_000_000) == MAX_NLIST        # capped: k-means cost on a CPU
     assert nlist_for(2_000) >= 16 and 2_000 >= 39 * nlist_for(2_000) or nlist_for(2_000) == 16
 
 
@@ -239,7 +241,7 @@ def test_merged_shards_equal_one_piece(tmp_path, data, factory):
     merged = shard_merge(work, tmp_path / "merged", 3)
     one = index_embeddings(p, tmp_path / "one", cfg)
     assert merged.ntotal == one.ntotal == len(x) and merged.items.equals(one.items)
-    assert scale.has_ondisk_lists(merged.index) and (tmp_path / "merged" / scale.LISTS_FILE).is_file()
+    assert has_ondisk_lists(merged.index) and (tmp_path / "merged" / LISTS_FILE).is_file()
     d1, i1 = merged.search(q, 10)
     d2, i2 = one.search(q, 10)
     np.testing.assert_array_equal(i1, i2)
@@ -261,25 +263,25 @@ def test_shards_need_ivf(tmp_path, data):
 # ---- devices (GPU mocked only where FAISS reports its GPUs) ------------------------------------------
 
 def test_device_selection_without_gpu(monkeypatch, data):
-    monkeypatch.setattr(scale, "faiss_gpus", lambda: 0)
-    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(devices, "faiss_gpus", lambda: 0)
+    assert faiss_device("auto") == "cpu" and faiss_device("cpu") == "cpu"
     with pytest.raises(FpindexError, match="no GPU support"):
-        resolve_device("cuda")
+        faiss_device("cuda")
     with pytest.raises(FpindexError, match="no GPU support"):
         create_store(IndexConfig(device="cuda"), 100, DIM, dict(IDENTITY))
     assert create_store(IndexConfig(device="auto"), 100, DIM, dict(IDENTITY)).device == "cpu"
 
 
 def test_device_selection_with_gpu(monkeypatch):
-    monkeypatch.setattr(scale, "faiss_gpus", lambda: 1)
-    assert resolve_device("auto") == "cuda" and resolve_device("cuda") == "cuda" and resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(devices, "faiss_gpus", lambda: 1)
+    assert faiss_device("auto") == "cuda" and faiss_device("cuda") == "cuda" and faiss_device("cpu") == "cpu"
     assert create_store(IndexConfig(device="auto"), 100, DIM, dict(IDENTITY)).device == "cuda"
     with pytest.raises(FpindexError, match="unknown device"):
-        resolve_device("tpu")
+        faiss_device("tpu")
 
 
 def test_real_detection_matches_this_faiss():
-    assert scale.faiss_gpus() == (faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0)
+    assert devices.faiss_gpus() == (faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0)
 
 
 # ---- synthetic data, ground truth and the bench contract ------------------------------------------------
@@ -326,9 +328,9 @@ def test_bench_on_embeddings_file(tmp_path, data):
 
 
 def test_cpu_indexes_and_their_wrappers_are_not_taken_for_gpu_ones():
-    from fpindex.scale import _is_gpu
+    from fpindex.index.gpu import is_gpu
 
     for factory in ("Flat", "IVF16,Flat", "PCAR16,IVF16,SQ8", "OPQ8,IVF16,PQ8"):
-        assert not _is_gpu(faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT)), factory
-    assert not _is_gpu(faiss.IndexIDMap(faiss.IndexFlatIP(DIM)))
-    assert not _is_gpu(None)
+        assert not is_gpu(faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT)), factory
+    assert not is_gpu(faiss.IndexIDMap(faiss.IndexFlatIP(DIM)))
+    assert not is_gpu(None)
