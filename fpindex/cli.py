@@ -145,7 +145,7 @@ def _faiss_device(device) -> str:
 
 
 def _index_cfg(factory, max_memory, nprobe, ef_search, target_recall, device, seed) -> IndexConfig:
-    from .scale import parse_bytes
+    from .index import parse_bytes
 
     return IndexConfig(factory=factory, max_memory=parse_bytes(max_memory), nprobe=nprobe, ef_search=ef_search,
                        target_recall=target_recall, device=device.value if isinstance(device, Enum) else device,
@@ -215,7 +215,7 @@ def build(
     index = index or Path("indexes") / generated.resolve().name
     timings = Timings()
     if save_embeddings is not None:
-        from .vectors import _kind
+        from .index.vectors import _kind
 
         _kind(save_embeddings)     # a bad file name fails now, not after embedding
     embed, _ = _apply_preset(ctx, preset, _embed_cfg(model, weights, enhance, image_size, seed, batch_size, device,
@@ -225,7 +225,7 @@ def build(
                                                _faiss_device(device), seed),
                                     run, mode="add" if add else "overwrite" if overwrite else "new", timings=timings)
     if save_embeddings is not None:
-        from .vectors import write_embeddings
+        from .index import write_embeddings
 
         write_embeddings(save_embeddings, emb.vectors, emb.rows(), store.manifest["embedder"])
     for b in summary["bad_files"][:5]:
@@ -270,10 +270,9 @@ def query(
                            enhance=parse_enhance(enhance) if enhance else (), batch_size=batch_size,
                            device=device.value, workers=workers, cache=not no_cache,
                            cache_dir=str(cache_dir) if cache_dir else None)
-    from .index import IndexStore
-    from .scale import resolve_device, search_overrides
+    from .index import IndexStore, faiss_device, search_overrides
 
-    store = IndexStore.load(index, device=resolve_device(_faiss_device(device)))
+    store = IndexStore.load(index, device=faiss_device(_faiss_device(device)))
     store.set_search_params(search_overrides(store.index, nprobe, ef_search), save=False)
     summary = run_query(store, real, out, _query_cfg(k, decision, score, threshold, alpha, seed), run,
                         embed_override=override, used=used, not_used=not_used, reference=reference)
@@ -374,7 +373,7 @@ def index_embeddings_cmd(
     device: Device = O_DEVICE, quiet: bool = O_QUIET,
 ) -> None:
     """Index precomputed embeddings (the indexing stage alone), streaming the file batch by batch."""
-    from .indexing import index_embeddings
+    from .index import index_embeddings
 
     store = index_embeddings(embeddings, index, _index_cfg(factory, max_memory, nprobe, ef_search, target_recall,
                                                            device, seed), overwrite=overwrite)
@@ -402,7 +401,7 @@ def shard_train_cmd(
     target_recall: float = O_TARGET, seed: int = O_SEED,
 ) -> None:
     """Train one empty IVF index on a seeded sample of the embeddings."""
-    from .indexing import shard_train
+    from .index import shard_train
 
     plan = shard_train(embeddings, work, _index_cfg(factory, max_memory, nprobe, None, target_recall, "cpu", seed))
     typer.echo(f"trained {plan['factory']} for {plan['n']:,} × {plan['dim']}-d in {work}")
@@ -417,7 +416,7 @@ def shard_add_cmd(
                                               "machine. Default: the path recorded by `shard train`."),
 ) -> None:
     """Add one contiguous slice of the embeddings to a copy of the trained index."""
-    from .indexing import shard_add
+    from .index import shard_add
 
     typer.echo(f"wrote {shard_add(work, part, parts, embeddings)}")
 
@@ -430,7 +429,7 @@ def shard_merge_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
 ) -> None:
     """Merge the shards into one index whose inverted lists stay on disk (memory-mapped)."""
-    from .indexing import shard_merge
+    from .index import shard_merge
 
     typer.echo(_index_line(index, shard_merge(work, index, parts, overwrite=overwrite)))
 
@@ -455,8 +454,7 @@ def bench(
     save: Optional[Path] = typer.Option(None, "--save", help="Also write the JSON result to this file."),
 ) -> None:
     """Build an index on seeded synthetic (or real) vectors; time it and measure recall against exact search."""
-    from .bench import run_bench
-    from .scale import format_bytes, parse_bytes
+    from .index import format_bytes, parse_bytes, run_bench
     from .utils import write_json_atomic
 
     r = run_bench(n, dim, factory, k=k, budget=parse_bytes(max_memory), n_eval=queries, n_tune=tune_queries,

@@ -30,7 +30,7 @@ class EmbedConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """How the index is chosen, built, tuned and placed (see scale.py)."""
+    """How the index is chosen, built, tuned and placed (see fpindex/index/factory.py)."""
 
     factory: str = "auto"            # 'auto' or any FAISS index_factory string; vectors are L2-normalised, metric IP
     max_memory: int | None = None    # bytes for the index and its build; None: half the machine's RAM

@@ -21,8 +21,7 @@ from .decide import FEATURES, Evidence, Labelled, choose_method, decide
 from .embed import Embedder, build_embedder
 from .enhance import REVISION as ENHANCE_REVISION, enhance_batch, parse_enhance
 from .errors import FpindexError
-from .index import IndexStore
-from .indexing import create_store, finish_in_memory
+from .index import IndexStore, create_store, finish_in_memory
 from .load import BadFile, decode, fit_size, list_images, load_image
 from .report import write_outputs, write_summary
 from .rerank import ALIGN_EPS, ALIGN_ITERATIONS, binarize, jaccard, ssim_aligned, ssim_indexed
@@ -185,9 +184,9 @@ def build(generated: str | Path, index_dir: str | Path, embed_cfg: EmbedConfig, 
         raise FpindexError(f"index {index_dir} already exists; pass --add to append to it or --overwrite to replace it")
     store: IndexStore | None = None
     if exists and mode == "add":
-        from .scale import resolve_device
+        from .devices import faiss_device
 
-        store = IndexStore.load(index_dir, device=resolve_device(index_cfg.device))
+        store = IndexStore.load(index_dir, device=faiss_device(index_cfg.device))
         embed_cfg = embed_config_from_manifest(store, embed_cfg)
     embedder = make_embedder(embed_cfg)
     identity = embed_identity(embed_cfg, embedder)

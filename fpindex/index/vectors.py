@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import FpindexError
-from .index import ITEM_SCHEMA
-from .utils import atomic_path, versions
+from ..errors import FpindexError
+from ..utils import atomic_path, versions
+from .store import ITEM_SCHEMA
 
 META_KEY = b"fpindex"
 EXTERNAL = {"model": "external", "weights": None, "weights_id": "external", "enhance": ["none"],
