@@ -29,9 +29,10 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import machine  # noqa: E402
-from fpindex.bench import Synthetic  # noqa: E402
+from fpindex.devices import faiss_device, faiss_gpus  # noqa: E402
 from fpindex.index import IndexStore  # noqa: E402
-from fpindex.scale import faiss_gpus, recall_at, resolve_device, tunable  # noqa: E402
+from fpindex.index.bench import Synthetic  # noqa: E402
+from fpindex.index.tuning import recall_at, tunable  # noqa: E402
 from fpindex.utils import write_json_atomic  # noqa: E402
 
 ID = {"model": "synthetic", "weights": None, "weights_id": "synthetic", "enhance": ["none"], "image_size": None,
@@ -82,7 +83,7 @@ def main() -> None:
     if faiss_gpus() == 0:
         print(json.dumps(dict(info, ok=False, reason="this FAISS has no GPU support or sees no GPU")))
         sys.exit(3)
-    assert resolve_device("auto") == "cuda", "auto did not pick the GPU"
+    assert faiss_device("auto") == "cuda", "auto did not pick the GPU"
     syn = Synthetic(args.dim, seed=0)
     x, q = syn.take(args.n, 0), syn.take(args.queries, 2)
     rows_out = []

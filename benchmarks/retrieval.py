@@ -9,7 +9,7 @@ long run that is stopped keeps what it measured.
     python benchmarks/retrieval.py --row "--n 100000 --dim 256 --index-type HNSW32"
 
 Each row is the command `fpindex bench ROW --json`; its median-of-repeats protocol is described in
-fpindex/bench.py.
+fpindex/index/bench.py.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))   # this checkou
 
 from common import machine  # noqa: E402
 
-from fpindex.scale import format_bytes  # noqa: E402
+from fpindex.index import format_bytes  # noqa: E402
 from fpindex.utils import write_json_atomic, write_text_atomic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fpindex.embed import EMBEDDERS, CNNEmbedder, build_embedder, resolve_device
+from fpindex.embed import EMBEDDERS, CNNEmbedder, build_embedder
 from fpindex.errors import FpindexError
 
 
@@ -161,25 +161,16 @@ def test_resnet50_imagenet_not_cached_offline(tmp_path, monkeypatch):
         raise OSError("network disabled in tests")
 
     monkeypatch.setattr(socket, "create_connection", offline)   # never download, even on a networked machine
-    with pytest.raises(FpindexError) as err:
+    with pytest.raises(FpindexError, match="--weights") as err:
         build_embedder("resnet50", channels=1, size=32, weights="imagenet", seed=0, device="cpu")
     msg = str(err.value)
     assert "--weights" in msg and str(tmp_path / "torch") in msg
     assert not list((tmp_path / "torch").rglob("*.pth"))
 
 
-# ---- devices -----------------------------------------------------------------------------------------
-
-def test_resolve_device():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(FpindexError, match="unknown device"):
-        resolve_device("tpu")
-
+# ---- devices (how --device is read: tests/test_devices.py) ------------------------------------------------
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
-def test_resolve_device_cuda_without_gpu():
+def test_build_embedder_refuses_cuda_without_gpu():
     with pytest.raises(FpindexError, match="no CUDA GPU"):
-        resolve_device("cuda")
-    with pytest.raises(FpindexError):
         build_embedder("cnn", channels=1, size=64, weights=None, seed=0, device="cuda")

@@ -87,11 +87,11 @@ def build(
 ) -> None:
     """Embed a folder of generated images and write a FAISS index of them."""
     from ..api import build_index
-    from ..index import check_embeddings_path, write_embeddings
+    from ..index.vectors import embeddings_kind, write_embeddings
 
     index = index or Path("indexes") / generated.resolve().name
     if save_embeddings is not None:
-        check_embeddings_path(save_embeddings)     # a bad file name fails now, not after embedding
+        embeddings_kind(save_embeddings)     # a bad file name fails now, not after embedding
     built = build_index(generated, index, config_from(ctx, preset, **_params(locals())), add=add,
                         overwrite=overwrite)
     summary = built.build_summary

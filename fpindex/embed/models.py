@@ -19,19 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import torch_device
 from ..errors import FpindexError
 from ..registry import Registry
 from ..utils import sha256_file
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise FpindexError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise FpindexError(f"unknown device {device!r}; choose auto, cpu or cuda")
-    return torch.device(device)
 
 
 @dataclass(frozen=True)
@@ -264,5 +255,5 @@ def build_embedder(model: str, channels: int, size: int | None, weights: str | N
     if size < 32:
         raise FpindexError(f"image size {size} is too small; use at least 32")
     spec = Spec(channels=channels, size=size, weights=weights or cls.default_weights,  # type: ignore[attr-defined]
-                seed=seed, device=resolve_device(device))
+                seed=seed, device=torch_device(device))
     return cls(spec)

@@ -13,6 +13,8 @@ The directory is written under a temporary name and swapped in whole, so a crash
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,14 +25,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import FpindexError
-from .scale import (LISTS_FILE, apply_params, copy_lists, gpu_clustering, has_ondisk_lists, to_cpu, to_device,
-                    train_sample)
-from .utils import atomic_dir, versions, write_json_atomic
+from ..errors import FpindexError
+from ..utils import atomic_dir, versions, write_json_atomic
+from .base import faiss_reason, has_ondisk_lists, make_faiss_index
+from .factory import train_sample
+from .gpu import gpu_clustering, to_cpu, to_device
+from .tuning import apply_params
 
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.parquet"
 MANIFEST_FILE = "manifest.json"
+LISTS_FILE = "lists.ivfdata"     # on-disk inverted lists of a merged sharded index, beside index.faiss
 FORMAT_VERSION = 2               # 2: search parameters in the manifest, optional on-disk inverted lists
 READABLE_VERSIONS = (1, 2)       # format 1 is format 2 without the new manifest fields
 
@@ -47,19 +52,6 @@ def as_queries(x: np.ndarray, dim: int) -> np.ndarray:
     if x.shape[1] != dim:
         raise FpindexError(f"vectors have dimension {x.shape[1]}, the index expects {dim}")
     return x
-
-
-def faiss_reason(e: Exception) -> str:
-    """FAISS errors start with the C++ location; keep the part a user can act on."""
-    msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-    return msg.rsplit("Error: ", 1)[-1].rsplit(": ", 1)[-1][:160] if "Error in " in msg else msg[:160]
-
-
-def make_faiss_index(factory: str, dim: int) -> faiss.Index:
-    try:
-        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as e:
-        raise FpindexError(f"invalid FAISS factory string {factory!r} for dimension {dim}: {faiss_reason(e)}") from None
 
 
 GPU_MAX_K = 2048                     # the largest k FAISS's GPU search kernels accept
@@ -206,7 +198,7 @@ class IndexStore:
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> "IndexStore":
-        """Read an index directory; `device` 'cuda' moves it to the GPU (see scale.resolve_device)."""
+        """Read an index directory; `device` 'cuda' moves it to the GPU (see fpindex.devices.faiss_device)."""
         d = Path(directory)
         if not d.is_dir():
             raise FpindexError(f"index {d} does not exist (build one with `fpindex build`)")
@@ -244,3 +236,11 @@ class IndexStore:
         store.index, store.device = to_device(store.index, device)
         store.set_search_params(manifest["search_params"], save=False)   # GPU copies take them separately
         return store
+
+
+def copy_lists(src: Path, dst: Path) -> None:
+    """Hard-link when possible (same file system, instant), else copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)

@@ -19,16 +19,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import FpindexError
-from .index import ITEM_SCHEMA
-from .utils import atomic_path, versions
+from ..errors import FpindexError
+from ..utils import atomic_path, versions
+from .store import ITEM_SCHEMA
 
 META_KEY = b"fpindex"
 EXTERNAL = {"model": "external", "weights": None, "weights_id": "external", "enhance": ["none"],
             "image_size": None, "seed": 0}
 
 
-def _kind(path: Path) -> str:
+def embeddings_kind(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in (".parquet", ".npy"):
         raise FpindexError(f"embeddings file {path}: use a .parquet or .npy name")
@@ -40,7 +40,7 @@ def write_embeddings(path: str | Path, vectors: np.ndarray, rows: pa.Table | Non
     """Write vectors (and, for Parquet, their item rows and embedder identity) atomically."""
     path = Path(path)
     x = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
-    if _kind(path) == "npy":
+    if embeddings_kind(path) == "npy":
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, x)
@@ -68,7 +68,7 @@ def embeddings_info(path: str | Path) -> tuple[int, int, dict[str, Any]]:
     if not path.is_file():
         raise FpindexError(f"embeddings file {path} does not exist")
     try:
-        if _kind(path) == "npy":
+        if embeddings_kind(path) == "npy":
             x = np.load(path, mmap_mode="r")
             if x.ndim != 2:
                 raise FpindexError(f"embeddings file {path}: expected a 2-D array, got shape {x.shape}")
@@ -88,7 +88,7 @@ def iter_embeddings(path: str | Path, lo: int = 0, hi: int | None = None,
     path = Path(path)
     n, dim, _ = embeddings_info(path)
     hi = n if hi is None else min(hi, n)
-    if _kind(path) == "npy":
+    if embeddings_kind(path) == "npy":
         x = np.load(path, mmap_mode="r")
         for s in range(lo, hi, batch):
             e = min(hi, s + batch)

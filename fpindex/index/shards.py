@@ -1,8 +1,5 @@
-"""Building an index from vectors: choose or check the factory against the memory budget, train on a
-sample, add, tune the search parameters, record all of it in the manifest — in one piece, from an
-embeddings file, or in shards merged on disk.
-
-Sharded build (each step a separate process, possibly on separate machines sharing a folder):
+"""Building one IVF index in shards, when one machine's RAM is not enough. Each step is a separate process,
+possibly on separate machines sharing a folder:
 1. `shard_train`  trains one empty IVF index on a seeded sample of the embeddings → WORK/trained.faiss;
 2. `shard_add`    adds rows [lo, hi) of the embeddings to a copy of it → WORK/shard-P-of-N.faiss (+ items);
 3. `shard_merge`  merges the shards' inverted lists into WORK/lists.ivfdata with faiss.contrib.ondisk and
@@ -14,113 +11,57 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterator
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import IndexConfig
-from .errors import FpindexError
-from .index import INDEX_FILE, ITEM_SCHEMA, IndexStore
-from .scale import (LISTS_FILE, TUNE_QUERIES, add_shard, drop_self, exact_knn, merge_shards, resolve_device,
-                    search_overrides, select, shard_bounds, train_size, tunable, tune)
-from .utils import write_json_atomic
+from ..config import IndexConfig
+from ..errors import FpindexError
+from ..utils import write_json_atomic
+from .build import train_from_file, tune_from_file
+from .factory import select
+from .store import ITEM_SCHEMA, LISTS_FILE, IndexStore
 from .vectors import embeddings_info, iter_embeddings
 
 TRAINED_FILE = "trained.faiss"
 PLAN_FILE = "plan.json"
 
 
-def create_store(cfg: IndexConfig, n: int, dim: int, identity: dict[str, Any], resident: int = 0) -> IndexStore:
-    """An empty store whose factory fits the budget (auto-chosen or checked); refuses before any work."""
-    sel = select(cfg.factory, n, dim, cfg.max_memory, resident=resident)
-    store = IndexStore.create(sel.factory, dim, identity, device=resolve_device(cfg.device), seed=cfg.seed)
-    store.manifest["selection"] = sel.as_dict()
-    return store
+# ---- FAISS steps --------------------------------------------------------------------------------
+
+def shard_bounds(n: int, part: int, parts: int) -> tuple[int, int]:
+    """Rows [lo, hi) of shard `part` (0-based) of `parts`: contiguous, so FAISS ids stay row numbers."""
+    if parts < 1 or not 0 <= part < parts:
+        raise FpindexError(f"shard {part} of {parts}: need 0 ≤ part < parts")
+    return n * part // parts, n * (part + 1) // parts
 
 
-def finish_build(store: IndexStore, cfg: IndexConfig, queries: np.ndarray, query_ids: np.ndarray,
-                 chunks: Callable[[], Iterable[np.ndarray]], k: int = 10) -> None:
-    """Set the given nprobe / efSearch, or tune them: the smallest reaching cfg.target_recall at recall@k
-    against exact search, with sampled stored vectors as queries each excluded from its own answers."""
-    given = search_overrides(store.index, cfg.nprobe, cfg.ef_search)
-    if given:
-        store.set_search_params(given)
-        store.manifest["tuning"] = {"given": given}
-        return
-    if tunable(store.index) is None or store.ntotal < 2:
-        return
-    kk = min(k, store.ntotal - 1)
-    _, ids = exact_knn(queries, chunks(), kk + 1)
-    params, report = tune(store.index, queries, drop_self(ids, query_ids, kk), kk, cfg.target_recall,
-                          self_ids=query_ids)
-    store.set_search_params(params)
-    store.manifest["tuning"] = report
+def add_shard(trained: faiss.Index, chunks: Iterator[tuple[int, np.ndarray]]) -> faiss.Index:
+    """Add (first id, vectors) chunks to a copy of a trained, empty IVF index with explicit ids."""
+    index = faiss.clone_index(trained)
+    if faiss.try_extract_index_ivf(index) is None:
+        raise FpindexError("sharded builds need an IVF index (e.g. IVF4096,Flat or IVF4096,SQ8)")
+    for lo, x in chunks:
+        index.add_with_ids(np.ascontiguousarray(x, np.float32), np.arange(lo, lo + len(x), dtype=np.int64))
+    return index
 
 
-def tune_sample(n: int, seed: int, m: int = TUNE_QUERIES) -> np.ndarray:
-    return np.sort(np.random.default_rng(seed).choice(n, size=min(m, n), replace=False))
+def merge_shards(trained: faiss.Index, shard_files: list[str | Path], lists_file: str | Path) -> faiss.Index:
+    """Merge shard indexes into `trained` with FAISS's on-disk inverted lists (faiss.contrib.ondisk); the
+    lists live in `lists_file` and are memory-mapped, so the merged index may exceed RAM."""
+    from faiss.contrib.ondisk import merge_ondisk
+
+    index = faiss.clone_index(trained)
+    if index.ntotal:
+        raise FpindexError("the trained index for merging must be empty")
+    merge_ondisk(index, [str(f) for f in shard_files], str(lists_file))
+    return index
 
 
-def finish_in_memory(store: IndexStore, cfg: IndexConfig, vectors: np.ndarray) -> None:
-    """finish_build for vectors already in memory (the ordinary `fpindex build`)."""
-    if len(vectors) == 0:
-        return
-    pick = tune_sample(len(vectors), cfg.seed)
-    step = 262_144
-    finish_build(store, cfg, np.ascontiguousarray(vectors[pick], np.float32), pick,
-                 lambda: (vectors[s:s + step] for s in range(0, len(vectors), step)))
-
-
-# ---- from an embeddings file ----------------------------------------------------------------------
-
-def _rows_at(path: Path, pick: np.ndarray, lo: int = 0, hi: int | None = None) -> np.ndarray:
-    """The vectors at sorted row numbers `pick`, read batch by batch."""
-    out = []
-    for s, x, _ in iter_embeddings(path, lo, hi):
-        sel = pick[(pick >= s) & (pick < s + len(x))] - s
-        out.append(x[sel])
-    return np.ascontiguousarray(np.concatenate(out)) if out else np.empty((0, 0), np.float32)
-
-
-def _train_from_file(index: faiss.Index, path: Path, n: int, seed: int) -> None:
-    m = train_size(index, n)
-    if m:
-        try:
-            index.train(_rows_at(path, np.sort(np.random.default_rng(seed).choice(n, m, replace=False))))
-        except RuntimeError as e:
-            from .index import faiss_reason
-
-            raise FpindexError(f"FAISS could not train on {m} vectors ({faiss_reason(e)}); use a smaller "
-                               "index or 'Flat'") from None
-
-
-def _tune_from_file(store: IndexStore, cfg: IndexConfig, path: Path) -> None:
-    pick = tune_sample(store.ntotal, cfg.seed)
-    finish_build(store, cfg, _rows_at(path, pick), pick, lambda: (x for _, x, _ in iter_embeddings(path)))
-
-
-def index_embeddings(path: str | Path, index_dir: str | Path, cfg: IndexConfig, overwrite: bool = False) -> IndexStore:
-    """Index a .parquet/.npy embeddings file, streaming it (never all vectors in memory at once)."""
-    path, index_dir = Path(path), Path(index_dir)
-    if index_dir.exists() and not overwrite:
-        raise FpindexError(f"index {index_dir} already exists; pass --overwrite to replace it")
-    n, dim, meta = embeddings_info(path)
-    if n == 0:
-        raise FpindexError(f"embeddings file {path} holds no vectors")
-    store = create_store(cfg, n, dim, meta["embedder"])
-    _train_from_file(store.index, path, n, cfg.seed)
-    for _, x, rows in iter_embeddings(path):
-        store.add(x, rows)
-    _tune_from_file(store, cfg, path)
-    store.manifest["source"] = {"embeddings": str(path.resolve()), "rows": n}
-    store.save(index_dir)
-    return store
-
-
-# ---- in shards ---------------------------------------------------------------------------------
+# ---- the three commands ---------------------------------------------------------------------
 
 def _shard_name(part: int, parts: int) -> str:
     return f"shard-{part:04d}-of-{parts:04d}"
@@ -135,7 +76,7 @@ def shard_train(path: str | Path, work: str | Path, cfg: IndexConfig) -> dict[st
     if faiss.try_extract_index_ivf(index) is None:
         raise FpindexError(f"sharded builds need an IVF index, not {sel.factory!r}; use --index-type auto "
                            "(above 100k vectors) or e.g. IVF4096,SQ8")
-    _train_from_file(index, path, n, cfg.seed)
+    train_from_file(index, path, n, cfg.seed)
     work.mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, str(work / TRAINED_FILE))
     plan = {"embeddings": str(path.resolve()), "n": n, "dim": dim, "embedder": meta["embedder"],
@@ -199,7 +140,7 @@ def shard_merge(work: str | Path, index_dir: str | Path, parts: int, cfg: IndexC
                           source={"embeddings": plan["embeddings"], "rows": plan["n"], "shards": parts})
     cfg = cfg or IndexConfig(**{k: v for k, v in plan["config"].items() if k in IndexConfig.__dataclass_fields__})
     if Path(plan["embeddings"]).is_file() or cfg.nprobe:
-        _tune_from_file(store, cfg, Path(plan["embeddings"]))
+        tune_from_file(store, cfg, Path(plan["embeddings"]))
     else:
         store.manifest["tuning"] = {"note": f"not tuned: {plan['embeddings']} is not readable here"}
     store.save(index_dir)
@@ -207,7 +148,3 @@ def shard_merge(work: str | Path, index_dir: str | Path, parts: int, cfg: IndexC
     # folder writes a new file instead of rewriting the one the saved index uses.
     (work / LISTS_FILE).unlink(missing_ok=True)
     return IndexStore.load(index_dir)
-
-
-__all__ = ["create_store", "finish_build", "finish_in_memory", "index_embeddings", "shard_train", "shard_add",
-           "shard_merge", "INDEX_FILE"]

@@ -27,10 +27,14 @@ from typing import Any, Callable, Iterator
 import faiss
 import numpy as np
 
-from .errors import FpindexError
-from .index import IndexStore, make_faiss_index
-from .scale import (Selection, apply_params, param_values, recall_at, resolve_device, select,
-                    to_device, train_sample, train_size, tunable, tune)
+from ..devices import faiss_device
+from ..errors import FpindexError
+from .base import make_faiss_index
+from .factory import Selection, select, train_sample, train_size
+from .gpu import to_cpu, to_device
+from .store import IndexStore
+from .tuning import apply_params, param_values, recall_at, tunable, tune
+from .vectors import read_embeddings
 
 CHUNK = 65_536
 STREAM_DB, STREAM_TUNE, STREAM_EVAL = 0, 1, 2
@@ -102,8 +106,6 @@ def synthetic_source(n: int, dim: int, n_eval: int, n_tune: int, seed: int = 0) 
 
 def file_source(path: str | Path, n_eval: int, n_tune: int, seed: int = 0, n: int | None = None) -> Source:
     """Real embeddings: a seeded set of rows is held out as queries; the rest (up to n) is the database."""
-    from .vectors import read_embeddings
-
     x, _, meta = read_embeddings(path)
     if len(x) <= n_eval + n_tune + 10:
         raise FpindexError(f"{path}: {len(x)} vectors are too few for {n_eval} + {n_tune} held-out queries")
@@ -175,7 +177,7 @@ def run_bench(n: int, dim: int, index_type: str = "auto", k: int = 10, budget: i
            synthetic_source(n, dim, n_eval, n_tune, seed))
     n, dim = src.n, src.dim
     sel: Selection = select(index_type, n, dim, budget)
-    device = resolve_device(device)
+    device = faiss_device(device)
     index = make_faiss_index(sel.factory, dim)
     is_flat = sel.factory == "Flat"
     keep_flat = not is_flat and 4 * n * dim <= FLAT_TIMING_LIMIT
@@ -247,12 +249,12 @@ def run_bench(n: int, dim: int, index_type: str = "auto", k: int = 10, budget: i
     cur, peak = rss_bytes()
     import platform
 
-    from .utils import versions
+    from ..utils import versions
 
     out = {
         "factory": sel.factory, "requested": index_type, "n": n, "dim": dim, "k": k, "source": src.name,
         "device": where, "build_s": round(t_train + t_add, 3), "train_s": round(t_train, 3), "add_s": round(t_add, 3),
-        "index_bytes": serialized_bytes(to_cpu_if_needed(index)), "estimate": sel.estimate.as_dict(),
+        "index_bytes": serialized_bytes(to_cpu(index)), "estimate": sel.estimate.as_dict(),
         "budget_bytes": sel.budget, "rss_start_bytes": rss_start, "rss_bytes": cur, "peak_rss_bytes": peak,
         "recall_at_1": round(recall_at(ids, eval_exact, 1), 4), "recall_at_10": round(recall_at(ids, eval_exact,
                                                                                                    min(10, k)), 4),
@@ -267,12 +269,6 @@ def run_bench(n: int, dim: int, index_type: str = "auto", k: int = 10, budget: i
         "seed": seed, "total_s": round(time.perf_counter() - t_all, 1), "versions": versions(), **src.extra,
     }
     return out
-
-
-def to_cpu_if_needed(index: faiss.Index) -> faiss.Index:
-    from .scale import to_cpu
-
-    return to_cpu(index)
 
 
 def _cpu_model() -> str:
