@@ -11,7 +11,8 @@ import typer
 
 from ..config import IndexConfig
 from ..index import parse_bytes
-from .options import (O_EF_SEARCH, O_FACTORY, O_MAX_MEMORY, O_NPROBE, O_QUIET, O_SEED, O_TARGET, Device)
+from .options import (O_DEVICE, O_EF_SEARCH, O_FACTORY, O_MAX_MEMORY, O_NPROBE, O_QUIET, O_SEED, O_TARGET,
+                      Device)
 
 
 def _index_cfg(factory, max_memory, nprobe, ef_search, target_recall, device, seed) -> IndexConfig:
