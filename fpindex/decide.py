@@ -29,6 +29,7 @@ import numpy as np
 
 from .config import DecideConfig
 from .errors import FpindexError
+from .metrics import metrics
 from .registry import Registry
 
 FEATURES = ("cosine", "ssim", "jaccard", "subspace", "ssim_aligned")
@@ -207,8 +208,6 @@ def _oof_scores(x: np.ndarray, y: np.ndarray, splits) -> np.ndarray:
 @DECIDERS.register("calibrated", "cosine, SSIM and Jaccard fused with non-negative weights fitted on labelled images")
 def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
     from sklearn.model_selection import StratifiedKFold
-
-    from .evaluate import metrics
 
     if data.used is None or data.not_used is None or len(data.used) == 0 or len(data.not_used) == 0:
         raise FpindexError("decision 'calibrated' needs labelled images: pass both --used DIR and --not-used DIR")
