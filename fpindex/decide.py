@@ -1,6 +1,6 @@
 """Stage 7 — turn similarities into a membership score and a used / not-used label per real image.
 
-Per real image the evidence is five numbers: the top-1 cosine, the best SSIM and the best Jaccard over its
+Per real image the evidence is a few named numbers, today five (FEATURES): the top-1 cosine, the best SSIM and the best Jaccard over its
 k neighbours, how well the generated set's principal subspace reconstructs the image (subspace.py), and
 the best SSIM after each neighbour is moved onto the image by the best rigid motion (rerank.align_to).
 Three ways to decide, chosen by `--decision` (default `auto`: the first that the inputs allow,
@@ -23,7 +23,7 @@ p-value: the share of known-unused images (their out-of-fold scores when calibra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -32,21 +32,29 @@ from .errors import FpindexError
 from .metrics import metrics, rank_auc
 from .registry import Registry
 
+# Today's evidence and `fixed` thresholds; the decisions read the features from the Evidence they are given,
+# and `fixed` reads DEFAULT_THRESHOLDS at call time, so either can be replaced without touching the fusion.
 FEATURES = ("cosine", "ssim", "jaccard", "subspace", "ssim_aligned")
 DEFAULT_THRESHOLDS = {"cosine": 0.90, "ssim": 0.50, "jaccard": 0.60, "subspace": 0.90, "ssim_aligned": 0.50}
 
 
 @dataclass(frozen=True)
 class Evidence:
-    """Per-image scores, each an (n,) float array keyed by FEATURES."""
+    """Per-image scores, each an (n,) float array keyed by feature name; the dict's order is the feature order."""
 
     scores: dict[str, np.ndarray]
 
-    def __len__(self) -> int:
-        return len(next(iter(self.scores.values())))
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.scores)
 
-    def matrix(self) -> np.ndarray:
-        return np.column_stack([self.scores[f] for f in FEATURES]).astype(np.float64)
+    def __len__(self) -> int:
+        return len(next(iter(self.scores.values()))) if self.scores else 0
+
+    def matrix(self, features: tuple[str, ...] | None = None) -> np.ndarray:
+        """Columns in `features` order (default: this Evidence's own), so sets built in other orders line up."""
+        return np.column_stack([self.scores[f] for f in (self.features if features is None else features)]
+                               ).astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -113,16 +121,36 @@ Decider = Callable[[DecideConfig, Evidence, Labelled], Decision]
 DECIDERS: Registry[Decider] = Registry("decision method")
 
 
-def _score(cfg: DecideConfig) -> str:
-    if cfg.score not in FEATURES:
-        raise FpindexError(f"unknown score {cfg.score!r}; choose from: {', '.join(FEATURES)}")
+def _score(cfg: DecideConfig, *given: Evidence) -> str:
+    """The score must be one that every Evidence given carries (listed in the first one's order)."""
+    known = [f for f in given[0].features if all(f in e.scores for e in given[1:])]
+    if cfg.score not in known:
+        raise FpindexError(f"unknown score {cfg.score!r}; choose from: {', '.join(known)}")
     return cfg.score
 
 
+def _features(target: Evidence, used: Evidence, not_used: Evidence) -> tuple[str, ...]:
+    """The fusion's features, in the labelled images' order: both labelled sets must carry the same ones (a
+    weight is learnt from both classes) and the target at least those (its extra features are not read)."""
+    features = used.features
+    if set(not_used.features) != set(features):
+        raise FpindexError(f"used and not-used evidence carry different features: {', '.join(features)} vs "
+                           f"{', '.join(not_used.features)}")
+    missing = [f for f in features if f not in target.scores]
+    if missing:
+        raise FpindexError(f"the real images' evidence lacks feature(s) {', '.join(missing)} that the fusion reads")
+    return features
+
+
 @DECIDERS.register("fixed", "label = similarity ≥ a fixed threshold (the paper's rule)")
-def fixed(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
-    name = _score(cfg)
-    thr = DEFAULT_THRESHOLDS[name] if cfg.threshold is None else float(cfg.threshold)
+def fixed(cfg: DecideConfig, target: Evidence, data: Labelled,
+          thresholds: Mapping[str, float] | None = None) -> Decision:
+    """thresholds: each score's default (None: DEFAULT_THRESHOLDS, read at call time so it can be replaced)."""
+    name = _score(cfg, target)
+    table = DEFAULT_THRESHOLDS if thresholds is None else thresholds
+    if cfg.threshold is None and name not in table:
+        raise FpindexError(f"score {name!r} has no default threshold; give one (--threshold)")
+    thr = table[name] if cfg.threshold is None else float(cfg.threshold)
     s = target.scores[name].astype(np.float64)
     return Decision(score=s, label=(s >= thr).astype(np.int8), method="fixed",
                     verdict=Verdict(leakage=None, alpha=cfg.alpha), details={"score": name, "threshold": thr})
@@ -130,10 +158,11 @@ def fixed(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
 
 @DECIDERS.register("reference", "p-value against known-unused real images; label = p ≤ alpha")
 def reference(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
-    name = _score(cfg)
+    name = _score(cfg, target)
     ref = data.reference if data.reference is not None else data.not_used
     if ref is None or len(ref) == 0:
         raise FpindexError("decision 'reference' needs known-unused real images: pass --reference DIR or --not-used DIR")
+    _score(cfg, target, ref)
     from scipy.stats import mannwhitneyu
 
     null = ref.scores[name].astype(np.float64)
@@ -205,10 +234,11 @@ def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
 
     if data.used is None or data.not_used is None or len(data.used) == 0 or len(data.not_used) == 0:
         raise FpindexError("decision 'calibrated' needs labelled images: pass both --used DIR and --not-used DIR")
-    x = np.vstack([data.used.matrix(), data.not_used.matrix()])
+    features = _features(target, data.used, data.not_used)
+    x = np.vstack([data.used.matrix(features), data.not_used.matrix(features)])
     y = np.r_[np.ones(len(data.used), np.int8), np.zeros(len(data.not_used), np.int8)]
     folds = min(cfg.cv_folds, int(min(len(data.used), len(data.not_used))))
-    details: dict[str, Any] = {"features": list(FEATURES), "n_used": len(data.used),
+    details: dict[str, Any] = {"features": list(features), "n_used": len(data.used),
                                "n_not_used": len(data.not_used)}
     if folds < 2:
         raise FpindexError("decision 'calibrated' needs at least 2 used and 2 not-used images")
@@ -229,14 +259,15 @@ def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
                       ci=bootstrap_auc_ci(p_cv[y == 1], p_cv[y == 0], cfg.seed), p_value=float(perm_p))
     clf = MonotoneScore().fit(x, y)
     details["model"] = "non-negative weights on standardised scores (NNLS), Platt-scaled"
-    details["weights"] = dict(zip(FEATURES, np.round(clf.w, 6).tolist()))
-    p = clf.predict_proba(target.matrix())
+    details["weights"] = dict(zip(features, np.round(clf.w, 6).tolist()))
+    p = clf.predict_proba(target.matrix(features))
     label = (p >= 0.5) if verdict.leakage else np.zeros(len(p), bool)
     return Decision(score=p, label=label.astype(np.int8), method="calibrated", verdict=verdict,
                     p_value=empirical_p(p, p_cv[y == 0]), details=details)
 
 
 def choose_method(cfg: DecideConfig, data: Labelled) -> str:
+    """The one place that picks the method; the pipeline calls it before any work and passes the answer on."""
     if cfg.method != "auto":
         DECIDERS.get(cfg.method)
         return cfg.method
@@ -247,5 +278,10 @@ def choose_method(cfg: DecideConfig, data: Labelled) -> str:
     return "fixed"
 
 
-def decide(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
-    return DECIDERS.get(choose_method(cfg, data))(cfg, target, data)
+def decide(cfg: DecideConfig, target: Evidence, data: Labelled, method: str | None = None) -> Decision:
+    """method: what choose_method picked earlier (None: pick it now), so the choice is made once."""
+    if method is None:
+        method = choose_method(cfg, data)
+    elif cfg.method not in ("auto", method):
+        raise FpindexError(f"decision method {method!r} given, but the settings ask for {cfg.method!r}")
+    return DECIDERS.get(method)(cfg, target, data)
