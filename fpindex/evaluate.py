@@ -37,6 +37,15 @@ def _key(name: str) -> str:
     return Path(name).stem
 
 
+def _claim(seen: dict[str, tuple[int, str]], key: str, path, line: int, image: str, what: str) -> None:
+    """Two rows with one key would make the join keep whichever came last; refuse, naming both rows."""
+    if key in seen:
+        first_line, first_image = seen[key]
+        raise FpindexError(f"{path}:{line}: {what} {image!r} has the id {key!r} of line {first_line} "
+                           f"({first_image!r}); images are matched by file stem, so each needs its own")
+    seen[key] = (line, image)
+
+
 def _as_label(value: str, path: Path, line: int) -> int:
     v = value.strip().lower()
     if v in ("1", "used", "true", "yes"):
@@ -47,15 +56,19 @@ def _as_label(value: str, path: Path, line: int) -> int:
 
 
 def evaluate_files(predictions: str | Path, labels: str | Path) -> dict[str, Any]:
-    """Join predictions and labels on the image's file stem and compute metrics plus baselines."""
+    """Join predictions and labels on the image's file stem (one row per stem in each file) and compute metrics
+    plus baselines."""
     preds = read_csv_columns(predictions, ("image", "score", "label"))
     labs = read_csv_columns(labels, ("image", "label"))
-    truth = {}
+    truth, seen = {}, {}
     for i, r in enumerate(labs, start=2):
+        _claim(seen, _key(r["image"]), labels, i, r["image"], "label of")
         truth[_key(r["image"])] = _as_label(r["label"], Path(labels), i)
     y_true, y_pred, y_score, unmatched = [], [], [], []
+    seen = {}
     for i, r in enumerate(preds, start=2):
         key = _key(r["image"])
+        _claim(seen, key, predictions, i, r["image"], "prediction for")
         if key not in truth:
             unmatched.append(r["image"])
             continue
