@@ -1,6 +1,6 @@
 """Stage 7 — turn similarities into a membership score and a used / not-used label per real image.
 
-Per real image the evidence is five numbers: the top-1 cosine, the best SSIM and the best Jaccard over its
+Per real image the evidence is a few named numbers, today five (FEATURES): the top-1 cosine, the best SSIM and the best Jaccard over its
 k neighbours, how well the generated set's principal subspace reconstructs the image (subspace.py), and
 the best SSIM after each neighbour is moved onto the image by the best rigid motion (rerank.align_to).
 Three ways to decide, chosen by `--decision` (default `auto`: the first that the inputs allow,
@@ -23,29 +23,38 @@ p-value: the share of known-unused images (their out-of-fold scores when calibra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from .config import DecideConfig
 from .errors import FpindexError
+from .metrics import metrics, rank_auc
 from .registry import Registry
 
+# Today's evidence and `fixed` thresholds; the decisions read the features from the Evidence they are given,
+# and `fixed` reads DEFAULT_THRESHOLDS at call time, so either can be replaced without touching the fusion.
 FEATURES = ("cosine", "ssim", "jaccard", "subspace", "ssim_aligned")
 DEFAULT_THRESHOLDS = {"cosine": 0.90, "ssim": 0.50, "jaccard": 0.60, "subspace": 0.90, "ssim_aligned": 0.50}
 
 
 @dataclass(frozen=True)
 class Evidence:
-    """Per-image scores, each an (n,) float array keyed by FEATURES."""
+    """Per-image scores, each an (n,) float array keyed by feature name; the dict's order is the feature order."""
 
     scores: dict[str, np.ndarray]
 
-    def __len__(self) -> int:
-        return len(next(iter(self.scores.values())))
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.scores)
 
-    def matrix(self) -> np.ndarray:
-        return np.column_stack([self.scores[f] for f in FEATURES]).astype(np.float64)
+    def __len__(self) -> int:
+        return len(next(iter(self.scores.values()))) if self.scores else 0
+
+    def matrix(self, features: tuple[str, ...] | None = None) -> np.ndarray:
+        """Columns in `features` order (default: this Evidence's own), so sets built in other orders line up."""
+        return np.column_stack([self.scores[f] for f in (self.features if features is None else features)]
+                               ).astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -90,9 +99,11 @@ def empirical_p(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_auc_ci(pos: np.ndarray, neg: np.ndarray, seed: int, n: int = 1000) -> tuple[float, float]:
+    """Percentile interval, each class resampled on its own; kept by hand because scipy.stats.bootstrap draws
+    its resamples in another order from the same seed (endpoints moved by up to 0.011 on eight seeded cases)."""
     rng = np.random.default_rng(seed)
     y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    aucs = [_auc(y, np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]) for _ in range(n)]
+    aucs = [rank_auc(y, np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]) for _ in range(n)]
     lo, hi = np.percentile(aucs, [2.5, 97.5])
     return round(float(lo), 4), round(float(hi), 4)
 
@@ -110,16 +121,36 @@ Decider = Callable[[DecideConfig, Evidence, Labelled], Decision]
 DECIDERS: Registry[Decider] = Registry("decision method")
 
 
-def _score(cfg: DecideConfig) -> str:
-    if cfg.score not in FEATURES:
-        raise FpindexError(f"unknown score {cfg.score!r}; choose from: {', '.join(FEATURES)}")
+def _score(cfg: DecideConfig, *given: Evidence) -> str:
+    """The score must be one that every Evidence given carries (listed in the first one's order)."""
+    known = [f for f in given[0].features if all(f in e.scores for e in given[1:])]
+    if cfg.score not in known:
+        raise FpindexError(f"unknown score {cfg.score!r}; choose from: {', '.join(known)}")
     return cfg.score
 
 
+def _features(target: Evidence, used: Evidence, not_used: Evidence) -> tuple[str, ...]:
+    """The fusion's features, in the labelled images' order: both labelled sets must carry the same ones (a
+    weight is learnt from both classes) and the target at least those (its extra features are not read)."""
+    features = used.features
+    if set(not_used.features) != set(features):
+        raise FpindexError(f"used and not-used evidence carry different features: {', '.join(features)} vs "
+                           f"{', '.join(not_used.features)}")
+    missing = [f for f in features if f not in target.scores]
+    if missing:
+        raise FpindexError(f"the real images' evidence lacks feature(s) {', '.join(missing)} that the fusion reads")
+    return features
+
+
 @DECIDERS.register("fixed", "label = similarity ≥ a fixed threshold (the paper's rule)")
-def fixed(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
-    name = _score(cfg)
-    thr = DEFAULT_THRESHOLDS[name] if cfg.threshold is None else float(cfg.threshold)
+def fixed(cfg: DecideConfig, target: Evidence, data: Labelled,
+          thresholds: Mapping[str, float] | None = None) -> Decision:
+    """thresholds: each score's default (None: DEFAULT_THRESHOLDS, read at call time so it can be replaced)."""
+    name = _score(cfg, target)
+    table = DEFAULT_THRESHOLDS if thresholds is None else thresholds
+    if cfg.threshold is None and name not in table:
+        raise FpindexError(f"score {name!r} has no default threshold; give one (--threshold)")
+    thr = table[name] if cfg.threshold is None else float(cfg.threshold)
     s = target.scores[name].astype(np.float64)
     return Decision(score=s, label=(s >= thr).astype(np.int8), method="fixed",
                     verdict=Verdict(leakage=None, alpha=cfg.alpha), details={"score": name, "threshold": thr})
@@ -127,17 +158,18 @@ def fixed(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
 
 @DECIDERS.register("reference", "p-value against known-unused real images; label = p ≤ alpha")
 def reference(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
-    name = _score(cfg)
+    name = _score(cfg, target)
     ref = data.reference if data.reference is not None else data.not_used
     if ref is None or len(ref) == 0:
         raise FpindexError("decision 'reference' needs known-unused real images: pass --reference DIR or --not-used DIR")
+    _score(cfg, target, ref)
     from scipy.stats import mannwhitneyu
 
     null = ref.scores[name].astype(np.float64)
     s = target.scores[name].astype(np.float64)
     p = empirical_p(s, null)
     test = mannwhitneyu(s, null, alternative="greater")
-    auc = float(test.statistic) / (len(s) * len(null))
+    auc = rank_auc(np.r_[np.ones(len(s)), np.zeros(len(null))], np.r_[s, null])   # = U / (n·m), bit for bit
     verdict = Verdict(leakage=bool(test.pvalue <= cfg.alpha), alpha=cfg.alpha, basis="real images vs the reference",
                       auc=round(auc, 4), ci=bootstrap_auc_ci(s, null, cfg.seed), p_value=float(test.pvalue))
     label = (p <= cfg.alpha) if verdict.leakage else np.zeros(len(s), bool)
@@ -173,6 +205,8 @@ class MonotoneScore:
 
 
 def _nnls_direction(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LinearRegression(positive=True, sample_weight=wt) finds the same weights bit for bit (it runs this NNLS),
+    but its input checks over the ~1000 fits of a permutation test made a calibrated decision 2.6x slower."""
     from scipy.optimize import nnls
 
     mu, sd = x.mean(0), x.std(0)
@@ -184,16 +218,6 @@ def _nnls_direction(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
     r = np.sqrt(wt)[:, None]
     w, _ = nnls(zc * r, yc * r.ravel())
     return w, mu, sd
-
-
-def _auc(y: np.ndarray, s: np.ndarray) -> float:
-    """ROC-AUC via the Mann-Whitney rank sum (ties get half credit), cheap enough to repeat thousands of times."""
-    from scipy.stats import rankdata
-
-    r = rankdata(s)
-    n1 = int((y == 1).sum())
-    n0 = len(y) - n1
-    return float((r[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def _oof_scores(x: np.ndarray, y: np.ndarray, splits) -> np.ndarray:
@@ -208,14 +232,13 @@ def _oof_scores(x: np.ndarray, y: np.ndarray, splits) -> np.ndarray:
 def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
     from sklearn.model_selection import StratifiedKFold
 
-    from .evaluate import metrics
-
     if data.used is None or data.not_used is None or len(data.used) == 0 or len(data.not_used) == 0:
         raise FpindexError("decision 'calibrated' needs labelled images: pass both --used DIR and --not-used DIR")
-    x = np.vstack([data.used.matrix(), data.not_used.matrix()])
+    features = _features(target, data.used, data.not_used)
+    x = np.vstack([data.used.matrix(features), data.not_used.matrix(features)])
     y = np.r_[np.ones(len(data.used), np.int8), np.zeros(len(data.not_used), np.int8)]
     folds = min(cfg.cv_folds, int(min(len(data.used), len(data.not_used))))
-    details: dict[str, Any] = {"features": list(FEATURES), "n_used": len(data.used),
+    details: dict[str, Any] = {"features": list(features), "n_used": len(data.used),
                                "n_not_used": len(data.not_used)}
     if folds < 2:
         raise FpindexError("decision 'calibrated' needs at least 2 used and 2 not-used images")
@@ -226,9 +249,9 @@ def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
         p_cv[te], s_cv[te] = fold.predict_proba(x[te]), fold.score(x[te])
     details["cross_validation"] = {"folds": folds, **metrics(y, (p_cv >= 0.5).astype(int), p_cv)}
     # Permutation test of the whole cross-validated fit: how often do shuffled labels separate as well?
-    observed = _auc(y, s_cv)
+    observed = rank_auc(y, s_cv)
     rng = np.random.default_rng(cfg.seed)
-    null = [_auc(yp, _oof_scores(x, yp, splits)) for yp in (rng.permutation(y) for _ in range(cfg.permutations))]
+    null = [rank_auc(yp, _oof_scores(x, yp, splits)) for yp in (rng.permutation(y) for _ in range(cfg.permutations))]
     perm_p = (1.0 + np.sum(np.asarray(null) >= observed)) / (1.0 + cfg.permutations)
     auc = details["cross_validation"]["auc"]
     verdict = Verdict(leakage=bool(perm_p <= cfg.alpha and observed > 0.5), alpha=cfg.alpha,
@@ -236,14 +259,15 @@ def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
                       ci=bootstrap_auc_ci(p_cv[y == 1], p_cv[y == 0], cfg.seed), p_value=float(perm_p))
     clf = MonotoneScore().fit(x, y)
     details["model"] = "non-negative weights on standardised scores (NNLS), Platt-scaled"
-    details["weights"] = dict(zip(FEATURES, np.round(clf.w, 6).tolist()))
-    p = clf.predict_proba(target.matrix())
+    details["weights"] = dict(zip(features, np.round(clf.w, 6).tolist()))
+    p = clf.predict_proba(target.matrix(features))
     label = (p >= 0.5) if verdict.leakage else np.zeros(len(p), bool)
     return Decision(score=p, label=label.astype(np.int8), method="calibrated", verdict=verdict,
                     p_value=empirical_p(p, p_cv[y == 0]), details=details)
 
 
 def choose_method(cfg: DecideConfig, data: Labelled) -> str:
+    """The one place that picks the method; the pipeline calls it before any work and passes the answer on."""
     if cfg.method != "auto":
         DECIDERS.get(cfg.method)
         return cfg.method
@@ -254,5 +278,10 @@ def choose_method(cfg: DecideConfig, data: Labelled) -> str:
     return "fixed"
 
 
-def decide(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
-    return DECIDERS.get(choose_method(cfg, data))(cfg, target, data)
+def decide(cfg: DecideConfig, target: Evidence, data: Labelled, method: str | None = None) -> Decision:
+    """method: what choose_method picked earlier (None: pick it now), so the choice is made once."""
+    if method is None:
+        method = choose_method(cfg, data)
+    elif cfg.method not in ("auto", method):
+        raise FpindexError(f"decision method {method!r} given, but the settings ask for {cfg.method!r}")
+    return DECIDERS.get(method)(cfg, target, data)

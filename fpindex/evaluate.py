@@ -1,6 +1,6 @@
 """Stage 8 — score predictions against labels, beside the trivial answers any method must beat.
 
-All metrics come from scikit-learn. TPR at 5% FPR is read off the ROC curve (the best TPR whose FPR ≤ 0.05).
+Reading and joining the files happens here; the metrics themselves live in metrics.py (decide uses them too).
 """
 
 from __future__ import annotations
@@ -9,36 +9,10 @@ import csv
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .errors import FpindexError
+from .metrics import METRICS, metrics
 
-METRICS = ("accuracy", "precision", "recall", "f1", "kappa", "auc", "tpr_at_5fpr")
-
-
-def metrics(y_true, y_pred, y_score) -> dict[str, float]:
-    from sklearn.metrics import (accuracy_score, cohen_kappa_score, f1_score, precision_score, recall_score,
-                                 roc_auc_score, roc_curve)
-
-    y_true = np.asarray(y_true).astype(int)
-    y_pred = np.asarray(y_pred).astype(int)
-    y_score = np.asarray(y_score, dtype=np.float64)
-    both = len(np.unique(y_true)) == 2
-    out = {
-        "accuracy": accuracy_score(y_true, y_pred),
-        "precision": precision_score(y_true, y_pred, zero_division=0),
-        "recall": recall_score(y_true, y_pred, zero_division=0),
-        "f1": f1_score(y_true, y_pred, zero_division=0),
-        # kappa is undefined (0/0) when both raters give one constant answer; sklearn returns nan then.
-        "kappa": cohen_kappa_score(y_true, y_pred) if len(np.unique(np.r_[y_true, y_pred])) > 1 else 0.0,
-        "auc": roc_auc_score(y_true, y_score) if both else float("nan"),
-        "tpr_at_5fpr": float("nan"),
-    }
-    if both:
-        fpr, tpr, _ = roc_curve(y_true, y_score)
-        out["tpr_at_5fpr"] = float(tpr[fpr <= 0.05].max())
-    # NaN (undefined, e.g. AUC with one class) becomes None, so the JSON written stays standard JSON.
-    return {k: (None if np.isnan(v) else round(float(v), 6)) for k, v in out.items()}
+__all__ = ["METRICS", "evaluate_files", "format_table", "metrics", "read_csv_columns"]
 
 
 def read_csv_columns(path: str | Path, required: tuple[str, ...]) -> list[dict[str, str]]:
@@ -63,6 +37,15 @@ def _key(name: str) -> str:
     return Path(name).stem
 
 
+def _claim(seen: dict[str, tuple[int, str]], key: str, path, line: int, image: str, what: str) -> None:
+    """Two rows with one key would make the join keep whichever came last; refuse, naming both rows."""
+    if key in seen:
+        first_line, first_image = seen[key]
+        raise FpindexError(f"{path}:{line}: {what} {image!r} has the id {key!r} of line {first_line} "
+                           f"({first_image!r}); images are matched by file stem, so each needs its own")
+    seen[key] = (line, image)
+
+
 def _as_label(value: str, path: Path, line: int) -> int:
     v = value.strip().lower()
     if v in ("1", "used", "true", "yes"):
@@ -73,15 +56,19 @@ def _as_label(value: str, path: Path, line: int) -> int:
 
 
 def evaluate_files(predictions: str | Path, labels: str | Path) -> dict[str, Any]:
-    """Join predictions and labels on the image's file stem and compute metrics plus baselines."""
+    """Join predictions and labels on the image's file stem (one row per stem in each file) and compute metrics
+    plus baselines."""
     preds = read_csv_columns(predictions, ("image", "score", "label"))
     labs = read_csv_columns(labels, ("image", "label"))
-    truth = {}
+    truth, seen = {}, {}
     for i, r in enumerate(labs, start=2):
+        _claim(seen, _key(r["image"]), labels, i, r["image"], "label of")
         truth[_key(r["image"])] = _as_label(r["label"], Path(labels), i)
     y_true, y_pred, y_score, unmatched = [], [], [], []
+    seen = {}
     for i, r in enumerate(preds, start=2):
         key = _key(r["image"])
+        _claim(seen, key, predictions, i, r["image"], "prediction for")
         if key not in truth:
             unmatched.append(r["image"])
             continue

@@ -31,7 +31,8 @@ OUTPUTS = ("predictions.csv", "submission.csv", "neighbours.parquet", "summary.j
 
 
 def submission_ids(images: list[str]) -> list[str]:
-    """ImageCLEF ids are file stems; two real images with one stem would get one id, so that is refused."""
+    """ImageCLEF ids are file stems, and evaluate joins on stems, so a shared stem (a/x.png, b/x.png) would
+    silently give two rows one id; refused instead. Cheap: the pipeline calls it before embedding."""
     seen: dict[str, str] = {}
     ids = []
     for img in images:
@@ -77,6 +78,7 @@ class AuditResult:
         out = Path(out)
         if out.exists() and not out.is_dir():
             raise FpindexError(f"output folder {out} is a file")
+        ids = submission_ids(list(self.predictions["image"]))   # first: a shared stem leaves nothing half-written
         with self.timings.stage("write"):
             out.mkdir(parents=True, exist_ok=True)
             has_p = self.decision.p_value is not None
@@ -85,8 +87,7 @@ class AuditResult:
                 ((img, f"{s:.6f}", int(lab), f"{pv:.6g}" if has_p else "")
                  for img, s, lab, pv in zip(p["image"], p["score"], p["label"], p["p_value"])),
                 header=["image", "score", "label", "p_value"]))
-            write_text_atomic(out / "submission.csv", _csv(zip(submission_ids(list(p["image"])),
-                                                               p["label"].astype(int))))
+            write_text_atomic(out / "submission.csv", _csv(zip(ids, p["label"].astype(int))))
             with atomic_path(out / "neighbours.parquet") as tmp:
                 pq.write_table(pa.Table.from_pandas(self.neighbours, preserve_index=False), tmp)
         self.summary["timings"] = self.timings.as_dict()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import fpindex.decide as decide_module
 from fpindex.config import DecideConfig
-from fpindex.decide import (DECIDERS, DEFAULT_THRESHOLDS, FEATURES, Evidence, Labelled, choose_method, decide)
+from fpindex.decide import (DECIDERS, DEFAULT_THRESHOLDS, FEATURES, Evidence, Labelled, choose_method, decide,
+                            fixed)
 from fpindex.errors import FpindexError
 
 
@@ -31,7 +33,15 @@ def synthetic(n, used, seed):
 def test_evidence_matrix_in_feature_order():
     e = ev([0.1, 0.2], [0.3, 0.4], [0.5, 0.6], [0.7, 0.8], [0.9, 1.0])
     assert len(e) == 2 and FEATURES == ("cosine", "ssim", "jaccard", "subspace", "ssim_aligned")
+    assert e.features == FEATURES
     np.testing.assert_array_equal(e.matrix(), [[0.1, 0.3, 0.5, 0.7, 0.9], [0.2, 0.4, 0.6, 0.8, 1.0]])
+
+
+def test_evidence_carries_its_own_feature_order():
+    e = Evidence({"toy": np.array([1.0, 2.0]), "cosine": np.array([0.5, 0.6])})
+    assert e.features == ("toy", "cosine") and len(Evidence({})) == 0
+    np.testing.assert_array_equal(e.matrix(), [[1.0, 0.5], [2.0, 0.6]])
+    np.testing.assert_array_equal(e.matrix(("cosine", "toy")), [[0.5, 1.0], [0.6, 2.0]])
 
 
 # ---- fixed ----------------------------------------------------------------------------------------
@@ -55,8 +65,31 @@ def test_fixed_other_score_and_threshold():
 
 
 def test_unknown_score():
-    with pytest.raises(FpindexError, match="unknown score"):
+    with pytest.raises(FpindexError, match="unknown score 'psnr'; choose from: cosine, ssim, jaccard, subspace, "
+                                          "ssim_aligned$"):
         decide(DecideConfig(method="fixed", score="psnr"), ev([0.5]), Labelled())
+
+
+def test_unknown_score_is_checked_against_the_evidence_given():
+    toy = Evidence({"cosine": np.array([0.95]), "toy": np.array([0.7])})
+    with pytest.raises(FpindexError, match="^unknown score 'ssim'; choose from: cosine, toy$"):
+        decide(DecideConfig(method="fixed", score="ssim"), toy, Labelled())
+    # reference: the score must be in the reference set too
+    with pytest.raises(FpindexError, match="^unknown score 'toy'; choose from: cosine$"):
+        decide(DecideConfig(method="reference", score="toy"), toy, Labelled(reference=Evidence({"cosine": np.ones(3)})))
+
+
+def test_fixed_threshold_table_is_an_argument_or_the_replaceable_default(monkeypatch):
+    toy = Evidence({"cosine": np.array([0.95, 0.5]), "toy": np.array([0.7, 0.2])})
+    cfg = DecideConfig(method="fixed", score="toy")
+    with pytest.raises(FpindexError, match="^score 'toy' has no default threshold; give one"):
+        decide(cfg, toy, Labelled())
+    d = fixed(cfg, toy, Labelled(), thresholds={"toy": 0.3})
+    np.testing.assert_array_equal(d.label, [1, 0])
+    assert d.details == {"score": "toy", "threshold": 0.3}
+    monkeypatch.setattr(decide_module, "DEFAULT_THRESHOLDS", {"toy": 0.1, "cosine": 0.99})
+    np.testing.assert_array_equal(decide(cfg, toy, Labelled()).label, [1, 1])
+    np.testing.assert_array_equal(decide(DecideConfig(method="fixed"), toy, Labelled()).label, [0, 0])
 
 
 # ---- reference ------------------------------------------------------------------------------------
@@ -123,9 +156,9 @@ def test_reference_uses_not_used_when_no_reference_and_other_score():
 
 
 def test_reference_needs_data():
-    with pytest.raises(FpindexError, match="known-unused"):
+    with pytest.raises(FpindexError, match="^decision 'reference' needs known-unused real images: pass --reference"):
         decide(DecideConfig(method="reference"), ev([0.5]), Labelled())
-    with pytest.raises(FpindexError, match="known-unused"):
+    with pytest.raises(FpindexError, match="^decision 'reference' needs known-unused real images: pass --reference"):
         decide(DecideConfig(method="reference"), ev([0.5]), Labelled(reference=ev([])))
 
 
@@ -156,14 +189,15 @@ def test_calibrated_is_deterministic_and_folds_limited_by_smaller_class():
     b = decide(cfg, synthetic(4, True, 9), Labelled(used=used, not_used=not_used))
     np.testing.assert_array_equal(a.score, b.score)
     assert a.details["cross_validation"]["folds"] == 3
-    with pytest.raises(FpindexError, match="at least 2"):   # one labelled member: no verdict possible
+    with pytest.raises(FpindexError, match="needs at least 2 used and 2 not-used images"):   # one labelled member
         decide(cfg, synthetic(4, True, 9), Labelled(used=synthetic(1, True, 0), not_used=not_used))
 
 
 def test_calibrated_needs_both_classes():
-    with pytest.raises(FpindexError, match="--used"):
+    needs = "^decision 'calibrated' needs labelled images: pass both --used DIR and --not-used DIR$"
+    with pytest.raises(FpindexError, match=needs):
         decide(DecideConfig(method="calibrated"), ev([0.5]), Labelled(used=synthetic(5, True, 0)))
-    with pytest.raises(FpindexError, match="--used"):
+    with pytest.raises(FpindexError, match=needs):
         decide(DecideConfig(method="calibrated"), ev([0.5]),
                Labelled(used=synthetic(5, True, 0), not_used=ev([])))
 
@@ -190,6 +224,58 @@ def test_explicit_method_wins_and_unknown_refused():
     data = Labelled(used=synthetic(6, True, 0), not_used=synthetic(6, False, 1))
     assert choose_method(DecideConfig(method="fixed"), data) == "fixed"
     assert choose_method(DecideConfig(method="reference"), data) == "reference"
-    with pytest.raises(FpindexError, match="unknown decision method"):
+    with pytest.raises(FpindexError, match="^unknown decision method 'vote'; choose one of: fixed, reference, calibrated$"):
         choose_method(DecideConfig(method="vote"), data)
     assert DECIDERS.names() == ["fixed", "reference", "calibrated"]
+
+
+def test_decide_takes_the_chosen_method_and_does_not_choose_again(monkeypatch):
+    data = Labelled(used=synthetic(6, True, 0), not_used=synthetic(6, False, 1))
+    cfg = DecideConfig(method="auto", permutations=9)
+    method = choose_method(cfg, data)
+    calls = []
+    monkeypatch.setattr(decide_module, "choose_method", lambda *a: calls.append(a) or "fixed")
+    d = decide(cfg, synthetic(4, True, 5), data, method=method)
+    assert d.method == method == "calibrated" and calls == []
+    assert decide(cfg, synthetic(4, True, 5), data).method == "fixed" and len(calls) == 1   # no method: chosen here
+
+
+def test_decide_refuses_a_method_the_settings_do_not_ask_for():
+    with pytest.raises(FpindexError, match="^decision method 'reference' given, but the settings ask for 'fixed'$"):
+        decide(DecideConfig(method="fixed"), ev([0.5]), Labelled(reference=ev([0.1])), method="reference")
+    with pytest.raises(FpindexError, match="^unknown decision method 'vote'"):
+        decide(DecideConfig(), ev([0.5]), Labelled(), method="vote")
+
+
+# ---- features come from the evidence ----------------------------------------------------------------
+
+def toy_split(seed, n, order=("cosine", "toy")):
+    """Only the extra feature 'toy' separates used from not-used; cosine is noise."""
+    rng = np.random.default_rng(seed)
+
+    def draw(m, mu):
+        v = {"cosine": rng.normal(0, 1, m), "toy": rng.normal(mu, 1, m)}
+        return Evidence({f: v[f] for f in order})
+
+    return draw(n, 2.0), draw(n, 0.0), draw(n, 1.0)
+
+
+def test_calibrated_fuses_a_feature_it_was_never_told_about():
+    used, not_used, target = toy_split(3, 60)
+    d = decide(DecideConfig(method="calibrated", permutations=49), target, Labelled(used=used, not_used=not_used))
+    assert d.details["features"] == ["cosine", "toy"] and list(d.details["weights"]) == ["cosine", "toy"]
+    assert d.details["weights"]["toy"] > 0.2 and d.details["weights"]["cosine"] < 0.05   # measured 0.358, 0.013
+    assert d.verdict.leakage is True and d.verdict.auc > 0.85
+    # The target may list its features in another order: columns are matched by name, not position.
+    flipped = Evidence({"toy": target.scores["toy"], "cosine": target.scores["cosine"]})
+    again = decide(DecideConfig(method="calibrated", permutations=49), flipped, Labelled(used=used, not_used=not_used))
+    np.testing.assert_array_equal(again.score, d.score)
+
+
+def test_calibrated_refuses_evidence_sets_with_other_features():
+    used, not_used, target = toy_split(4, 10)
+    cfg = DecideConfig(method="calibrated", permutations=9)
+    with pytest.raises(FpindexError, match="^used and not-used evidence carry different features: cosine, toy vs cosine$"):
+        decide(cfg, target, Labelled(used=used, not_used=Evidence({"cosine": not_used.scores["cosine"]})))
+    with pytest.raises(FpindexError, match="^the real images' evidence lacks feature.s. toy that the fusion reads$"):
+        decide(cfg, Evidence({"cosine": target.scores["cosine"]}), Labelled(used=used, not_used=not_used))

@@ -128,12 +128,17 @@ def test_bad_prediction_label_and_score(tmp_path):
     with pytest.raises(FpindexError, match=r"p1\.csv:3: label"):
         evaluate_files(p1, labels)
     p2 = write(tmp_path / "p2.csv", "image,score,label\na.png,high,1\n")
-    with pytest.raises(FpindexError, match="not a number"):
+    with pytest.raises(FpindexError, match=r"p2\.csv:2: score 'high' is not a number$"):
         evaluate_files(p2, labels)
 
 
-@pytest.mark.parametrize("case", ["missing_file", "no_rows", "missing_column", "no_overlap"])
-def test_bad_files(tmp_path, case):
+@pytest.mark.parametrize("case,message", [
+    ("missing_file", r"p\.csv: no such file$"),
+    ("no_rows", r"p\.csv: no rows$"),
+    ("missing_column", r"p\.csv: missing column\(s\) score \(has image, label\)$"),
+    ("no_overlap", r"^no image of .*p\.csv appears in .*l\.csv \(images are matched by file stem\)$"),
+])
+def test_bad_files(tmp_path, case, message):
     labels = write(tmp_path / "l.csv", "image,label\na.png,1\n")
     preds = tmp_path / "p.csv"
     if case == "no_rows":
@@ -142,5 +147,24 @@ def test_bad_files(tmp_path, case):
         write(preds, "image,label\na.png,1\n")
     elif case == "no_overlap":
         write(preds, "image,score,label\nz.png,0.3,0\n")
-    with pytest.raises(FpindexError):
+    with pytest.raises(FpindexError, match=message):
+        evaluate_files(preds, labels)
+
+
+def test_two_predictions_with_one_id_refused_naming_both_rows(tmp_path):
+    labels = write(tmp_path / "l.csv", "image,label\nx.png,1\ny.png,0\n")
+    preds = write(tmp_path / "p.csv", "image,score,label\na/x.png,0.9,1\ny.png,0.1,0\nb/x.png,0.2,0\n")
+    with pytest.raises(FpindexError, match=r"p\.csv:4: prediction for 'b/x\.png' has the id 'x' of line 2 "
+                                           r"\('a/x\.png'\); images are matched by file stem, so each needs its own$"):
+        evaluate_files(preds, labels)
+    # also when neither has a label: a duplicate is ambiguous whatever it would join to
+    extra = write(tmp_path / "e.csv", "image,score,label\nx.png,0.9,1\nz.png,0.3,0\nq/z.jpg,0.4,0\n")
+    with pytest.raises(FpindexError, match=r"e\.csv:4: prediction for 'q/z\.jpg' has the id 'z' of line 3"):
+        evaluate_files(extra, labels)
+
+
+def test_two_labels_with_one_id_refused_naming_both_rows(tmp_path):
+    labels = write(tmp_path / "l.csv", "image,label\nx.png,1\ny.png,0\nx.jpg,0\n")
+    preds = write(tmp_path / "p.csv", "image,score,label\nx.png,0.9,1\n")
+    with pytest.raises(FpindexError, match=r"l\.csv:4: label of 'x\.jpg' has the id 'x' of line 2 \('x\.png'\)"):
         evaluate_files(preds, labels)
