@@ -1,8 +1,8 @@
 """Stage 7 — turn similarities into a membership score and a used / not-used label per real image.
 
-Per real image the evidence is a few named numbers, today five (FEATURES): the top-1 cosine, the best SSIM and the best Jaccard over its
-k neighbours, how well the generated set's principal subspace reconstructs the image (subspace.py), and
-the best SSIM after each neighbour is moved onto the image by the best rigid motion (rerank.align_to).
+Per real image the evidence is a few named numbers, one per evidence feature (fpindex/evidence/, today five:
+the top-1 cosine, the best SSIM and the best Jaccard over its k neighbours, how well the generated set's
+principal subspace reconstructs the image, and the best SSIM after rigid alignment of each neighbour).
 Three ways to decide, chosen by `--decision` (default `auto`: the first that the inputs allow,
 in the order calibrated → reference → fixed):
 - `calibrated`: labelled used / not-used real images (ImageCLEF's train split). The five scores are fused
@@ -30,32 +30,8 @@ import numpy as np
 from .config import DecideConfig
 from .errors import FpindexError
 from .metrics import metrics, rank_auc
+from .evidence import Evidence, thresholds as default_thresholds
 from .registry import Registry
-
-# Today's evidence and `fixed` thresholds; the decisions read the features from the Evidence they are given,
-# and `fixed` reads DEFAULT_THRESHOLDS at call time, so either can be replaced without touching the fusion.
-FEATURES = ("cosine", "ssim", "jaccard", "subspace", "ssim_aligned")
-DEFAULT_THRESHOLDS = {"cosine": 0.90, "ssim": 0.50, "jaccard": 0.60, "subspace": 0.90, "ssim_aligned": 0.50}
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """Per-image scores, each an (n,) float array keyed by feature name; the dict's order is the feature order."""
-
-    scores: dict[str, np.ndarray]
-
-    @property
-    def features(self) -> tuple[str, ...]:
-        return tuple(self.scores)
-
-    def __len__(self) -> int:
-        return len(next(iter(self.scores.values()))) if self.scores else 0
-
-    def matrix(self, features: tuple[str, ...] | None = None) -> np.ndarray:
-        """Columns in `features` order (default: this Evidence's own), so sets built in other orders line up."""
-        return np.column_stack([self.scores[f] for f in (self.features if features is None else features)]
-                               ).astype(np.float64)
-
 
 @dataclass(frozen=True)
 class Verdict:
@@ -68,6 +44,7 @@ class Verdict:
     ci: tuple[float, float] | None = None
     p_value: float | None = None
 
+    @property
     def text(self) -> str:
         if self.leakage is None:
             return "not tested: fixed thresholds have no null to test against (give --used/--not-used or --reference)"
@@ -78,7 +55,7 @@ class Verdict:
 
     def as_dict(self) -> dict[str, Any]:
         return {"leakage": self.leakage, "alpha": self.alpha, "basis": self.basis, "auc": self.auc,
-                "auc_ci95": list(self.ci) if self.ci else None, "p_value": self.p_value, "text": self.text()}
+                "auc_ci95": list(self.ci) if self.ci else None, "p_value": self.p_value, "text": self.text}
 
 
 @dataclass
@@ -145,9 +122,9 @@ def _features(target: Evidence, used: Evidence, not_used: Evidence) -> tuple[str
 @DECIDERS.register("fixed", "label = similarity ≥ a fixed threshold (the paper's rule)")
 def fixed(cfg: DecideConfig, target: Evidence, data: Labelled,
           thresholds: Mapping[str, float] | None = None) -> Decision:
-    """thresholds: each score's default (None: DEFAULT_THRESHOLDS, read at call time so it can be replaced)."""
+    """thresholds: each score's default (None: the evidence features' own, from the registry)."""
     name = _score(cfg, target)
-    table = DEFAULT_THRESHOLDS if thresholds is None else thresholds
+    table = default_thresholds() if thresholds is None else thresholds
     if cfg.threshold is None and name not in table:
         raise FpindexError(f"score {name!r} has no default threshold; give one (--threshold)")
     thr = table[name] if cfg.threshold is None else float(cfg.threshold)

@@ -6,8 +6,8 @@ cosine, ssim, jaccard, subspace, ssim_aligned. `compute_evidence` runs them over
 """
 
 from . import cosine, ssim, jaccard, subspace, ssim_aligned  # noqa: F401  (registration, in this order)
-from .base import FEATURES, Feature, FitInput, ImageBatch, PairBatch, feature, thresholds
-from .compute import Evidence, Query, Run, compute_evidence
+from .base import FEATURES, Evidence, Feature, FitInput, ImageBatch, PairBatch, feature, thresholds
+from .compute import Query, Run, compute_evidence
 
 __all__ = ["FEATURES", "Feature", "FitInput", "ImageBatch", "PairBatch", "feature", "thresholds", "Evidence",
            "Query", "Run", "compute_evidence"]

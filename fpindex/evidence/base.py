@@ -23,6 +23,25 @@ POOLS = ("max", "top1")
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """Per-image scores, each an (n,) float array keyed by feature name; the dict's order is the feature order."""
+
+    scores: dict[str, np.ndarray]
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.scores)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.scores.values()))) if self.scores else 0
+
+    def matrix(self, features: tuple[str, ...] | None = None) -> np.ndarray:
+        """Columns in `features` order (default: this Evidence's own), so sets built in other orders line up."""
+        return np.column_stack([self.scores[f] for f in (self.features if features is None else features)]
+                               ).astype(np.float64)
+
+
+@dataclass(frozen=True)
 class PairBatch:
     """Some (real, neighbour) pairs. Pixels and vectors are of the distinct images involved, indexed per pair
     by `real_idx` / `gen_idx`; only what the feature `needs` is filled in."""

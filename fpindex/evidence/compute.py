@@ -11,7 +11,7 @@ import numpy as np
 
 from ..cache import ContentCache, pair_keys
 from ..search import Neighbours
-from .base import FEATURES, Feature, ImageBatch, PairBatch
+from .base import FEATURES, Evidence, Feature, ImageBatch, PairBatch
 
 PAIR_CHUNK = 8192
 IMAGE_CHUNK = 1024
@@ -25,23 +25,6 @@ class Images(Protocol):
     def real(self, rows: np.ndarray) -> np.ndarray: ...
     def generated(self, ids: np.ndarray) -> np.ndarray: ...
     def check_generated(self, ids: np.ndarray) -> None: ...
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """Per real image, one score per feature (n,) in the registry's order."""
-
-    scores: dict[str, np.ndarray]
-
-    @property
-    def features(self) -> tuple[str, ...]:
-        return tuple(self.scores)
-
-    def __len__(self) -> int:
-        return len(next(iter(self.scores.values()))) if self.scores else 0
-
-    def matrix(self) -> np.ndarray:
-        return np.column_stack([self.scores[f] for f in self.features]).astype(np.float64)
 
 
 @dataclass
