@@ -56,7 +56,7 @@ def test_registry():
     assert r.get("one") == 1 and r.help("one") == "the first" and r.help("two") == "Second thing."
     with pytest.raises(FpindexError, match="unknown thing 'three'; choose one of: one, two"):
         r.get("three")
-    with pytest.raises(ValueError, match="twice"):
+    with pytest.raises(ValueError, match="^thing 'one' registered twice$"):
         r.register("one")(2)
 
 
