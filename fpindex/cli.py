@@ -339,26 +339,20 @@ def evaluate(
 def demo(
     out: Path = typer.Option(Path("fpindex-demo"), "--out", "-o", help="Folder for the demo data and results."),
     seed: int = typer.Option(0, "--seed", help="Seed of the scenario."),
+    small: bool = typer.Option(False, "--small", help="A smaller scenario and fewer training steps, for a quick "
+                               "check (the tests use it)."),
     quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
 ) -> None:
     """Make a small seeded leak scenario (no downloads), audit it with calibration, and evaluate the result."""
-    from .demo import make_scenario
-    from .evaluate import evaluate_files, format_table
-    from .pipeline import audit as run_audit
-    from .utils import write_json_atomic
+    from .demo import run_demo
+    from .evaluate import format_table
 
     run = RunConfig(quiet=quiet, verbose=verbose)
-    data = make_scenario(out / "data", seed=seed)
-    _say(run, f"demo scenario written to {data} (generated/, train/used, train/not_used, test/, test_labels.csv)")
-    results = out / "audit"
-    summary = run_audit(data / "generated", data / "test", results, EmbedConfig(seed=seed), IndexConfig(),
-                        QueryConfig(decide=DecideConfig(seed=seed)), run, used=data / "train" / "used",
-                        not_used=data / "train" / "not_used")
-    _report(run, results, summary)
-    result = evaluate_files(results / "predictions.csv", data / "test_labels.csv")
-    write_json_atomic(results / "evaluation.json", result)
+    r = run_demo(out, seed=seed, small=small, run=run, on_scenario=lambda data: _say(
+        run, f"demo scenario written to {data} (generated/, train/used, train/not_used, test/, test_labels.csv)"))
+    _report(run, r.results, r.summary)
     _say(run, "\nevaluation on test/ (labels never seen by the audit):")
-    _say(run, format_table(result))
+    _say(run, format_table(r.evaluation))
 
 
 @app.command("index-embeddings", epilog="Example: fpindex index-embeddings emb.parquet --index indexes/big "
