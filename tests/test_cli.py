@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from fpindex import __version__
 from fpindex.cli import app, main
+from fpindex.config import DecideConfig, EmbedConfig, IndexConfig, QueryConfig
 from fpindex.errors import FpindexError
 from fpindex.index import IndexStore
 from fpindex.utils import STAGES
@@ -60,7 +61,8 @@ def test_version(runner):
 
 def test_bad_choice_is_a_usage_error(runner, tmp_path):
     r = runner.invoke(app, ["build", str(tmp_path), "--model", "vgg"])
-    assert r.exit_code == 2 and "vgg" in r.output + r.stderr
+    assert r.exit_code == 2
+    assert re.search(r"Invalid value for '--model'.*'vgg' is not one of", r.output + r.stderr, re.S)
 
 
 # ---- build, query, audit, evaluate on the small scenario ----------------------------------------------------
@@ -73,15 +75,17 @@ def test_build_query_evaluate(runner, scenario, tmp_path):
     assert f"{n_gen} vectors ({n_gen} added" in r.stdout and "cnn" in r.stdout
     assert IndexStore.load(idx).ntotal == n_gen
 
-    fpindex_error(runner.invoke(app, ["build", gen, "--index", str(idx)]), "already exists")
-    fpindex_error(runner.invoke(app, ["build", gen, "--index", str(idx), "--add", "--overwrite"]), "exclude")
+    fpindex_error(runner.invoke(app, ["build", gen, "--index", str(idx)]),
+                  rf"^index {re.escape(str(idx))} already exists; pass --add to append to it or --overwrite")
+    fpindex_error(runner.invoke(app, ["build", gen, "--index", str(idx), "--add", "--overwrite"]),
+                  r"^--add and --overwrite exclude each other$")
     r = ok(runner.invoke(app, ["build", gen, "--index", str(idx), "--add", "--quiet"]))
     assert r.stdout == "" and IndexStore.load(idx).ntotal == n_gen   # nothing new to add
 
     fpindex_error(runner.invoke(app, ["query", test, "--index", str(idx), "--out", str(out), "--model", "pixels"]),
-                  "model")
+                  r"^the index was built with model='cnn' but the query asks for model='pixels'")
     fpindex_error(runner.invoke(app, ["query", test, "--index", str(idx), "--out", str(out), "-e", "gaussian"]),
-                  "enhance")
+                  r"^the index was built with enhance=\['none'\] but the query asks for enhance=\['gaussian'\]")
     assert not out.exists()
 
     r = ok(runner.invoke(app, ["query", test, "--index", str(idx), "--out", str(out), "--k", "2",
@@ -127,36 +131,87 @@ def test_audit_pixels_with_stacked_enhancements_and_reference(runner, scenario, 
 
 # ---- demo ----------------------------------------------------------------------------------------
 
-def test_demo(runner, tmp_path):
-    """The full default demo (about 10–20 s on a CPU): outputs, formats and a sane result."""
+def test_demo(runner, tmp_path, monkeypatch):
+    """The quick demo (--small: 20 + 20 labelled, 40 test and 120 generated images, 20 training steps): what it
+    writes, what it prints, and a sane result. Measured with seeds 0, 1 and 2: accuracy, kappa and AUC 1.000."""
     out = tmp_path / "demo"
-    r = ok(runner.invoke(app, ["demo", "--out", str(out), "--quiet"]))
-    assert r.stdout == ""
+    r = ok(runner.invoke(app, ["demo", "--small", "--out", str(out)]))
     res = out / "audit"
     real = sorted(p.name for p in (out / "data" / "test").iterdir())
+    lines = r.stdout.splitlines()
+    assert lines[0] == (f"demo scenario written to {out / 'data'} (generated/, train/used, train/not_used, test/, "
+                        "test_labels.csv)")
+    assert "decision: calibrated → " in r.stdout and "calibration (5-fold CV on the labelled images)" in r.stdout
+    assert f"wrote {res}/predictions.csv, submission.csv, neighbours.parquet, summary.json" in lines
+    table = lines[lines.index("evaluation on test/ (labels never seen by the audit):") + 1:]
+    assert table[0] == "| metric | fpindex | all used | all not used |" and table[-1].startswith("| ")
 
     with open(res / "predictions.csv") as f:
         header = f.readline().strip()
     assert header == "image,score,label,p_value"
 
-    lines = (res / "submission.csv").read_text().splitlines()
-    assert len(lines) == len(real) == 80
-    assert all(re.fullmatch(r"real_\d{5},[01]", line) for line in lines)
-    assert [line.split(",")[0] for line in lines] == [Path(n).stem for n in real]
+    sub = (res / "submission.csv").read_text().splitlines()
+    assert len(sub) == len(real) == 40
+    assert all(re.fullmatch(r"real_\d{5},[01]", line) for line in sub)
+    assert [line.split(",")[0] for line in sub] == [Path(n).stem for n in real]
 
     import pyarrow.parquet as pq
 
     nb = pq.read_table(res / "neighbours.parquet")
-    assert nb.num_rows == 80 * 10
+    assert nb.num_rows == 40 * 10
     assert set(nb.column_names) >= {"image", "rank", "generated", "cosine", "ssim", "ssim_aligned", "jaccard"}
 
     summary = json.loads((res / "summary.json").read_text())
     assert set(summary["timings"]) == {"load", "enhance", "embed", "index", "search", "rerank", "decide", "write",
                                        "total"} == set(STAGES) | {"total"}
     assert summary["decision"]["method"] == "calibrated"
+    assert summary["counts"]["generated_indexed"] == 120
+    assert summary["settings"]["embedder"]["training"]["steps"] == 20
     evaluation = json.loads((res / "evaluation.json").read_text())
-    assert evaluation["n"] == 80 and evaluation["positives"] == 40
-    assert evaluation["method"]["auc"] > 0.9 and evaluation["method"]["accuracy"] > 0.8
+    assert evaluation["n"] == 40 and evaluation["positives"] == 20
+    m = evaluation["method"]
+    assert m["auc"] > 0.95 and m["kappa"] > 0.8 and m["accuracy"] > 0.9
+    assert f"| kappa | {m['kappa']:.3f} | " in [row[:len("| kappa | 0.000 | ")] for row in table]   # = evaluation.json
+
+    # --quiet prints nothing (the same result, handed back without a second run).
+    import fpindex.demo
+
+    calls = []
+    real_result = fpindex.demo.DemoResult(data=out / "data", results=res, summary=summary, evaluation=evaluation)
+    monkeypatch.setattr(fpindex.demo, "run_demo", lambda *a, **kw: calls.append((a, kw)) or real_result)
+    r = ok(runner.invoke(app, ["demo", "--out", str(tmp_path / "q"), "--seed", "3", "--quiet"]))
+    assert r.stdout == "" and r.stderr == ""
+    (args, kw), = calls
+    assert args == (tmp_path / "q",) and kw["seed"] == 3 and kw["small"] is False and kw["run"].quiet
+
+
+def test_demo_without_small_keeps_the_full_scenario_and_training(tmp_path, monkeypatch):
+    """`fpindex demo` (make demo, the README's quick start) is unchanged: the full scenario, the default
+    training steps, calibration on train/. Checked on the arguments, without running the 10 s demo."""
+    import fpindex.demo as demo
+    import fpindex.pipeline as pipeline
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def audit(generated, real, out, embed, index, query, run, **kw):
+        seen.update(generated=generated, real=real, out=out, embed=embed, index=index, query=query, **kw)
+        raise Stop
+
+    monkeypatch.setattr(demo, "make_scenario", lambda root, seed, size: seen.update(seed=seed, size=size) or root)
+    monkeypatch.setattr(pipeline, "audit", audit)
+    for small, size, steps in [(False, demo.ScenarioSize(), None), (True, demo.SMALL_SIZE, 20)]:
+        with pytest.raises(Stop):
+            demo.run_demo(tmp_path, seed=4, small=small)
+        data = tmp_path / "data"
+        assert seen["size"] == size and seen["seed"] == 4
+        assert seen["embed"] == EmbedConfig(seed=4, train_steps=steps) and seen["index"] == IndexConfig()
+        assert seen["query"] == QueryConfig(decide=DecideConfig(seed=4))
+        assert (seen["generated"], seen["real"], seen["out"]) == (data / "generated", data / "test", tmp_path / "audit")
+        assert (seen["used"], seen["not_used"]) == (data / "train" / "used", data / "train" / "not_used")
+    assert demo.ScenarioSize() == demo.ScenarioSize(n_train_each=20, n_test_each=40, n_generated=240)
 
 
 # ---- error exits: one line on stderr, exit code 2, no traceback -------------------------------------------
@@ -171,21 +226,26 @@ def run_main(monkeypatch, capsys, *args):
 @pytest.mark.parametrize("case", ["audit_missing", "query_missing_index", "evaluate_bad_label", "build_no_images"])
 def test_main_turns_errors_into_one_line(monkeypatch, capsys, tmp_path, case):
     (tmp_path / "empty").mkdir()
+    t = re.escape(str(tmp_path))
     if case == "audit_missing":
         args = ["audit", "--generated", str(tmp_path / "nope"), "--real", str(tmp_path / "nope2"),
                 "--out", str(tmp_path / "out")]
+        expected = rf"real-image folder {t}/nope2 does not exist"     # checked before the build starts
     elif case == "query_missing_index":
         args = ["query", str(tmp_path), "--index", str(tmp_path / "idx"), "--out", str(tmp_path / "out")]
+        expected = rf"index {t}/idx does not exist \(build one with `fpindex build`\)"
     elif case == "evaluate_bad_label":
         (tmp_path / "p.csv").write_text("image,score,label\na.png,0.5,1\n")
         (tmp_path / "l.csv").write_text("image,label\na.png,perhaps\n")
         args = ["evaluate", str(tmp_path / "p.csv"), str(tmp_path / "l.csv")]
+        expected = rf"{t}/l.csv:2: label 'perhaps' is not 0/1 \(or used/not_used\)"
     else:
         args = ["build", str(tmp_path / "empty"), "--index", str(tmp_path / "idx")]
+        expected = rf"generated-image folder {t}/empty holds no images \("
     code, cap = run_main(monkeypatch, capsys, *args)
     assert code == 2
     lines = cap.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fpindex: error: ")
+    assert len(lines) == 1 and re.match(rf"fpindex: error: {expected}", lines[0]), lines
     assert "Traceback" not in cap.err
     assert not (tmp_path / "out").exists()
 
@@ -197,7 +257,7 @@ def test_subprocess_missing_folder_exit_code_2(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fpindex: error: ") and "does not exist" in lines[0]
+    assert lines == [f"fpindex: error: real-image folder {tmp_path / 'real'} does not exist"]
     assert proc.stdout == ""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 
 import numpy as np
@@ -54,7 +55,7 @@ def test_pixels_is_mean_centred_downsampled_pixels():
 
 
 def test_pixels_refuses_weights():
-    with pytest.raises(FpindexError, match="no weights"):
+    with pytest.raises(FpindexError, match="^model 'pixels' has no weights; drop --weights"):
         build_embedder("pixels", channels=1, size=64, weights="imagenet", seed=0, device="cpu")
 
 
@@ -75,7 +76,7 @@ def test_seeded_init_leaves_callers_rng_alone():
 
 
 def test_cnn_refuses_imagenet():
-    with pytest.raises(FpindexError, match="no ImageNet weights"):
+    with pytest.raises(FpindexError, match="^model 'cnn' has no ImageNet weights; pass --weights random"):
         cnn(weights="imagenet")
 
 
@@ -103,9 +104,12 @@ def test_checkpoint_id_tracks_file_content(tmp_path):
     assert len(ids) == 2
 
 
-@pytest.mark.parametrize("content", ["garbage", "empty", "not_tensors",
-                                     "wrong_shape", "missing_keys"])
-def test_bad_checkpoint_is_an_fpindex_error(tmp_path, content):
+@pytest.mark.parametrize("content,reason", [("garbage", "not a loadable torch checkpoint"),
+                                            ("empty", "not a loadable torch checkpoint"),
+                                            ("not_tensors", "expected a state_dict of tensors"),
+                                            ("wrong_shape", r"does not fit this model \(shape mismatch for"),
+                                            ("missing_keys", r"does not fit this model \(missing \[")])
+def test_bad_checkpoint_is_an_fpindex_error(tmp_path, content, reason):
     path = tmp_path / "bad.pth"
     if content == "garbage":
         path.write_bytes(np.random.default_rng(0).bytes(300))
@@ -119,12 +123,12 @@ def test_bad_checkpoint_is_an_fpindex_error(tmp_path, content):
         sd = cnn().net.state_dict()
         sd.pop(next(iter(sd)))
         torch.save(sd, path)
-    with pytest.raises(FpindexError, match="weights"):
+    with pytest.raises(FpindexError, match=rf"^weights {re.escape(str(path))}: {reason}"):
         cnn(weights=str(path))
 
 
 def test_missing_checkpoint_file(tmp_path):
-    with pytest.raises(FpindexError, match="no such file"):
+    with pytest.raises(FpindexError, match=rf"^weights {re.escape(str(tmp_path / 'nope.pth'))}: no such file"):
         cnn(weights=str(tmp_path / "nope.pth"))
 
 
@@ -132,9 +136,9 @@ def test_build_embedder_defaults_and_limits():
     e = build_embedder("cnn", channels=1, size=None, weights=None, seed=0, device="cpu")
     assert e.spec.size == CNNEmbedder.default_size == 64 and e.spec.weights == "selfsup"
     assert e.weights_id == "selfsup:untrained"          # trained by the build, which then sets the real id
-    with pytest.raises(FpindexError, match="too small"):
+    with pytest.raises(FpindexError, match="^image size 16 is too small; use at least 32$"):
         build_embedder("cnn", channels=1, size=16, weights=None, seed=0, device="cpu")
-    with pytest.raises(FpindexError, match="unknown model"):
+    with pytest.raises(FpindexError, match="^unknown model 'vit'; choose one of: pixels, cnn, resnet50$"):
         build_embedder("vit", channels=1, size=64, weights=None, seed=0, device="cpu")
 
 
@@ -161,7 +165,7 @@ def test_resnet50_imagenet_not_cached_offline(tmp_path, monkeypatch):
         raise OSError("network disabled in tests")
 
     monkeypatch.setattr(socket, "create_connection", offline)   # never download, even on a networked machine
-    with pytest.raises(FpindexError, match="--weights") as err:
+    with pytest.raises(FpindexError, match=r"^resnet50 ImageNet weights are not in the torch cache \(") as err:
         build_embedder("resnet50", channels=1, size=32, weights="imagenet", seed=0, device="cpu")
     msg = str(err.value)
     assert "--weights" in msg and str(tmp_path / "torch") in msg
@@ -172,5 +176,5 @@ def test_resnet50_imagenet_not_cached_offline(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_build_embedder_refuses_cuda_without_gpu():
-    with pytest.raises(FpindexError, match="no CUDA GPU"):
+    with pytest.raises(FpindexError, match="^--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto$"):
         build_embedder("cnn", channels=1, size=64, weights=None, seed=0, device="cuda")

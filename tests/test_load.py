@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -160,14 +164,14 @@ def test_load_image_resizes_non_square_file(tmp_path):
 def test_undecodable_bytes_raise_value_error(tmp_path, content):
     p = tmp_path / "x.png"
     p.write_bytes(content)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^not a decodable image$"):
         decode(content)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^not a decodable image$"):
         load_image(p, 32)
 
 
 def test_unreadable_path_raises_value_error(tmp_path):
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match=f"^cannot read: {re.escape(os.strerror(errno.ENOENT))}$"):
         load_image(tmp_path / "missing.png", 32)
 
 
@@ -190,20 +194,20 @@ def test_list_images_sorted_recursive_filtered(tmp_path):
 
 
 def test_list_images_missing_folder(tmp_path):
-    with pytest.raises(FpindexError, match="does not exist"):
+    with pytest.raises(FpindexError, match=f"^real-image folder {re.escape(str(tmp_path / 'nope'))} does not exist$"):
         list_images(tmp_path / "nope", "real-image folder")
 
 
 def test_list_images_empty_folder(tmp_path):
     (tmp_path / "readme.txt").write_text("no images here")
-    with pytest.raises(FpindexError, match="holds no images"):
+    with pytest.raises(FpindexError, match=rf"^image folder {re.escape(str(tmp_path))} holds no images \(\.png, "):
         list_images(tmp_path)
 
 
 def test_list_images_file_instead_of_folder(tmp_path):
     p = tmp_path / "a.png"
     p.write_bytes(b"x")
-    with pytest.raises(FpindexError, match="is a file"):
+    with pytest.raises(FpindexError, match=f"^image folder {re.escape(str(p))} is a file, expected a folder of images$"):
         list_images(p)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -138,7 +139,8 @@ def test_index_keeps_the_generated_subspace_and_old_indexes_still_query(leak, he
     bad = tmp_path / "bad"
     shutil.copytree(leak.audit_out / "index", bad)
     (bad / subspace.FILE).write_bytes(b"not an npz")
-    with pytest.raises(FpindexError, match="subspace.npz is damaged"):
+    with pytest.raises(FpindexError, match=rf"^index {re.escape(str(bad))}: subspace.npz is damaged \(.*\); "
+                                           r"rebuild the index$"):
         query(bad, leak.real, tmp_path / "out2", helpers.QUERY, helpers.QUIET)
 
 
@@ -160,7 +162,7 @@ def test_query_refuses_other_embedding_settings(leak, helpers, tmp_path):
                           (EmbedConfig(model="cnn", enhance=("gaussian",)), "enhance"),
                           (EmbedConfig(model="cnn", image_size=128), "image_size"),
                           (EmbedConfig(model="cnn", weights=str(tmp_path / "w.pth")), "weights")]:
-        with pytest.raises(FpindexError, match=key):
+        with pytest.raises(FpindexError, match=rf"^the index was built with {key}=.* but the query asks for {key}="):
             query(idx, leak.real, tmp_path / "out", QueryConfig(k=2), helpers.QUIET, embed_override=override)
     assert not (tmp_path / "out").exists()
 
@@ -187,7 +189,7 @@ def test_build_refuses_existing_index_then_overwrites(helpers, tmp_path):
     b = folder(helpers, tmp_path / "b", range(10, 15))
     idx = tmp_path / "idx"
     build(a, idx, helpers.EMBED, helpers.FLAT, helpers.QUIET)
-    with pytest.raises(FpindexError, match="already exists"):
+    with pytest.raises(FpindexError, match=rf"^index {re.escape(str(idx))} already exists; pass --add"):
         build(b, idx, helpers.EMBED, helpers.FLAT, helpers.QUIET)
     assert IndexStore.load(idx).ntotal == 3
     _, _, s = build(b, idx, helpers.EMBED, helpers.FLAT, helpers.QUIET, mode="overwrite")
@@ -258,16 +260,19 @@ def test_build_with_only_unreadable_images(tmp_path, helpers):
     gen = tmp_path / "gen"
     gen.mkdir()
     (gen / "a.png").write_bytes(b"nope")
-    with pytest.raises(FpindexError, match="could be read"):
+    with pytest.raises(FpindexError, match=rf"^generated-image folder {re.escape(str(gen))}: none of its 1 images "
+                                           r"could be read$"):
         build(gen, tmp_path / "idx", helpers.EMBED, helpers.FLAT, helpers.QUIET)
     assert not (tmp_path / "idx").exists()
 
 
 def test_audit_checks_folders_before_building(helpers, tmp_path):
     gen = folder(helpers, tmp_path / "gen", range(2))
-    for kwargs in [{"real": tmp_path / "missing"}, {"real": gen, "used": tmp_path / "nope"}]:
+    for kwargs, missing in [({"real": tmp_path / "missing"}, "real-image folder missing"),
+                            ({"real": gen, "used": tmp_path / "nope"}, "used folder nope")]:
         real = kwargs.pop("real")
-        with pytest.raises(FpindexError, match="does not exist"):
+        what, name = missing.rsplit(" ", 1)
+        with pytest.raises(FpindexError, match=f"^{what} {re.escape(str(tmp_path / name))} does not exist$"):
             audit(gen, real, tmp_path / "out", helpers.EMBED, helpers.FLAT, FIXED, helpers.QUIET, **kwargs)
     assert not (tmp_path / "out").exists()
 
@@ -276,21 +281,23 @@ def test_query_input_errors(helpers, tmp_path):
     gen = folder(helpers, tmp_path / "gen", range(3))
     idx = tmp_path / "idx"
     build(gen, idx, helpers.EMBED, helpers.FLAT, helpers.QUIET)
-    with pytest.raises(FpindexError, match="--k"):
+    with pytest.raises(FpindexError, match="^--k must be at least 1$"):
         query(idx, gen, tmp_path / "o", QueryConfig(k=0), helpers.QUIET)
-    with pytest.raises(FpindexError, match="does not exist"):
+    with pytest.raises(FpindexError, match=rf"^index {re.escape(str(tmp_path / 'no-index'))} does not exist \("):
         query(tmp_path / "no-index", gen, tmp_path / "o", FIXED, helpers.QUIET)
-    with pytest.raises(FpindexError, match="does not exist"):
+    with pytest.raises(FpindexError, match=f"^real folder {re.escape(str(tmp_path / 'no-real'))} does not exist$"):
         query(idx, tmp_path / "no-real", tmp_path / "o", FIXED, helpers.QUIET)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.png").write_bytes(b"")
-    with pytest.raises(FpindexError, match="could be read"):
+    with pytest.raises(FpindexError, match=f"^real-image folder {re.escape(str(bad))}: none of its 1 images could be read$"):
         query(idx, bad, tmp_path / "o", FIXED, helpers.QUIET)
-    with pytest.raises(FpindexError, match="calibrated"):
+    with pytest.raises(FpindexError, match="^decision 'calibrated' needs labelled images: pass both --used DIR and "
+                                           "--not-used DIR$"):
         query(idx, gen, tmp_path / "o", QueryConfig(decide=DecideConfig(method="calibrated")), helpers.QUIET)
     # A generated file needed for SSIM re-ranking has gone.
     (gen / "img_001.png").unlink()
-    with pytest.raises(FpindexError, match="restore"):
+    with pytest.raises(FpindexError, match=rf"^generated image \S*/img_001\.png \(index id 1\) is needed for SSIM "
+                                           r"re-ranking but .*; restore the file or rebuild the index$"):
         query(idx, folder(helpers, tmp_path / "real", [1]), tmp_path / "o", QueryConfig(k=3), helpers.QUIET)
     assert not (tmp_path / "o").exists()

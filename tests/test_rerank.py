@@ -58,11 +58,13 @@ def test_ssim_random_batch_matches_skimage_whatever_the_batch_size():
 
 
 def test_ssim_rejects_bad_shapes():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^expected two n × H × W stacks of equal shape, got \(2, 32, 32\) and "
+                                         r"\(2, 32, 31\)$"):
         ssim_pairs(np.zeros((2, 32, 32), np.float32), np.zeros((2, 32, 31), np.float32))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^expected two n × H × W stacks of equal shape, got \(32, 32\) and "
+                                         r"\(32, 32\)$"):
         ssim_pairs(np.zeros((32, 32), np.float32), np.zeros((32, 32), np.float32))
-    with pytest.raises(ValueError, match="11"):
+    with pytest.raises(ValueError, match="^images must be at least 11 px for SSIM$"):
         ssim_pairs(np.zeros((2, 10, 32), np.float32), np.zeros((2, 10, 32), np.float32))
 
 

@@ -61,12 +61,14 @@ def test_selfsup_index_stores_weights_and_queries_reuse_them(leak, helpers, tmp_
     assert s["settings"]["embedder"]["weights_id"] == e["weights_id"]
     # A tampered weights file is refused rather than silently giving other vectors.
     (idx / SELFSUP_FILE).write_bytes((idx / SELFSUP_FILE).read_bytes() + b"x")
-    with pytest.raises(FpindexError):
+    with pytest.raises(FpindexError, match=f"^the index was built with weights_id='{e['weights_id']}' but the query "
+                                           r"uses weights_id='file:sha256=[0-9a-f]{16}'; query with the index's"):
         query(idx, leak.real, tmp_path / "out2", helpers.QUERY, helpers.QUIET)
 
 
 def test_selfsup_only_for_cnn():
     from fpindex.embed import build_embedder
 
-    with pytest.raises(FpindexError, match="selfsup"):
+    with pytest.raises(FpindexError, match="^--weights selfsup trains the cnn model; with resnet50 use imagenet, "
+                                           "random or a checkpoint$"):
         build_embedder("resnet50", channels=1, size=32, weights="selfsup", seed=0, device="cpu")

@@ -4,6 +4,7 @@ change speed only. (Speed itself is measured in benchmarks/throughput.py, not he
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +79,9 @@ def test_indexed_ssim_shares_image_terms_without_changing_values(helpers, engine
 
 def test_ssim_engine_and_index_errors():
     x = np.zeros((2, 16, 16), np.float32)
-    with pytest.raises(ValueError, match="engine"):
+    with pytest.raises(ValueError, match="^unknown SSIM engine 'fft'$"):
         ssim_pairs(x, x, engine="fft")
-    with pytest.raises(ValueError, match="equal length"):
+    with pytest.raises(ValueError, match="^a_idx and b_idx must be 1-D and of equal length$"):
         ssim_indexed(x, x, np.array([0, 1]), np.array([0]))
 
 
@@ -179,7 +180,7 @@ def test_cache_key_and_put_contract(tmp_path):
     fresh = ContentCache(tmp_path, "embedding", ident, 3)
     assert fresh.keys() == {"a" * 64}
     np.testing.assert_array_equal(fresh.get(["a" * 64]), np.ones((1, 3)))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^one vector per digest expected$"):
         c.put(["b" * 64, "c" * 64], np.ones((1, 3), np.float32))
     assert json.loads((c.dir / "identity.json").read_text())["weights_id"] == "random:seed=0"
 
@@ -214,9 +215,9 @@ def test_results_identical_with_and_without_workers(helpers, tmp_path):
 
 
 def test_bad_precision_and_workers_are_refused():
-    with pytest.raises(FpindexError, match="precision"):
+    with pytest.raises(FpindexError, match="^unknown precision 'int3'; choose from: fp32, bf16, fp16$"):
         make_embedder(EmbedConfig(precision="int3"))
-    with pytest.raises(FpindexError, match="workers"):
+    with pytest.raises(FpindexError, match="^--workers must be 0 or more$"):
         make_embedder(EmbedConfig(workers=-1))
 
 
@@ -271,7 +272,8 @@ def test_cli_cache_and_precision_options(helpers, tmp_path):
     manifest = json.loads((tmp_path / "i2" / "manifest.json").read_text())
     assert manifest["embedder"]["precision"] == "bf16"
     r = runner.invoke(app, ["build", str(root), "--index", str(tmp_path / "i3"), "--precision", "fp8"])
-    assert r.exit_code != 0
+    assert r.exit_code == 2 and not (tmp_path / "i3").exists()
+    assert re.search(r"Invalid value for '--precision'.*'fp8' is not one of", r.output + r.stderr, re.S)
 
 
 def test_unchanged_rerun_decodes_nothing(helpers, tmp_path, monkeypatch):
@@ -294,7 +296,8 @@ def test_unchanged_rerun_decodes_nothing(helpers, tmp_path, monkeypatch):
     second = audit(gen, real, tmp_path / "o2", cfg, IndexConfig(), q, helpers.QUIET)
     assert decoded == []
     assert (tmp_path / "o1" / "predictions.csv").read_text() == (tmp_path / "o2" / "predictions.csv").read_text()
-    assert second["timings"]["embed"] < first["timings"]["embed"]
+    # Work skipped, counted rather than timed (the speed-up itself: benchmarks/throughput.py, audit re-run).
+    assert first["build"]["cached"] == 0 and second["build"]["cached"] == second["build"]["added"] == 5
     # Without the caches the same run decodes every image again.
     audit(gen, real, tmp_path / "o3", EmbedConfig(**{**cfg.__dict__, "cache": False}), IndexConfig(), q, helpers.QUIET)
     assert len(decoded) >= 8

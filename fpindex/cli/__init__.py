@@ -201,27 +201,20 @@ def evaluate(
 def demo(
     out: Path = typer.Option(Path("fpindex-demo"), "--out", "-o", help="Folder for the demo data and results."),
     seed: int = typer.Option(0, "--seed", help="Seed of the scenario."),
+    small: bool = typer.Option(False, "--small", help="A smaller scenario and fewer training steps, for a quick "
+                               "check (the tests use it)."),
     quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
 ) -> None:
     """Make a small seeded leak scenario (no downloads), audit it with calibration, and evaluate the result."""
-    from ..api import audit as run_audit
-    from ..config import AuditConfig, DecideConfig, EmbedConfig, RunConfig
-    from ..demo import make_scenario
-    from ..evaluate import evaluate_files, format_table
-    from ..utils import write_json_atomic
+    from ..config import RunConfig
+    from ..demo import run_demo
+    from ..evaluate import format_table
 
-    data = make_scenario(out / "data", seed=seed)
-    _say(quiet, f"demo scenario written to {data} (generated/, train/used, train/not_used, test/, test_labels.csv)")
-    results = out / "audit"
-    cfg = AuditConfig(embed=EmbedConfig(seed=seed), decide=DecideConfig(seed=seed),
-                      run=RunConfig(quiet=quiet, verbose=verbose))
-    result = run_audit(data / "generated", data / "test", used=data / "train" / "used",
-                       not_used=data / "train" / "not_used", config=cfg, out=results)
-    _report(quiet, verbose, results, result.summary)
-    evaluation = evaluate_files(results / "predictions.csv", data / "test_labels.csv")
-    write_json_atomic(results / "evaluation.json", evaluation)
+    r = run_demo(out, seed=seed, small=small, run=RunConfig(quiet=quiet, verbose=verbose), on_scenario=lambda data: _say(
+        quiet, f"demo scenario written to {data} (generated/, train/used, train/not_used, test/, test_labels.csv)"))
+    _report(quiet, verbose, r.results, r.summary)
     _say(quiet, "\nevaluation on test/ (labels never seen by the audit):")
-    _say(quiet, format_table(evaluation))
+    _say(quiet, format_table(r.evaluation))
 
 
 index_commands.register(app)
