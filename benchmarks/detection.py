@@ -12,6 +12,7 @@ benchmarks/results/detection.json and detection.md.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import json
 import sys
 import tempfile
@@ -23,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 
 from common import machine  # noqa: E402
 
-from fpindex.config import DecideConfig, EmbedConfig, IndexConfig, QueryConfig, RunConfig  # noqa: E402
+from fpindex import audit  # noqa: E402
+from fpindex.config import AuditConfig, DecideConfig, EmbedConfig, EvidenceConfig, RunConfig  # noqa: E402
 from fpindex.enhance import parse_enhance  # noqa: E402
 from fpindex.errors import FpindexError  # noqa: E402
 from fpindex.evaluate import evaluate_files  # noqa: E402
-from fpindex.pipeline import audit  # noqa: E402
 from fpindex.presets import PRESETS  # noqa: E402
 from fpindex.utils import write_json_atomic, write_text_atomic  # noqa: E402
 
@@ -37,9 +38,9 @@ HERE = Path(__file__).resolve().parent
 def run_scenario(scenario: Path, embed: EmbedConfig, decide: DecideConfig, k: int, work: Path) -> dict:
     out = work / scenario.name
     t = time.perf_counter()
-    summary = audit(scenario / "generated", scenario / "test", out, embed, IndexConfig(),
-                    QueryConfig(k=k, decide=decide), RunConfig(quiet=True),
-                    used=scenario / "train" / "used", not_used=scenario / "train" / "not_used")
+    config = AuditConfig(embed=embed, evidence=EvidenceConfig(k=k), decide=decide, run=RunConfig(quiet=True))
+    summary = audit(scenario / "generated", scenario / "test", used=scenario / "train" / "used",
+                    not_used=scenario / "train" / "not_used", config=config, out=out).summary
     wall = time.perf_counter() - t
     ev = evaluate_files(out / "predictions.csv", scenario / "test_labels.csv")
     m = ev["method"]
@@ -74,7 +75,7 @@ def main() -> None:
     scenarios = sorted(p for p in args.root.iterdir() if (p / "test_labels.csv").is_file())
     if args.preset:
         names = PRESETS.names() if args.preset == "all" else [args.preset]
-        configs = [(n, EmbedConfig(**{**PRESETS.get(n).embed, "seed": args.seed}), DecideConfig(**PRESETS.get(n).decide))
+        configs = [(n, replace(PRESETS.get(n).embed, seed=args.seed), PRESETS.get(n).decide)
                    for n in names]
     else:
         embed = EmbedConfig(model=args.model, weights=args.weights, enhance=parse_enhance(args.enhance),

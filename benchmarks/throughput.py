@@ -32,16 +32,19 @@ import torch  # noqa: E402
 
 from common import machine  # noqa: E402
 
-from fpindex.config import DecideConfig, EmbedConfig, IndexConfig, QueryConfig, RunConfig  # noqa: E402
+from fpindex import audit  # noqa: E402
+from fpindex.config import AuditConfig, DecideConfig, EmbedConfig, EvidenceConfig, RunConfig  # noqa: E402
 from fpindex.enhance import ENHANCERS  # noqa: E402
 from fpindex.load import list_images, load_image  # noqa: E402
-from fpindex.pipeline import audit, embed_folder, make_embedder  # noqa: E402
-from fpindex.rerank import ssim_indexed  # noqa: E402
-from fpindex.stream import PRECISIONS, autocast, default_batch_size, default_workers  # noqa: E402
+from fpindex.embed import embed_folder, make_embedder  # noqa: E402
+from fpindex.pipeline import progress_bar  # noqa: E402
+from fpindex.evidence.similarity import ssim_indexed  # noqa: E402
+from fpindex.embed.stream import PRECISIONS, autocast, default_batch_size, default_workers  # noqa: E402
 from fpindex.utils import Timings, write_json_atomic, write_text_atomic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 QUIET = RunConfig(quiet=True)
+BARS = progress_bar(quiet=True)
 
 
 def _timed(fn) -> float:
@@ -83,7 +86,7 @@ def embedding(args, files: list[Path], root: Path) -> dict:
     # model inside the timed call would bill its construction to the filter.
     def stage(enhance=("none",)):
         c = EmbedConfig(**{**cfg.__dict__, "enhance": enhance})
-        embed_folder(root, files, embedder, c, Timings(), QUIET, "bench")
+        embed_folder(root, files, embedder, c, Timings(), BARS, "bench")
 
     fns = {"forward": forward, "stage": stage}
     if "enhance" in args.parts:
@@ -117,11 +120,11 @@ def precision_drift(args, files: list[Path], root: Path) -> dict:
         return go
 
     t = interleaved({p: fwd(p) for p in PRECISIONS}, max(1, args.repeats - 1))
-    ref = embed_folder(root, files, embedders["fp32"], base_cfg, Timings(), QUIET, "fp32").vectors
+    ref = embed_folder(root, files, embedders["fp32"], base_cfg, Timings(), BARS, "fp32").vectors
     for p in ("bf16", "fp16"):
         c = EmbedConfig(**{**base_cfg.__dict__, "precision": p})
         try:
-            v = embed_folder(root, files, embedders[p], c, Timings(), QUIET, p).vectors
+            v = embed_folder(root, files, embedders[p], c, Timings(), BARS, p).vectors
         except Exception as e:  # e.g. fp16 kernels missing on this CPU
             res[p] = {"error": f"{type(e).__name__}: {e}"[:200]}
             continue
@@ -176,12 +179,12 @@ def audit_part(args, scenario: Path, work: Path) -> tuple[dict, Path]:
     cfg = EmbedConfig(model=args.model, weights=args.weights, image_size=args.image_size, device=args.device,
                       precision=args.precision, batch_size=args.batch_size, workers=args.workers,
                       cache_dir=str(cache))
-    q = QueryConfig(k=args.k, decide=DecideConfig(seed=0))
+    config = AuditConfig(embed=cfg, evidence=EvidenceConfig(k=args.k), decide=DecideConfig(seed=0), run=QUIET)
     folders = dict(used=scenario / "train" / "used", not_used=scenario / "train" / "not_used")
 
     def run(out):
         t = time.perf_counter()
-        s = audit(scenario / "generated", scenario / "test", out, cfg, IndexConfig(), q, QUIET, **folders)
+        s = audit(scenario / "generated", scenario / "test", config=config, out=out, **folders).summary
         return time.perf_counter() - t, s
 
     cold_s, cold = run(work / "cold")

@@ -58,8 +58,6 @@ class Built:
 def check_target(index_dir: Path, mode: str) -> None:
     """Only an fpindex index is ever replaced, and only when asked."""
     if not index_dir.exists():
-        if mode == "add":
-            raise FpindexError(f"index {index_dir} does not exist; build it first (without --add)")
         return
     if mode == "new":
         raise FpindexError(f"index {index_dir} already exists; pass --add to append to it or --overwrite to "
@@ -100,9 +98,9 @@ def build(generated: str | Path, config: AuditConfig, index_dir: str | Path | No
     embed_cfg = config.embed
     if index_dir is not None:
         check_target(index_dir, mode)
+    if mode == "add" and (index_dir is None or not index_dir.exists()):
+        mode = "new"                        # adding to an index that is not there yet makes it
     if mode == "add":
-        if index_dir is None:
-            raise FpindexError("adding to an index needs its directory")
         store = IndexStore.load(index_dir, device=faiss_device(config.index.device))
         embed_cfg = embed_config_of(store, config.embed)
     embedder = make_embedder(embed_cfg)

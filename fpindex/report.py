@@ -89,7 +89,8 @@ class AuditResult:
                 header=["image", "score", "label", "p_value"]))
             write_text_atomic(out / "submission.csv", _csv(zip(ids, p["label"].astype(int))))
             with atomic_path(out / "neighbours.parquet") as tmp:
-                pq.write_table(pa.Table.from_pandas(self.neighbours, preserve_index=False), tmp)
+                # Column by column from numpy: pandas conversion would turn NaN ("not computed") into null.
+                pq.write_table(pa.table({c: self.neighbours[c].to_numpy() for c in self.neighbours.columns}), tmp)
         self.summary["timings"] = self.timings.as_dict()
         write_json_atomic(out / "summary.json", self.summary)
         return out

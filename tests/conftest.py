@@ -16,16 +16,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from fpindex.config import DecideConfig, EmbedConfig, IndexConfig, QueryConfig, RunConfig
+from fpindex.config import AuditConfig, DecideConfig, EmbedConfig, EvidenceConfig, IndexConfig, RunConfig
 from fpindex.demo import ScenarioSize, make_scenario
 
 SIZE = 64
 SMALL = ScenarioSize(n_train_each=6, n_test_each=6, n_generated=24, replay_fraction=0.5, slices_per_patient=2,
                      size=SIZE)
 EMBED = EmbedConfig(model="cnn", weights="random", image_size=SIZE, seed=0, batch_size=16, device="cpu")
-QUERY = QueryConfig(k=3, decide=DecideConfig(seed=0))
 QUIET = RunConfig(quiet=True)
 FLAT = IndexConfig(factory="Flat")
+# The tests' audit: random-weight CNN at 64 px, exact index, 3 neighbours, quiet.
+CFG = AuditConfig(embed=EMBED, index=FLAT, evidence=EvidenceConfig(k=3), decide=DecideConfig(seed=0), run=QUIET)
 
 
 # ---- small helpers (exposed as fixtures so test modules need no imports from here) ---------------
@@ -87,7 +88,7 @@ def helpers():
     h = H()
     h.to_u8, h.write_png, h.smooth_image, h.perturb = to_u8, write_png, smooth_image, perturb
     h.read_csv, h.read_parquet = read_csv, read_parquet
-    h.SIZE, h.EMBED, h.QUERY, h.QUIET, h.FLAT, h.SMALL = SIZE, EMBED, QUERY, QUIET, FLAT, SMALL
+    h.SIZE, h.EMBED, h.CFG, h.QUIET, h.FLAT, h.SMALL = SIZE, EMBED, CFG, QUIET, FLAT, SMALL
     return h
 
 
@@ -128,9 +129,9 @@ def scenario(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def leak(scenario, tmp_path_factory) -> Leak:
+    from fpindex import audit
     from fpindex.demo import read_labels
     from fpindex.load import load_image
-    from fpindex.pipeline import audit
 
     root = tmp_path_factory.mktemp("leak")
     gen = root / "generated"
@@ -143,8 +144,8 @@ def leak(scenario, tmp_path_factory) -> Leak:
     moved = perturb(load_image(scenario / "test" / moved_real, SIZE)[0], seed=1)
     write_png(gen / "planted_moved.png", moved)
     out = root / "audit"
-    summary = audit(gen, scenario / "test", out, EMBED, FLAT, QUERY, QUIET,
-                    used=scenario / "train" / "used", not_used=scenario / "train" / "not_used")
+    summary = audit(gen, scenario / "test", used=scenario / "train" / "used",
+                    not_used=scenario / "train" / "not_used", config=CFG, out=out).summary
     return Leak(root=root, generated=gen, real=scenario / "test", used=scenario / "train" / "used",
                 not_used=scenario / "train" / "not_used", labels=scenario / "test_labels.csv",
                 exact_real=exact_real, moved_real=moved_real, exact_copy="planted_exact.png",

@@ -7,9 +7,12 @@ import pytest
 
 import fpindex.decide as decide_module
 from fpindex.config import DecideConfig
-from fpindex.decide import (DECIDERS, DEFAULT_THRESHOLDS, FEATURES, Evidence, Labelled, choose_method, decide,
-                            fixed)
+from fpindex.decide import DECIDERS, Labelled, choose_method, decide, fixed
 from fpindex.errors import FpindexError
+from fpindex.evidence import FEATURES as REGISTRY, Evidence, Feature, feature, thresholds
+
+FEATURES = tuple(REGISTRY.names())
+DEFAULT_THRESHOLDS = thresholds()
 
 
 def ev(cosine, ssim=None, jaccard=None, subspace=None, ssim_aligned=None):
@@ -87,9 +90,16 @@ def test_fixed_threshold_table_is_an_argument_or_the_replaceable_default(monkeyp
     d = fixed(cfg, toy, Labelled(), thresholds={"toy": 0.3})
     np.testing.assert_array_equal(d.label, [1, 0])
     assert d.details == {"score": "toy", "threshold": 0.3}
-    monkeypatch.setattr(decide_module, "DEFAULT_THRESHOLDS", {"toy": 0.1, "cosine": 0.99})
-    np.testing.assert_array_equal(decide(cfg, toy, Labelled()).label, [1, 1])
-    np.testing.assert_array_equal(decide(DecideConfig(method="fixed"), toy, Labelled()).label, [0, 0])
+    # A registered feature brings its own default threshold.
+    @feature
+    class Toy(Feature):
+        name, help, threshold = "toy", "a test feature", 0.1
+    try:
+        np.testing.assert_array_equal(decide(cfg, toy, Labelled()).label, [1, 1])
+    finally:
+        REGISTRY.unregister("toy")
+    np.testing.assert_array_equal(fixed(DecideConfig(method="fixed"), toy, Labelled(),
+                                        thresholds={"cosine": 0.99}).label, [0, 0])
 
 
 # ---- reference ------------------------------------------------------------------------------------
@@ -120,7 +130,7 @@ def test_reference_verdict_on_planted_signal_and_on_none():
     assert clean.verdict.leakage is False and clean.label.mean() <= 0.05
     leaky = decide(DecideConfig(method="reference"), ev(np.r_[rng.normal(0, 1, 150), rng.normal(3, 0.5, 150)]),
                    Labelled(reference=null))
-    assert leaky.verdict.leakage is True and "leakage detected" in leaky.verdict.text()
+    assert leaky.verdict.leakage is True and "leakage detected" in leaky.verdict.text
     assert leaky.label[150:].mean() > 0.8 and leaky.label[:150].mean() <= 0.1
 
 

@@ -222,7 +222,7 @@ def test_enhance_batch_rejects_a_single_image():
 
 
 def test_collate_enhances_the_batch_once_and_shares_the_time(helpers):
-    from fpindex.stream import Item, _Collate
+    from fpindex.embed.stream import Item, _Collate
 
     imgs = _stack(helpers, (64, 64), 6)
     items = [Item(pos=i, img=imgs[i]) for i in range(6)]

@@ -11,13 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fpindex.config import DecideConfig, EmbedConfig, IndexConfig, QueryConfig
+import fpindex
+from fpindex import audit, build_index, open_index
+from fpindex.config import DecideConfig, EvidenceConfig, IndexConfig
 from fpindex.errors import FpindexError
+from fpindex.evidence import subspace
 from fpindex.index import IndexStore
-from fpindex.pipeline import audit, build, query
 from fpindex.utils import STAGES
 
-FIXED = QueryConfig(k=2, decide=DecideConfig(method="fixed"))
+
+def fixed_cfg(helpers, **decide):
+    return helpers.CFG.override(evidence={"k": 2}, decide={"method": "fixed", **decide})
 
 
 def folder(helpers, root: Path, seeds, prefix="img") -> Path:
@@ -97,10 +101,11 @@ def test_summary_records_write_time(leak):
 
 def test_build_then_query_equals_audit(leak, helpers, tmp_path):
     idx = tmp_path / "index"
-    store, emb, bsum = build(leak.generated, idx, helpers.EMBED, helpers.FLAT, helpers.QUIET)
+    built = build_index(leak.generated, idx, helpers.CFG)
+    store, bsum = built.store, built.build_summary
     assert bsum["ntotal"] == bsum["added"] == store.ntotal
     out = tmp_path / "out"
-    summary = query(idx, leak.real, out, helpers.QUERY, helpers.QUIET, used=leak.used, not_used=leak.not_used)
+    summary = open_index(idx, helpers.CFG).query(leak.real, used=leak.used, not_used=leak.not_used, out=out).summary
     a = leak.audit_out
     assert (out / "predictions.csv").read_text() == (a / "predictions.csv").read_text()
     assert (out / "submission.csv").read_text() == (a / "submission.csv").read_text()
@@ -118,8 +123,6 @@ def test_build_then_query_equals_audit(leak, helpers, tmp_path):
 
 
 def test_index_keeps_the_generated_subspace_and_old_indexes_still_query(leak, helpers, tmp_path):
-    from fpindex import subspace
-
     store = IndexStore.load(leak.audit_out / "index")
     assert subspace.FILE in store.attachments
     space = subspace.Subspace.from_bytes(store.attachments[subspace.FILE])
@@ -132,8 +135,7 @@ def test_index_keeps_the_generated_subspace_and_old_indexes_still_query(leak, he
     manifest = json.loads((old / "manifest.json").read_text())
     manifest["attachments"].remove(subspace.FILE)
     (old / "manifest.json").write_text(json.dumps(manifest))
-    summary = query(old, leak.real, tmp_path / "out", helpers.QUERY, helpers.QUIET, used=leak.used,
-                    not_used=leak.not_used)
+    summary = open_index(old, helpers.CFG).query(leak.real, used=leak.used, not_used=leak.not_used).summary
     assert summary["decision"]["weights"]["subspace"] == 0.0
     # A damaged subspace file is refused with its name, not a traceback.
     bad = tmp_path / "bad"
@@ -141,37 +143,35 @@ def test_index_keeps_the_generated_subspace_and_old_indexes_still_query(leak, he
     (bad / subspace.FILE).write_bytes(b"not an npz")
     with pytest.raises(FpindexError, match=rf"^index {re.escape(str(bad))}: subspace.npz is damaged \(.*\); "
                                            r"rebuild the index$"):
-        query(bad, leak.real, tmp_path / "out2", helpers.QUERY, helpers.QUIET)
+        open_index(bad, helpers.CFG).query(leak.real, out=tmp_path / "out2")
 
 
 def test_costly_evidence_only_when_the_decision_reads_it(leak, helpers, tmp_path):
     """Fixed and reference decisions read one score: the aligned SSIM is then not computed (NaN)."""
     calibrated = helpers.read_parquet(leak.audit_out / "neighbours.parquet")["ssim_aligned"]
     assert np.isfinite(calibrated).all() and max(calibrated) > 0.9
-    query(leak.audit_out / "index", leak.real, tmp_path / "fixed", FIXED, helpers.QUIET)
+    open_index(leak.audit_out / "index", helpers.CFG).query(leak.real, config=fixed_cfg(helpers), out=tmp_path / "fixed")
     fixed = helpers.read_parquet(tmp_path / "fixed" / "neighbours.parquet")
     assert np.isnan(fixed["ssim_aligned"]).all() and np.isfinite(fixed["ssim"]).all()
-    aligned = QueryConfig(k=2, decide=DecideConfig(method="fixed", score="ssim_aligned"))
-    query(leak.audit_out / "index", leak.real, tmp_path / "aligned", aligned, helpers.QUIET)
+    open_index(leak.audit_out / "index", helpers.CFG).query(leak.real, config=fixed_cfg(helpers, score="ssim_aligned"),
+                                                            out=tmp_path / "aligned")
     assert np.isfinite(helpers.read_parquet(tmp_path / "aligned" / "neighbours.parquet")["ssim_aligned"]).all()
 
 
 def test_query_refuses_other_embedding_settings(leak, helpers, tmp_path):
     idx = leak.audit_out / "index"
-    for override, key in [(EmbedConfig(model="pixels"), "model"),
-                          (EmbedConfig(model="cnn", enhance=("gaussian",)), "enhance"),
-                          (EmbedConfig(model="cnn", image_size=128), "image_size"),
-                          (EmbedConfig(model="cnn", weights=str(tmp_path / "w.pth")), "weights")]:
+    for key, value in [("model", "pixels"), ("enhance", ["gaussian"]), ("image_size", 128),
+                       ("weights", str(tmp_path / "w.pth"))]:
         with pytest.raises(FpindexError, match=rf"^the index was built with {key}=.* but the query asks for {key}="):
-            query(idx, leak.real, tmp_path / "out", QueryConfig(k=2), helpers.QUIET, embed_override=override)
+            open_index(idx, helpers.CFG, expect={key: value}).query(leak.real, out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_query_with_a_non_flat_index_and_reference_decision(leak, helpers, tmp_path):
     idx = tmp_path / "ivf"
-    build(leak.generated, idx, helpers.EMBED, IndexConfig(factory="IVF4,Flat"), helpers.QUIET)
-    summary = query(idx, leak.real, tmp_path / "out", QueryConfig(k=2, decide=DecideConfig(alpha=0.2)),
-                    helpers.QUIET, reference=leak.not_used)
+    build_index(leak.generated, idx, helpers.CFG.override(index={"factory": "IVF4,Flat"}))
+    cfg = helpers.CFG.override(evidence={"k": 2}, decide={"alpha": 0.2})
+    summary = open_index(idx, cfg).query(leak.real, reference=leak.not_used, out=tmp_path / "out").summary
     assert summary["settings"]["index"]["factory"] == "IVF4,Flat"
     assert summary["decision"]["method"] == "reference" and summary["decision"]["n_reference"] == 6
     nb = neighbours_by_image(tmp_path / "out" / "neighbours.parquet")
@@ -188,11 +188,11 @@ def test_build_refuses_existing_index_then_overwrites(helpers, tmp_path):
     a = folder(helpers, tmp_path / "a", range(3))
     b = folder(helpers, tmp_path / "b", range(10, 15))
     idx = tmp_path / "idx"
-    build(a, idx, helpers.EMBED, helpers.FLAT, helpers.QUIET)
+    build_index(a, idx, helpers.CFG)
     with pytest.raises(FpindexError, match=rf"^index {re.escape(str(idx))} already exists; pass --add"):
-        build(b, idx, helpers.EMBED, helpers.FLAT, helpers.QUIET)
+        build_index(b, idx, helpers.CFG)
     assert IndexStore.load(idx).ntotal == 3
-    _, _, s = build(b, idx, helpers.EMBED, helpers.FLAT, helpers.QUIET, mode="overwrite")
+    s = build_index(b, idx, helpers.CFG, overwrite=True).build_summary
     store = IndexStore.load(idx)
     assert s["ntotal"] == store.ntotal == 5
     assert [Path(p).name for p in store.paths(np.arange(5))] == [f"img_{i:03d}.png" for i in range(10, 15)]
@@ -201,14 +201,15 @@ def test_build_refuses_existing_index_then_overwrites(helpers, tmp_path):
 def test_add_appends_only_new_images(helpers, tmp_path):
     a = folder(helpers, tmp_path / "a", range(4))
     idx = tmp_path / "idx"
-    build(a, idx, helpers.EMBED, helpers.FLAT, helpers.QUIET)
+    build_index(a, idx, helpers.CFG)
     # b: two of a's files under new names (same bytes), three new images, one unreadable file.
     b = folder(helpers, tmp_path / "b", range(20, 23), prefix="new")
     shutil.copyfile(a / "img_000.png", b / "dup_a.png")
     shutil.copyfile(a / "img_003.png", b / "dup_b.png")
     (b / "broken.png").write_bytes(b"definitely not a png")
     # Different model asked for: --add reuses the index's own settings.
-    store, emb, s = build(b, idx, replace(helpers.EMBED, model="pixels"), helpers.FLAT, helpers.QUIET, mode="add")
+    added = build_index(b, idx, helpers.CFG.override(embed={"model": "pixels"}), add=True)
+    store, emb, s = added.store, added.embedded, added.build_summary
     assert s["added"] == 3 and s["skipped_known"] == 2 and len(s["bad_files"]) == 1
     assert s["ntotal"] == store.ntotal == 7
     assert s["manifest"]["embedder"]["model"] == "cnn"
@@ -220,13 +221,13 @@ def test_add_appends_only_new_images(helpers, tmp_path):
     _, ids = loaded.search(emb.vectors, 1)
     np.testing.assert_array_equal(ids[:, 0], [4, 5, 6])
     # Adding the same folder again adds nothing.
-    _, _, s2 = build(b, idx, helpers.EMBED, helpers.FLAT, helpers.QUIET, mode="add")
+    s2 = build_index(b, idx, helpers.CFG, add=True).build_summary
     assert s2["added"] == 0 and s2["skipped_known"] == 5 and IndexStore.load(idx).ntotal == 7
 
 
 def test_add_to_missing_index_creates_it(helpers, tmp_path):
     a = folder(helpers, tmp_path / "a", range(2))
-    _, _, s = build(a, tmp_path / "idx", helpers.EMBED, helpers.FLAT, helpers.QUIET, mode="add")
+    s = build_index(a, tmp_path / "idx", helpers.CFG, add=True).build_summary
     assert s["ntotal"] == 2 and IndexStore.load(tmp_path / "idx").ntotal == 2
 
 
@@ -239,7 +240,7 @@ def test_corrupt_files_are_reported_and_skipped(helpers, tmp_path):
     real = folder(helpers, tmp_path / "real", [1, 30, 31])
     (real / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     out = tmp_path / "out"
-    summary = audit(gen, real, out, helpers.EMBED, helpers.FLAT, FIXED, helpers.QUIET)
+    summary = audit(gen, real, config=fixed_cfg(helpers), out=out).summary
     bad_gen = {Path(b["path"]).name for b in summary["build"]["bad_files"]}
     assert bad_gen == {"x.png", "empty.png"}
     assert all(b["reason"] for b in summary["build"]["bad_files"])
@@ -262,7 +263,7 @@ def test_build_with_only_unreadable_images(tmp_path, helpers):
     (gen / "a.png").write_bytes(b"nope")
     with pytest.raises(FpindexError, match=rf"^generated-image folder {re.escape(str(gen))}: none of its 1 images "
                                            r"could be read$"):
-        build(gen, tmp_path / "idx", helpers.EMBED, helpers.FLAT, helpers.QUIET)
+        build_index(gen, tmp_path / "idx", helpers.CFG)
     assert not (tmp_path / "idx").exists()
 
 
@@ -273,31 +274,32 @@ def test_audit_checks_folders_before_building(helpers, tmp_path):
         real = kwargs.pop("real")
         what, name = missing.rsplit(" ", 1)
         with pytest.raises(FpindexError, match=f"^{what} {re.escape(str(tmp_path / name))} does not exist$"):
-            audit(gen, real, tmp_path / "out", helpers.EMBED, helpers.FLAT, FIXED, helpers.QUIET, **kwargs)
+            audit(gen, real, config=fixed_cfg(helpers), out=tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()
 
 
 def test_query_input_errors(helpers, tmp_path):
     gen = folder(helpers, tmp_path / "gen", range(3))
     idx = tmp_path / "idx"
-    build(gen, idx, helpers.EMBED, helpers.FLAT, helpers.QUIET)
+    build_index(gen, idx, helpers.CFG)
+    index = open_index(idx, helpers.CFG)
     with pytest.raises(FpindexError, match="^--k must be at least 1$"):
-        query(idx, gen, tmp_path / "o", QueryConfig(k=0), helpers.QUIET)
+        index.query(gen, config=helpers.CFG.override(evidence={"k": 0}), out=tmp_path / "o")
     with pytest.raises(FpindexError, match=rf"^index {re.escape(str(tmp_path / 'no-index'))} does not exist \("):
-        query(tmp_path / "no-index", gen, tmp_path / "o", FIXED, helpers.QUIET)
+        open_index(tmp_path / "no-index", helpers.CFG)
     with pytest.raises(FpindexError, match=f"^real folder {re.escape(str(tmp_path / 'no-real'))} does not exist$"):
-        query(idx, tmp_path / "no-real", tmp_path / "o", FIXED, helpers.QUIET)
+        index.query(tmp_path / "no-real", config=fixed_cfg(helpers), out=tmp_path / "o")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.png").write_bytes(b"")
     with pytest.raises(FpindexError, match=f"^real-image folder {re.escape(str(bad))}: none of its 1 images could be read$"):
-        query(idx, bad, tmp_path / "o", FIXED, helpers.QUIET)
+        index.query(bad, config=fixed_cfg(helpers), out=tmp_path / "o")
     with pytest.raises(FpindexError, match="^decision 'calibrated' needs labelled images: pass both --used DIR and "
                                            "--not-used DIR$"):
-        query(idx, gen, tmp_path / "o", QueryConfig(decide=DecideConfig(method="calibrated")), helpers.QUIET)
+        index.query(gen, config=helpers.CFG.override(decide={"method": "calibrated"}), out=tmp_path / "o")
     # A generated file needed for SSIM re-ranking has gone.
     (gen / "img_001.png").unlink()
     with pytest.raises(FpindexError, match=rf"^generated image \S*/img_001\.png \(index id 1\) is needed for SSIM "
                                            r"re-ranking but .*; restore the file or rebuild the index$"):
-        query(idx, folder(helpers, tmp_path / "real", [1]), tmp_path / "o", QueryConfig(k=3), helpers.QUIET)
+        index.query(folder(helpers, tmp_path / "real", [1]), out=tmp_path / "o")
     assert not (tmp_path / "o").exists()

@@ -7,7 +7,8 @@ import pytest
 
 from fpindex.decide import Decision, Verdict
 from fpindex.errors import FpindexError
-from fpindex.report import submission_ids, write_outputs
+from fpindex.report import AuditResult, submission_ids
+from fpindex.utils import Timings
 from fpindex.search import Neighbours
 
 
@@ -28,26 +29,28 @@ def test_shared_stem_refused_naming_both(images, first, second, stem):
         submission_ids(images)
 
 
-class _Store:
-    def paths(self, ids):
-        return [f"gen/{i}.png" for i in np.asarray(ids).ravel()]
+def _result(images):
+    n = len(images)
+    decision = Decision(score=np.linspace(0, 1, n), label=np.arange(n) % 2, method="fixed",
+                        verdict=Verdict(leakage=None, alpha=0.05))
+    nb = Neighbours(ids=np.zeros((n, 1), np.int64), cosine=np.ones((n, 1), np.float32))
+    return AuditResult.of(images, decision, nb, {}, np.array(["gen/0.png"] * n, dtype=object), {}, Timings())
 
 
-def _decision(n):
-    return Decision(score=np.linspace(0, 1, n), label=np.arange(n) % 2, method="fixed",
-                    verdict=Verdict(leakage=None, alpha=0.05))
-
-
-def _neighbours(n):
-    return Neighbours(ids=np.zeros((n, 1), np.int64), cosine=np.ones((n, 1), np.float32))
-
-
-def test_write_outputs_submission_unchanged_for_flat_folders(tmp_path):
-    write_outputs(tmp_path, ["p1.png", "p2.png", "p3.png"], _decision(3), _neighbours(3), {}, _Store())
+def test_save_submission_unchanged_for_flat_folders(tmp_path):
+    _result(["p1.png", "p2.png", "p3.png"]).save(tmp_path)
     assert (tmp_path / "submission.csv").read_text() == "p1,0\np2,1\np3,0\n"
 
 
-def test_write_outputs_refuses_shared_stems_before_writing(tmp_path):
+def test_save_refuses_shared_stems_before_writing(tmp_path):
     with pytest.raises(FpindexError, match="^real images a/x.png and b/x.png share the id 'x'"):
-        write_outputs(tmp_path / "out", ["a/x.png", "b/x.png"], _decision(2), _neighbours(2), {}, _Store())
+        _result(["a/x.png", "b/x.png"]).save(tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_result_in_memory_matches_the_files(tmp_path):
+    r = _result(["p1.png", "p2.png"])
+    r.save(tmp_path)
+    assert list(r.predictions.columns) == ["image", "score", "label", "p_value"]
+    assert (tmp_path / "predictions.csv").read_text().splitlines()[1:] == ["p1.png,0.000000,0,", "p2.png,1.000000,1,"]
+    assert set(r.summary["timings"]) >= {"write", "total"}

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from fpindex.rerank import binarize, jaccard, ssim_pairs
+from fpindex.evidence.jaccard import binarize, jaccard
+from fpindex.evidence.similarity import ssim_pairs
 
 
 def reference_ssim(a, b):
@@ -53,7 +54,10 @@ def test_ssim_random_batch_matches_skimage_whatever_the_batch_size():
     b = np.clip(a + rng.normal(0, rng.uniform(0.01, 0.5, (7, 1, 1)), a.shape), 0, 1).astype(np.float32)
     expected = np.array([reference_ssim(x, y) for x, y in zip(a, b)])
     np.testing.assert_allclose(ssim_pairs(a, b), expected, atol=1e-4)
-    np.testing.assert_allclose(ssim_pairs(a, b, batch=3), ssim_pairs(a, b, batch=64), atol=1e-6)
+    from fpindex.evidence.similarity import ssim_indexed
+
+    idx = np.arange(len(a))     # holding the terms of 2 images at a time changes nothing
+    np.testing.assert_array_equal(ssim_indexed(a, b, idx, idx, max_images=2), ssim_pairs(a, b))
     np.testing.assert_allclose(ssim_pairs(a, b), ssim_pairs(b, a), atol=1e-6)   # symmetric
 
 
@@ -109,7 +113,7 @@ def test_indexed_ssim_cpu_chunks_threads_and_blocks_agree_bit_for_bit():
     """Audit-like pairs (each real image against k neighbours, neighbours shared, some identical to the real
     image) over many 32-pair chunks: same values whatever the threads or the number of images held, equal to
     skimage, and exactly 1 for identical images wherever they fall in a chunk."""
-    from fpindex.rerank import ssim_indexed
+    from fpindex.evidence.similarity import ssim_indexed
 
     rng = np.random.default_rng(5)
     real = rng.random((12, 24, 24)).astype(np.float32)
@@ -137,7 +141,7 @@ def moved(img, angle, dx, dy):
 
 
 def test_alignment_recovers_shifted_and_rotated_copies(helpers):
-    from fpindex.rerank import align_to, ssim_aligned
+    from fpindex.evidence.align import align_to, ssim_aligned
 
     imgs = np.stack([helpers.smooth_image(s) for s in range(6)])
     copies = np.stack([moved(im, ang, dx, dy) for im, (ang, dx, dy)

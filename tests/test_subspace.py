@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fpindex import subspace
+from fpindex.evidence import subspace
 
 
 def family(n: int, seed: int, basis_seed: int = 0, rank: int = 6, size: int = 64) -> np.ndarray:

@@ -89,7 +89,8 @@ def compute_evidence(q: Query, run: Run,
             pair[name] = values
             scores[name] = _pool(f, values, valid)
         else:
-            state = f.prepare(q.attachments.get(f.attachment), q.where) if active and f.attachment else None
+            # A stored state is read even when not needed: a damaged index is refused, not half used.
+            state = f.prepare(q.attachments.get(f.attachment), q.where) if f.attachment else None
             if active and (state is not None or not f.attachment):
                 scores[name] = _images(f, q, run, state, f.state_id(q.attachments.get(f.attachment)))
             else:
