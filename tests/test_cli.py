@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from fpindex import __version__
 from fpindex.cli import app, main
-from fpindex.config import DecideConfig, EmbedConfig, IndexConfig, QueryConfig
+from fpindex.config import AuditConfig, DecideConfig, EmbedConfig, EvidenceConfig, IndexConfig, RunConfig
 from fpindex.errors import FpindexError
 from fpindex.index import IndexStore
 from fpindex.utils import STAGES
@@ -188,27 +188,30 @@ def test_demo(runner, tmp_path, monkeypatch):
 def test_demo_without_small_keeps_the_full_scenario_and_training(tmp_path, monkeypatch):
     """`fpindex demo` (make demo, the README's quick start) is unchanged: the full scenario, the default
     training steps, calibration on train/. Checked on the arguments, without running the 10 s demo."""
+    import fpindex.api as api
     import fpindex.demo as demo
-    import fpindex.pipeline as pipeline
 
     seen = {}
 
     class Stop(Exception):
         pass
 
-    def audit(generated, real, out, embed, index, query, run, **kw):
-        seen.update(generated=generated, real=real, out=out, embed=embed, index=index, query=query, **kw)
+    def audit(generated, real, *, config, out, **kw):
+        seen.update(generated=generated, real=real, out=out, config=config, **kw)
         raise Stop
 
     monkeypatch.setattr(demo, "make_scenario", lambda root, seed, size: seen.update(seed=seed, size=size) or root)
-    monkeypatch.setattr(pipeline, "audit", audit)
+    monkeypatch.setattr(api, "audit", audit)
     for small, size, steps in [(False, demo.ScenarioSize(), None), (True, demo.SMALL_SIZE, 20)]:
         with pytest.raises(Stop):
             demo.run_demo(tmp_path, seed=4, small=small)
         data = tmp_path / "data"
         assert seen["size"] == size and seen["seed"] == 4
-        assert seen["embed"] == EmbedConfig(seed=4, train_steps=steps) and seen["index"] == IndexConfig()
-        assert seen["query"] == QueryConfig(decide=DecideConfig(seed=4))
+        cfg = seen["config"]
+        assert cfg.embed == EmbedConfig(seed=4, train_steps=steps) and cfg.index == IndexConfig()
+        assert cfg.evidence == EvidenceConfig() and cfg.decide == DecideConfig(seed=4)   # the old QueryConfig
+        assert cfg == AuditConfig(embed=EmbedConfig(seed=4, train_steps=steps), decide=DecideConfig(seed=4),
+                                  run=RunConfig())
         assert (seen["generated"], seen["real"], seen["out"]) == (data / "generated", data / "test", tmp_path / "audit")
         assert (seen["used"], seen["not_used"]) == (data / "train" / "used", data / "train" / "not_used")
     assert demo.ScenarioSize() == demo.ScenarioSize(n_train_each=20, n_test_each=40, n_generated=240)
@@ -262,8 +265,12 @@ def test_subprocess_missing_folder_exit_code_2(tmp_path):
 
 
 def test_device_cuda_moves_the_model_and_lets_faiss_follow_only_when_it_can():
-    from fpindex.cli import Device, _faiss_device, _index_cfg
+    from fpindex.cli.index_commands import _index_cfg
+    from fpindex.cli.options import FIELDS, Device, _cuda_means_auto as _faiss_device
 
     assert _faiss_device(Device("cuda")) == "auto"       # faiss-cpu: index stays on the CPU, no refusal
     assert _faiss_device(Device("cpu")) == "cpu" and _faiss_device("auto") == "auto"
     assert _index_cfg("auto", None, None, None, 0.95, _faiss_device(Device("cuda")), 0).device == "auto"
+    # --device sets where the model runs as given, and the index's device through the rule above.
+    assert {(section, name, convert(Device("cuda"))) for section, name, convert in FIELDS["device"]} == \
+        {("embed", "device", "cuda"), ("index", "device", "auto")}

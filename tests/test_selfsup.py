@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
 
-from fpindex.embed import CompactCNN
+from fpindex import open_index
+from fpindex.embed import SELFSUP_FILE, CompactCNN
+from fpindex.embed.selfsup import SelfSupConfig, corrupt, train
 from fpindex.errors import FpindexError
 from fpindex.index import IndexStore
-from fpindex.pipeline import SELFSUP_FILE, build, query
-from fpindex.selfsup import SelfSupConfig, corrupt, train
+from fpindex.pipeline import build
 
 
 def test_corrupt_keeps_shape_and_is_seeded():
@@ -45,16 +44,17 @@ def test_auto_steps_scale_with_data_and_are_capped():
 
 
 def test_selfsup_index_stores_weights_and_queries_reuse_them(leak, helpers, tmp_path):
-    embed = replace(helpers.EMBED, weights="selfsup")
+    cfg = helpers.CFG.override(embed={"weights": "selfsup"})
     idx = tmp_path / "index"
-    store, _, summary = build(leak.generated, idx, embed, helpers.FLAT, helpers.QUIET)
+    summary = build(leak.generated, cfg, idx).summary
     e = summary["manifest"]["embedder"]
     assert e["weights"] == "selfsup" and e["weights_id"].startswith("file:sha256=")
     assert e["training"]["steps"] >= 10 and (idx / SELFSUP_FILE).is_file()
     loaded = IndexStore.load(idx)
     assert loaded.attachments[SELFSUP_FILE] == (idx / SELFSUP_FILE).read_bytes()
     out = tmp_path / "out"
-    s = query(idx, leak.real, out, helpers.QUERY, helpers.QUIET, used=leak.used, not_used=leak.not_used)
+    # Queried from the saved directory: the embedding settings and the trained weights come from the index.
+    s = open_index(idx, helpers.CFG).query(leak.real, used=leak.used, not_used=leak.not_used, out=out).summary
     nb = helpers.read_parquet(out / "neighbours.parquet")
     exact = [c for img, r, c in zip(nb["image"], nb["rank"], nb["cosine"]) if img == leak.exact_real and r == 1]
     assert exact == [pytest.approx(1.0, abs=1e-5)]                # the planted copy is still found exactly
@@ -63,7 +63,7 @@ def test_selfsup_index_stores_weights_and_queries_reuse_them(leak, helpers, tmp_
     (idx / SELFSUP_FILE).write_bytes((idx / SELFSUP_FILE).read_bytes() + b"x")
     with pytest.raises(FpindexError, match=f"^the index was built with weights_id='{e['weights_id']}' but the query "
                                            r"uses weights_id='file:sha256=[0-9a-f]{16}'; query with the index's"):
-        query(idx, leak.real, tmp_path / "out2", helpers.QUERY, helpers.QUIET)
+        open_index(idx, helpers.CFG).query(leak.real, out=tmp_path / "out2")
 
 
 def test_selfsup_only_for_cnn():

@@ -12,12 +12,15 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
+from fpindex import audit
 from fpindex.cache import ContentCache, identity_key
-from fpindex.config import EmbedConfig
+from fpindex.config import AuditConfig, EmbedConfig
+from fpindex.embed import embed_folder, make_embedder, vector_cache
 from fpindex.errors import FpindexError
+from fpindex.evidence.similarity import ssim_indexed, ssim_pairs
 from fpindex.load import list_images
-from fpindex.pipeline import audit, build, embed_folder, make_embedder, open_cache
-from fpindex.rerank import ssim_indexed, ssim_pairs
+from fpindex.pipeline import build, progress_bar
+from fpindex.pixels import PixelStore
 from fpindex.utils import Timings
 
 
@@ -47,22 +50,20 @@ def structured_pairs(helpers, n=12, size=48):
     return np.stack(a), np.stack(b)
 
 
-@pytest.mark.parametrize("engine", ["cv", "torch"])
-def test_batched_ssim_equals_skimage_on_structured_and_random_pairs(helpers, engine):
+def test_batched_ssim_equals_skimage_on_structured_and_random_pairs(helpers):
     a, b = structured_pairs(helpers)
     rng = np.random.default_rng(0)
     ra = rng.random((6, 40, 56)).astype(np.float32)
     rb = np.clip(ra + rng.normal(0, 0.2, ra.shape), 0, 1).astype(np.float32)
     for x, y in [(a, b), (ra, rb)]:
-        got = ssim_pairs(x, y, engine=engine)
+        got = ssim_pairs(x, y)
         expected = np.array([reference_ssim(p, q) for p, q in zip(x, y)])
         np.testing.assert_allclose(got, expected, atol=1e-5)
-    same = ssim_pairs(a[:1], a[:1].copy(), engine=engine)
+    same = ssim_pairs(a[:1], a[:1].copy())
     assert same[0] == 1.0                                    # exactly, whatever the rounding
 
 
-@pytest.mark.parametrize("engine", ["cv", "torch"])
-def test_indexed_ssim_shares_image_terms_without_changing_values(helpers, engine):
+def test_indexed_ssim_shares_image_terms_without_changing_values(helpers):
     """Real image i against k neighbours (shared across images), in small blocks or one."""
     rng = np.random.default_rng(1)
     real = np.stack([helpers.smooth_image(s, 32) for s in range(5)])
@@ -71,16 +72,15 @@ def test_indexed_ssim_shares_image_terms_without_changing_values(helpers, engine
     bi = rng.integers(0, 9, len(ai))
     expected = np.array([reference_ssim(real[i], gen[j]) for i, j in zip(ai, bi)])
     for max_images in (2, 5, 1024):
-        got = ssim_indexed(real, gen, ai, bi, engine=engine, max_images=max_images)
+        got = ssim_indexed(real, gen, ai, bi, max_images=max_images)
         np.testing.assert_allclose(got, expected, atol=1e-5)
-    np.testing.assert_allclose(ssim_pairs(real[ai], gen[bi], engine=engine), expected, atol=1e-5)
-    assert ssim_indexed(real, gen, ai[:0], bi[:0], engine=engine).shape == (0,)
+    np.testing.assert_allclose(ssim_pairs(real[ai], gen[bi]), expected, atol=1e-5)
+    assert ssim_indexed(real, gen, ai[:0], bi[:0]).shape == (0,)
 
 
-def test_ssim_engine_and_index_errors():
+def test_ssim_index_errors():
+    # (The "unknown SSIM engine" check went with the engine= parameter: OpenCV is the only engine now.)
     x = np.zeros((2, 16, 16), np.float32)
-    with pytest.raises(ValueError, match="^unknown SSIM engine 'fft'$"):
-        ssim_pairs(x, x, engine="fft")
     with pytest.raises(ValueError, match="^a_idx and b_idx must be 1-D and of equal length$"):
         ssim_indexed(x, x, np.array([0, 1]), np.array([0]))
 
@@ -93,15 +93,20 @@ def make_folder(helpers, root: Path, n=6) -> Path:
     return root
 
 
-def embed(cfg, root, keep_pixels=False, cache=True):
+def embed(cfg, root, pixels=None, cache=True):
     emb_cfg = cfg
     embedder = make_embedder(emb_cfg)
     t = Timings()
-    from fpindex.config import RunConfig
-
-    out = embed_folder(root, list_images(root), embedder, emb_cfg, t, RunConfig(quiet=True), "test",
-                       keep_pixels=keep_pixels, cache=open_cache(emb_cfg, embedder) if cache else None)
+    out = embed_folder(root, list_images(root), embedder, emb_cfg, t, progress_bar(quiet=True), "test",
+                       pixels=pixels, cache=vector_cache(emb_cfg, embedder) if cache else None)
     return out, t
+
+
+def kept(pixels: PixelStore, emb) -> np.ndarray:
+    """The decoded images `embed_folder` put in the store, one per embedded row (each must be there)."""
+    imgs = [pixels.known(f) for f in emb.files()]
+    assert all(img is not None for img in imgs)
+    return np.stack(imgs)
 
 
 def test_cache_reuses_vectors_and_skips_work(helpers, tmp_path):
@@ -109,12 +114,14 @@ def test_cache_reuses_vectors_and_skips_work(helpers, tmp_path):
     cfg = EmbedConfig(model="cnn", image_size=helpers.SIZE, device="cpu", workers=0, cache_dir=str(tmp_path / "c"))
     first, t1 = embed(cfg, root)
     assert first.cached == 0 and t1.seconds["embed"] > 0
-    again, t2 = embed(cfg, root, keep_pixels="decoded")
+    store = PixelStore(helpers.SIZE)
+    again, t2 = embed(cfg, root, pixels=store)
     assert again.cached == len(again.paths) == 6
     np.testing.assert_array_equal(again.vectors, first.vectors)
-    assert again.decoded == {}                                # cached rows are not even decoded
-    full, _ = embed(cfg, root, keep_pixels=True)              # ... unless their pixels are asked for
-    assert full.pixels.shape == (6, helpers.SIZE, helpers.SIZE) and full.cached == 6
+    assert all(store.known(f) is None for f in again.files()) and store.decoded == 0   # cached rows are not even decoded
+    full, _ = embed(cfg, root, pixels=store)                  # ... unless their pixels are asked for
+    pixels = store.stack(full.files(), lambda p, e: f"{p}: {e}")
+    assert pixels.shape == (6, helpers.SIZE, helpers.SIZE) and full.cached == 6 and store.decoded == 6
     # A new image next to known ones: only it is embedded.
     helpers.write_png(root / "img_99.png", helpers.smooth_image(99))
     more, _ = embed(cfg, root)
@@ -147,14 +154,15 @@ def test_cache_is_invalidated_by_model_weights_enhancement_and_precision(helpers
     ckpt_a.write_bytes(ckpt_b.read_bytes())
     assert embed(variants[-1], root)[0].cached == 0
     # A new revision of the filters (their images changed) does not reuse vectors of the old images.
-    import fpindex.pipeline as pipeline
+    import fpindex.embed.run as embed_run
+    import fpindex.embed.train as embed_train
 
-    old = pipeline.ENHANCE_REVISION
-    try:
-        pipeline.ENHANCE_REVISION = old + 1
+    old = embed_run.ENHANCE_REVISION
+    with pytest.MonkeyPatch.context() as mp:                  # both modules that key a cache on the revision
+        mp.setattr(embed_run, "ENHANCE_REVISION", old + 1)
+        mp.setattr(embed_train, "ENHANCE_REVISION", old + 1)
         assert embed(variants[1], root)[0].cached == 0
-    finally:
-        pipeline.ENHANCE_REVISION = old
+    assert embed_run.ENHANCE_REVISION == embed_train.ENHANCE_REVISION == old
     assert embed(variants[1], root)[0].cached == 3
 
 
@@ -180,7 +188,7 @@ def test_cache_key_and_put_contract(tmp_path):
     fresh = ContentCache(tmp_path, "embedding", ident, 3)
     assert fresh.keys() == {"a" * 64}
     np.testing.assert_array_equal(fresh.get(["a" * 64]), np.ones((1, 3)))
-    with pytest.raises(ValueError, match="^one vector per digest expected$"):
+    with pytest.raises(ValueError, match=r"^2 rows of 3 values expected, got shape \(1, 3\)$"):
         c.put(["b" * 64, "c" * 64], np.ones((1, 3), np.float32))
     assert json.loads((c.dir / "identity.json").read_text())["weights_id"] == "random:seed=0"
 
@@ -204,14 +212,15 @@ def test_results_identical_with_and_without_workers(helpers, tmp_path):
     for workers in (0, 2):
         cfg = EmbedConfig(model="cnn", image_size=helpers.SIZE, device="cpu", batch_size=4, workers=workers,
                           enhance=("none", "gaussian"), cache=False)
-        emb, t = embed(cfg, root, keep_pixels=True, cache=False)
+        store = PixelStore(helpers.SIZE)
+        emb, t = embed(cfg, root, pixels=store, cache=False)
         assert t.seconds["load"] > 0 and t.seconds["enhance"] > 0 and t.seconds["embed"] > 0
-        outs.append(emb)
-    a, b = outs
+        outs.append((emb, kept(store, emb)))
+    (a, a_pixels), (b, b_pixels) = outs
     assert a.paths == b.paths and a.sha256 == b.sha256 and len(a.paths) == 11
     assert [x.path for x in a.bad] == [x.path for x in b.bad] == [str(root / "broken.png")]
     np.testing.assert_array_equal(a.vectors, b.vectors)
-    np.testing.assert_array_equal(a.pixels, b.pixels)
+    np.testing.assert_array_equal(a_pixels, b_pixels)
 
 
 def test_bad_precision_and_workers_are_refused():
@@ -226,8 +235,8 @@ def test_bad_precision_and_workers_are_refused():
 def test_rerun_audit_uses_cache_and_gives_identical_results(leak, helpers, tmp_path):
     """The session's audit filled the cache: a re-run embeds nothing and writes the same outputs."""
     out = tmp_path / "again"
-    summary = audit(leak.generated, leak.real, out, helpers.EMBED, helpers.FLAT, helpers.QUERY, helpers.QUIET,
-                    used=leak.used, not_used=leak.not_used)
+    summary = audit(leak.generated, leak.real, used=leak.used, not_used=leak.not_used, config=helpers.CFG,
+                    out=out).summary
     assert summary["build"]["cached"] == summary["build"]["added"] > 0
     for name in ("predictions.csv", "submission.csv"):
         assert (out / name).read_text() == (leak.audit_out / name).read_text()
@@ -241,16 +250,18 @@ def test_precision_is_recorded_and_reused_by_queries(helpers, tmp_path):
     root = make_folder(helpers, tmp_path / "imgs", n=4)
     from fpindex.config import IndexConfig, RunConfig
     from fpindex.index import IndexStore
-    from fpindex.pipeline import embed_config_from_manifest
+    from fpindex.pipeline import embed_config_of
 
     cfg = EmbedConfig(model="cnn", weights="random", image_size=helpers.SIZE, device="cpu", precision="bf16",
                       workers=0)
-    build(root, tmp_path / "idx", cfg, IndexConfig(), RunConfig(quiet=True))
+    build(root, AuditConfig(embed=cfg, index=IndexConfig(), run=RunConfig(quiet=True)), tmp_path / "idx")
     store = IndexStore.load(tmp_path / "idx")
     assert store.manifest["embedder"]["precision"] == "bf16"
-    assert embed_config_from_manifest(store).precision == "bf16"
-    del store.manifest["embedder"]["precision"]                     # as written before the option existed
-    assert embed_config_from_manifest(store).precision == "fp32"
+    assert embed_config_of(store).precision == "bf16"
+    del store.manifest["config"]                                    # as written before the whole config was recorded
+    assert embed_config_of(store).precision == "bf16"
+    del store.manifest["embedder"]["precision"]                     # ... and before the option existed
+    assert embed_config_of(store).precision == "fp32"
 
 
 def test_cli_cache_and_precision_options(helpers, tmp_path):
@@ -278,26 +289,31 @@ def test_cli_cache_and_precision_options(helpers, tmp_path):
 
 def test_unchanged_rerun_decodes_nothing(helpers, tmp_path, monkeypatch):
     """Vectors and SSIM values both come from the caches: not one image is decoded on a re-run."""
-    import fpindex.pipeline as pipeline
-    import fpindex.stream as stream
-    from fpindex.config import DecideConfig, IndexConfig, QueryConfig
+    import fpindex.embed.stream as stream
+    import fpindex.embed.train as train
+    import fpindex.pixels as pixels
+    from fpindex.config import DecideConfig, EvidenceConfig, IndexConfig
 
     gen = make_folder(helpers, tmp_path / "gen", n=5)
     real = tmp_path / "real"
     for s in (1, 3, 8):
         helpers.write_png(real / f"r{s}.png", helpers.perturb(helpers.smooth_image(s), s))
     cfg = EmbedConfig(model="cnn", image_size=helpers.SIZE, device="cpu", workers=0, cache_dir=str(tmp_path / "c"))
-    q = QueryConfig(k=2, decide=DecideConfig(method="fixed"))
-    first = audit(gen, real, tmp_path / "o1", cfg, IndexConfig(), q, helpers.QUIET)
+    config = AuditConfig(embed=cfg, index=IndexConfig(), evidence=EvidenceConfig(k=2),
+                         decide=DecideConfig(method="fixed"), run=helpers.QUIET)
+    first = audit(gen, real, config=config, out=tmp_path / "o1").summary
     decoded = []
-    real_decode, real_load = stream.decode, pipeline.load_image
+    real_decode, real_load = stream.decode, pixels.load_image
+    # Every place that decodes: the embedding stream, the self-supervised training sample (the default cnn
+    # weights; its pixels then feed the stream) and the pixel store (re-ranking).
     monkeypatch.setattr(stream, "decode", lambda data: decoded.append(1) or real_decode(data))
-    monkeypatch.setattr(pipeline, "load_image", lambda *a: decoded.append(1) or real_load(*a))
-    second = audit(gen, real, tmp_path / "o2", cfg, IndexConfig(), q, helpers.QUIET)
+    monkeypatch.setattr(train, "decode", lambda data: decoded.append(1) or real_decode(data))
+    monkeypatch.setattr(pixels, "load_image", lambda *a: decoded.append(1) or real_load(*a))
+    second = audit(gen, real, config=config, out=tmp_path / "o2").summary
     assert decoded == []
     assert (tmp_path / "o1" / "predictions.csv").read_text() == (tmp_path / "o2" / "predictions.csv").read_text()
     # Work skipped, counted rather than timed (the speed-up itself: benchmarks/throughput.py, audit re-run).
     assert first["build"]["cached"] == 0 and second["build"]["cached"] == second["build"]["added"] == 5
     # Without the caches the same run decodes every image again.
-    audit(gen, real, tmp_path / "o3", EmbedConfig(**{**cfg.__dict__, "cache": False}), IndexConfig(), q, helpers.QUIET)
+    audit(gen, real, config=config.override(embed={"cache": False}), out=tmp_path / "o3")
     assert len(decoded) >= 8
