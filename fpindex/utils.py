@@ -114,6 +114,14 @@ def versions() -> dict[str, str]:
     return out
 
 
+def seeded_sample(n: int, size: int, seed: int):
+    """Sorted row numbers of a seeded sample of at most `size` of n items: every sample in fpindex (training,
+    tuning, fitting) is drawn this one way, so the same seed picks the same rows everywhere."""
+    import numpy as np
+
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(n, size), replace=False))
+
+
 STAGES = ("load", "enhance", "embed", "index", "search", "rerank", "decide", "write")
 
 

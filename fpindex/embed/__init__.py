@@ -6,8 +6,8 @@
 
 from .models import EMBEDDERS, CNNEmbedder, CompactCNN, Embedder, build_embedder
 from .run import Embedded, embed_folder, embed_identity, make_embedder, resolved, vector_cache
-from .train import SELFSUP, SELFSUP_FILE, seeded_sample, train_on_generated
+from .train import SELFSUP, SELFSUP_FILE, train_on_generated
 
 __all__ = ["EMBEDDERS", "CNNEmbedder", "CompactCNN", "Embedder", "Embedded", "build_embedder", "embed_folder",
            "embed_identity", "make_embedder", "resolved", "vector_cache", "SELFSUP", "SELFSUP_FILE",
-           "seeded_sample", "train_on_generated"]
+           "train_on_generated"]

@@ -19,19 +19,13 @@ from ..enhance import REVISION as ENHANCE_REVISION, enhance_batch
 from ..errors import FpindexError
 from ..load import decode, fit_size
 from ..pixels import PixelStore
-from ..utils import Timings, sha256_bytes
+from ..utils import Timings, seeded_sample, sha256_bytes
 from . import selfsup
 from .models import Embedder
 from .selfsup import SelfSupConfig
 
 SELFSUP = "selfsup"
 SELFSUP_FILE = "selfsup.pt"
-
-
-def seeded_sample(n: int, size: int, seed: int) -> np.ndarray:
-    """The sorted rows of a seeded sample of at most `size` of n items: every stage samples this one way."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=min(n, size), replace=False))
 
 
 def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, cfg: EmbedConfig, timings: Timings,

@@ -28,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..utils import sha256_bytes
+from ..utils import seeded_sample, sha256_bytes
 from .base import Feature, FitInput, ImageBatch, feature
 from .similarity import ssim_pairs
 
@@ -131,9 +131,7 @@ class SubspaceEvidence(Feature):
         from .. import __version__
         from ..cache import blob_path, read_blob, write_blob
 
-        rng = np.random.default_rng(data.seed)
-        n = len(data.sha256)
-        rows = np.sort(rng.choice(n, size=min(n, MAX_IMAGES), replace=False))
+        rows = seeded_sample(len(data.sha256), MAX_IMAGES, data.seed)
         cached = None
         if data.cache_dir is not None:
             cached = blob_path(data.cache_dir, "subspace", {

@@ -13,6 +13,7 @@ import numpy as np
 from ..config import IndexConfig
 from ..devices import faiss_device
 from ..errors import FpindexError
+from ..utils import seeded_sample
 from .base import faiss_reason
 from .factory import select, train_size
 from .store import IndexStore
@@ -48,7 +49,7 @@ def finish_build(store: IndexStore, cfg: IndexConfig, queries: np.ndarray, query
 
 
 def tune_sample(n: int, seed: int, m: int = TUNE_QUERIES) -> np.ndarray:
-    return np.sort(np.random.default_rng(seed).choice(n, size=min(m, n), replace=False))
+    return seeded_sample(n, m, seed)
 
 
 def finish_in_memory(store: IndexStore, cfg: IndexConfig, vectors: np.ndarray) -> None:
@@ -76,7 +77,7 @@ def train_from_file(index: faiss.Index, path: Path, n: int, seed: int) -> None:
     m = train_size(index, n)
     if m:
         try:
-            index.train(_rows_at(path, np.sort(np.random.default_rng(seed).choice(n, m, replace=False))))
+            index.train(_rows_at(path, seeded_sample(n, m, seed)))
         except RuntimeError as e:
             raise FpindexError(f"FAISS could not train on {m} vectors ({faiss_reason(e)}); use a smaller "
                                "index or 'Flat'") from None

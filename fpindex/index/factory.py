@@ -24,6 +24,7 @@ import faiss
 import numpy as np
 
 from ..errors import FpindexError
+from ..utils import seeded_sample
 from .base import make_faiss_index, unwrap
 
 EXACT_BELOW = 100_000            # below this, exact search (Flat) is the default
@@ -196,5 +197,5 @@ def train_sample(x: np.ndarray, index: faiss.Index, seed: int = 0) -> np.ndarray
     m = train_size(index, len(x))
     if m >= len(x):
         return x
-    pick = np.sort(np.random.default_rng(seed).choice(len(x), size=m, replace=False))
+    pick = seeded_sample(len(x), m, seed)
     return np.ascontiguousarray(x[pick])
