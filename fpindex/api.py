@@ -60,11 +60,14 @@ class Index:
     def timings(self):
         return self._built.timings if self._built is not None else None
 
-    def query(self, real: PathLike, *, used: PathLike | None = None, not_used: PathLike | None = None,
-              reference: PathLike | None = None, config: AuditConfig | None = None,
-              out: PathLike | None = None) -> AuditResult:
-        """Score the real images against this index (see `audit` for the labelled folders)."""
+    def query(self, real: PathLike, *, k: int | None = None, used: PathLike | None = None,
+              not_used: PathLike | None = None, reference: PathLike | None = None,
+              config: AuditConfig | None = None, out: PathLike | None = None) -> AuditResult:
+        """Score the real images against this index (see `audit` for the labelled folders); `k` neighbours
+        per image (default: the config's, 10)."""
         cfg = config or self.config
+        if k is not None:
+            cfg = cfg.override(evidence={"k": k})
         target = self._built if self._built is not None else self.store
         result = pipeline.query(target, real, cfg, used=used, not_used=not_used, reference=reference,
                                 pixels=self._built.pixels if self._built is not None else None)

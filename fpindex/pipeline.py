@@ -257,6 +257,9 @@ def audit(generated: str | Path, real: str | Path, config: AuditConfig, index_di
     for name, p in {"real-image": real, "used": used, "not-used": not_used, "reference": reference}.items():
         if p is not None:
             list_images(p, f"{name} folder")
+    if index_dir is not None and Path(index_dir).exists() and not overwrite:
+        raise FpindexError(f"index {index_dir} already exists; pass --overwrite to replace it or choose another "
+                           "--index")
     built = build(generated, config, index_dir, mode="overwrite" if overwrite else "new", timings=timings)
     return query(built, real, config, used=used, not_used=not_used, reference=reference, timings=timings,
                  pixels=built.pixels, build_summary=built.summary)

@@ -85,8 +85,8 @@ def test_audit_refuses_an_existing_index_unless_overwrite(leak, helpers, tmp_pat
     idx = tmp_path / "idx"
     build_index(leak.generated, idx, helpers.CFG)
     before = (idx / "index.faiss").read_bytes()
-    with pytest.raises(FpindexError, match=rf"^index {re.escape(str(idx))} already exists; pass --add to append "
-                                           "to it or --overwrite to replace it$"):
+    with pytest.raises(FpindexError, match=rf"^index {re.escape(str(idx))} already exists; pass --overwrite to "
+                                           "replace it or choose another --index$"):
         audit(leak.generated, leak.real, config=helpers.CFG, out=tmp_path / "out", index_dir=idx)
     assert (idx / "index.faiss").read_bytes() == before and not (tmp_path / "out").exists()
     audit(leak.generated, leak.real, config=helpers.CFG, out=tmp_path / "out", index_dir=idx, overwrite=True)

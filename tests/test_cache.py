@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 import pathlib
 from pathlib import Path
@@ -47,7 +49,7 @@ def test_vectors_round_trip_and_unknown_is_nan(tmp_path):
 def test_pairs_round_trip_by_ordered_pair(tmp_path):
     a, b = [key(1), key(2), key(1)], [key(5), key(5), key(6)]
     assert pair_keys(a, b) == [f"{x}:{y}" for x, y in zip(a, b)]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^zip\(\) argument 2 is shorter than argument 1$"):
         pair_keys(a, b[:2])
     c = ContentCache(tmp_path, "ssim", {"size": 64}, 1)
     c.put(pair_keys(a, b), np.array([0.5, -0.25, 1.0], np.float32))
@@ -74,7 +76,7 @@ def test_put_skips_known_keys_and_checks_shapes(tmp_path):
     c.put([], np.empty((0, 4)))
     assert len(shards(c)) == 2
     for bad in (np.ones((1, 4)), np.ones((2, 3)), np.ones(2)):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=rf"^2 rows of 4 values expected, got shape {re.escape(str(bad.shape))}$"):
             c.put([key(5), key(6)], bad)
 
 

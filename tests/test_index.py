@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 
 import numpy as np
@@ -96,7 +97,7 @@ def test_add_validates_inputs():
     s = IndexStore.create("Flat", DIM, dict(IDENTITY))
     with pytest.raises(FpindexError, match="dimension"):
         s.add(unit_vectors(3, dim=8), rows(3))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^one metadata row per vector$"):
         s.add(unit_vectors(3), rows(2))
     s.add(np.empty((0, DIM), np.float32), rows(0))
     assert s.ntotal == 0 and len(s.items) == 0
@@ -145,9 +146,14 @@ def test_load_incomplete_directory(tmp_path, missing):
         IndexStore.load(d)
 
 
-@pytest.mark.parametrize("damage", ["manifest_json", "format_version", "faiss_bytes", "items_bytes",
-                                    "items_mismatch", "ntotal_mismatch"])
-def test_load_refuses_damaged_index(tmp_path, damage):
+@pytest.mark.parametrize("damage,message", [
+    ("manifest_json", r"manifest\.json: unreadable manifest \("),
+    ("format_version", r": format version 99, this fpindex reads 1, 2; rebuild the index$"),
+    ("faiss_bytes", r"index\.faiss: not a readable FAISS index$"),
+    ("items_bytes", r"items\.parquet: unreadable \("),
+    ("items_mismatch", r": files disagree \(faiss: 5 × 16, items: 6, manifest: 5 × 16\); rebuild it$"),
+    ("ntotal_mismatch", r": files disagree \(faiss: 5 × 16, items: 5, manifest: 4 × 16\); rebuild it$")])
+def test_load_refuses_damaged_index(tmp_path, damage, message):
     s, _ = store_with(5)
     d = s.save(tmp_path / "idx")
     manifest = json.loads((d / MANIFEST_FILE).read_text())
@@ -165,7 +171,7 @@ def test_load_refuses_damaged_index(tmp_path, damage):
         (d / ITEMS_FILE).write_bytes((tmp_path / "other" / ITEMS_FILE).read_bytes())
     else:
         (d / MANIFEST_FILE).write_text(json.dumps(dict(manifest, ntotal=4)))
-    with pytest.raises(FpindexError):
+    with pytest.raises(FpindexError, match=rf"^index {re.escape(str(d))}\S*{message}"):
         IndexStore.load(d)
 
 
