@@ -49,7 +49,7 @@ def test_vectors_round_trip_and_unknown_is_nan(tmp_path):
 def test_pairs_round_trip_by_ordered_pair(tmp_path):
     a, b = [key(1), key(2), key(1)], [key(5), key(5), key(6)]
     assert pair_keys(a, b) == [f"{x}:{y}" for x, y in zip(a, b)]
-    with pytest.raises(ValueError, match="^zip\(\) argument 2 is shorter than argument 1$"):
+    with pytest.raises(ValueError, match=r"^zip\(\) argument 2 is shorter than argument 1$"):
         pair_keys(a, b[:2])
     c = ContentCache(tmp_path, "ssim", {"size": 64}, 1)
     c.put(pair_keys(a, b), np.array([0.5, -0.25, 1.0], np.float32))
