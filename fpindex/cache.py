@@ -65,7 +65,7 @@ class ContentCache:
     def _read(self, shard: Path) -> dict[str, np.ndarray]:
         """A shard's rows, or nothing if it is missing (merged away meanwhile), damaged or of another shape."""
         try:
-            with np.load(shard, allow_pickle=False) as z:
+            with open(shard, "rb") as f, np.load(f, allow_pickle=False) as z:   # closed even when np.load fails
                 keys, rows = z["keys"], z["vectors"]
         except Exception:
             return {}
