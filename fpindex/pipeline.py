@@ -67,9 +67,10 @@ def check_target(index_dir: Path, mode: str) -> None:
                            "replace it: choose another --index")
 
 
-def embed_config_of(store: IndexStore, given: EmbedConfig | None = None) -> EmbedConfig:
+def embed_config_of(store: IndexStore, given: EmbedConfig | None = None, in_memory: bool = False) -> EmbedConfig:
     """The embedding settings an index was built with; how to run (device, batch, workers, cache) stays the
-    caller's. Weights trained at build time are read from the index directory."""
+    caller's. Weights trained at build time are read from the index directory (`in_memory`: the embedder that
+    trained them is still at hand)."""
     if "config" in store.manifest:
         stored = AuditConfig.from_dict({"embed": store.manifest["config"]["embed"]}).embed
     else:                           # indexes from before the config was recorded whole
@@ -78,7 +79,7 @@ def embed_config_of(store: IndexStore, given: EmbedConfig | None = None) -> Embe
                              image_size=e["image_size"], seed=e["seed"], precision=e.get("precision", "fp32"))
     base = given or EmbedConfig()
     cfg = replace(stored, **{k: getattr(base, k) for k in EmbedConfig.RUNTIME})
-    if cfg.weights == SELFSUP:
+    if cfg.weights == SELFSUP and not in_memory:
         if store.directory is None:
             raise FpindexError("this index's embedder was trained at build time; save the index before querying it")
         cfg = replace(cfg, weights=str(store.directory / SELFSUP_FILE))
@@ -185,11 +186,8 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
               for name, p in folders.items() if p is not None}
     submission_ids([f.relative_to(listed["real"][0]).as_posix() for f in listed["real"][1]])
     method = choose_method(config.decide, Labelled(**{n: _EMPTY for n, p in folders.items() if n != "real" and p}))
-    if built is not None:
-        embedder, embed_cfg = built.embedder, replace(config.embed, **_identity_fields(store))
-    else:
-        embed_cfg = embed_config_of(store, config.embed)
-        embedder = make_embedder(embed_cfg)
+    embed_cfg = embed_config_of(store, config.embed, in_memory=built is not None)
+    embedder = built.embedder if built is not None else make_embedder(embed_cfg)
     store.check_compatible(embed_identity(embed_cfg, embedder), embedder.dim)
     pixels = pixels or PixelStore(embedder.spec.size)
     cache = vector_cache(embed_cfg, embedder)
@@ -240,12 +238,6 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
         summary["build"] = {k: v for k, v in build_summary.items() if k != "manifest"}
     return AuditResult.of(emb.paths, decision, nb, pair, np.array(store.paths(nb.ids), dtype=object), summary,
                           timings)
-
-
-def _identity_fields(store: IndexStore) -> dict[str, Any]:
-    """For an index still in memory: the settings that define its vectors, from its manifest."""
-    return {k: v for k, v in AuditConfig.from_dict({"embed": store.manifest["config"]["embed"]}).embed.__dict__.items()
-            if k not in EmbedConfig.RUNTIME}
 
 
 def audit(generated: str | Path, real: str | Path, config: AuditConfig, index_dir: str | Path | None = None,

@@ -126,19 +126,29 @@ STAGES = ("load", "enhance", "embed", "index", "search", "rerank", "decide", "wr
 
 
 class Timings:
-    """Busy time per pipeline stage, in seconds; `total` is wall time since creation."""
+    """Busy time per pipeline stage, in seconds; `total` is wall time since creation. A stage entered inside
+    another pauses the outer one, so no second is counted twice (e.g. loading pixels while fitting the index)."""
 
     def __init__(self) -> None:
         self._t0 = time.perf_counter()
         self.seconds: dict[str, float] = {s: 0.0 for s in STAGES}
+        self._open: list[list] = []            # [stage, since] of the stages entered and not left, innermost last
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         t = time.perf_counter()
+        if self._open:
+            outer = self._open[-1]
+            self.add(outer[0], t - outer[1])
+        self._open.append([name, t])
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+            _, since = self._open.pop()
+            t = time.perf_counter()
+            self.add(name, t - since)
+            if self._open:
+                self._open[-1][1] = t
 
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds

@@ -118,3 +118,11 @@ def test_timings_accumulate_per_stage_on_a_fake_clock(monkeypatch):
     assert d["embed"] == 2.5 and d["write"] == 0.25 and d["search"] == 0.75
     assert all(d[s] == 0.0 for s in STAGES if s not in ("embed", "write", "search"))
     assert d["total"] == 3.75
+    # A stage inside another pauses it: each second is counted once.
+    with t.stage("index"):
+        now[0] += 1.0
+        with t.stage("load"):
+            now[0] += 0.5
+        now[0] += 0.25
+    d = t.as_dict()
+    assert d["index"] == 1.25 and d["load"] == 0.5 and d["total"] == 5.5
