@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import FpindexError
-from .load import ReadOptions, Reader, fit_size, source_exists
+from .load import ReadOptions, Reader, load_image, source_exists
 
 DEFAULT_LIMIT = 2 << 30
 
@@ -46,7 +46,7 @@ class PixelStore:
         img = self.known(path)
         if img is None:
             try:
-                img = fit_size(self.reader.image(path), self.size)
+                img = load_image(path, self.size, self.reader.read, self.reader)[0]
             except ValueError as e:
                 raise FpindexError(fail(str(e))) from None
             self.decoded += 1

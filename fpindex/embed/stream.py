@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..enhance import enhance_batch
 from ..errors import FpindexError
-from ..load import ReadOptions, Reader, fit_size
+from ..load import ReadOptions, Reader, decode, fit_size
 from ..utils import opencv_threads
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -135,7 +135,7 @@ class FileStream(Dataset):
             item.img = self.preloaded[i]          # decoded earlier in this run (pixels.py)
         elif not item.skipped and not item.cached:
             try:
-                item.img = fit_size(self.reader.image(self.files[i], data), self.size)
+                item.img = fit_size(self.reader.image(self.files[i], data, decode), self.size)
             except ValueError as e:
                 item.error = str(e)
         t1 = time.perf_counter()

@@ -17,7 +17,7 @@ from ..cache import blob_meta, blob_path, default_cache_dir, read_blob, write_bl
 from ..config import EmbedConfig
 from ..enhance import REVISION as ENHANCE_REVISION, enhance_batch
 from ..errors import FpindexError
-from ..load import ReadOptions, Reader, fit_size
+from ..load import ReadOptions, Reader, decode, fit_size
 from ..pixels import PixelStore
 from ..utils import Timings, seeded_sample, sha256_bytes
 from . import selfsup
@@ -68,7 +68,7 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
         decoded = []
         for f, _, d in raw:
             try:
-                img = fit_size(reader.image(f, d), embedder.spec.size)
+                img = fit_size(reader.image(f, d, decode), embedder.spec.size)
             except ValueError:
                 continue
             decoded.append(img)

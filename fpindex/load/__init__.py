@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -247,8 +248,10 @@ def _read(path: Path) -> bytes:
         raise ValueError(f"cannot read: {e.strerror or e}") from None
 
 
-def decode_file(path: Path, data: bytes, read: ReadOptions = ReadOptions()) -> list[np.ndarray]:
-    """A file's bytes → its images, float32 in [0, 1], original size. Raises ValueError with the reason."""
+def decode_file(path: Path, data: bytes, read: ReadOptions = ReadOptions(),
+                plain: Callable[[bytes], np.ndarray] | None = None) -> list[np.ndarray]:
+    """A file's bytes → its images, float32 in [0, 1], original size. Raises ValueError with the reason.
+    `plain`: the decoder for ordinary images (default `decode`; each stage passes the one it imports)."""
     k = kind(path)
     if k == "dicom":
         from .medical import dicom_images
@@ -258,7 +261,7 @@ def decode_file(path: Path, data: bytes, read: ReadOptions = ReadOptions()) -> l
         from .medical import nifti_images
 
         return nifti_images(data, read.window, read.axis)
-    return [decode(data)]
+    return [(plain or decode)(data)]
 
 
 class Reader:
@@ -290,11 +293,12 @@ class Reader:
         self._open(base)
         return frame_id(self._sha, k), len(self._data), None
 
-    def image(self, path: str | Path, data: bytes | None = None) -> np.ndarray:
+    def image(self, path: str | Path, data: bytes | None = None,
+              plain: Callable[[bytes], np.ndarray] | None = None) -> np.ndarray:
         """The image at `path`, original size; `data`: the file's bytes when already read."""
         base, k = split_frame(path)
         if k is None:
-            images = decode_file(base, _read(base) if data is None else data, self.read)
+            images = decode_file(base, _read(base) if data is None else data, self.read, plain)
             if len(images) != 1:
                 raise ValueError(f"now holds {len(images)} images, not 1; it changed during the run")
             return images[0]
@@ -311,12 +315,14 @@ class Reader:
         return self._images[k]
 
 
-def load_image(path: str | Path, size: int, read: ReadOptions = ReadOptions()) -> tuple[np.ndarray, bytes]:
+def load_image(path: str | Path, size: int, read: ReadOptions = ReadOptions(),
+               reader: Reader | None = None) -> tuple[np.ndarray, bytes]:
     """Read one image (`file#k` for image k of a multi-image file); returns (canonical image, the file's raw
-    bytes). Raises ValueError with the reason."""
+    bytes). Raises ValueError with the reason. `reader`: one kept across calls (its `read` then applies)."""
+    reader = reader or Reader(read)
     base, k = split_frame(path)
-    data = _read(base)
-    reader = Reader(read)
     if k is None:
+        data = _read(base)
         return fit_size(reader.image(base, data), size), data
-    return fit_size(reader.image(path), size), data
+    img = reader.image(path)
+    return fit_size(img, size), reader._data
