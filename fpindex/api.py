@@ -80,13 +80,14 @@ class Index:
         the images in a folder (embedded with the index's own settings)."""
         if not isinstance(queries, np.ndarray):
             from .embed import embed_folder, make_embedder
-            from .load import list_images
+            from .load import ReadOptions, list_images
             from .utils import Timings
 
             cfg = pipeline.embed_config_of(self.store, self.config.embed) if self._built is None else None
             embedder = self._built.embedder if self._built is not None else make_embedder(cfg)
             root = Path(queries)
-            emb = embed_folder(root, list_images(root, "query folder"), embedder, cfg or self.config.embed,
+            cfg = cfg or self.config.embed
+            emb = embed_folder(root, list_images(root, "query folder", ReadOptions.of(cfg)), embedder, cfg,
                                Timings(), pipeline.progress_bar(self.config.run.quiet), "embed queries")
             queries = emb.vectors
         return search_vectors(self.store, queries, k)

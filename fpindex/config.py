@@ -29,6 +29,8 @@ class EmbedConfig:
     train_steps: int | None = None   # weights 'selfsup': training steps at build time; None: selfsup.py's rule
     cache: bool = True               # reuse embeddings by content hash (see fpindex/cache.py)
     cache_dir: str | None = None     # None: $FPINDEX_CACHE or ~/.cache/fpindex
+    window: str | None = None        # DICOM/NIfTI intensity window 'C,W' or a name (load.WINDOWS); None: the file's
+    axis: int = 2                    # NIfTI: the array axis volumes are sliced along
 
     # How a run executes, not what it computes: a query takes these from its caller, the rest from the index.
     RUNTIME: ClassVar[tuple[str, ...]] = ("batch_size", "device", "workers", "cache", "cache_dir")

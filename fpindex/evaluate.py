@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FpindexError
+from .load import image_id
 from .metrics import METRICS, metrics
 
 __all__ = ["METRICS", "evaluate_files", "format_table", "metrics", "read_csv_columns"]
@@ -34,7 +35,7 @@ def read_csv_columns(path: str | Path, required: tuple[str, ...]) -> list[dict[s
 
 
 def _key(name: str) -> str:
-    return Path(name).stem
+    return image_id(name)
 
 
 def _claim(seen: dict[str, tuple[int, str]], key: str, path, line: int, image: str, what: str) -> None:

@@ -23,7 +23,7 @@ from .embed import (SELFSUP, SELFSUP_FILE, Embedded, Embedder, embed_folder, emb
 from .errors import FpindexError
 from .evidence import FEATURES, Evidence, FitInput, Query, Run, compute_evidence
 from .index import MANIFEST_FILE, IndexStore, create_store, finish_in_memory
-from .load import list_images
+from .load import ReadOptions, list_images
 from .pixels import PixelStore, QueryImages
 from .report import AuditResult, submission_ids
 from .search import search
@@ -94,7 +94,8 @@ def build(generated: str | Path, config: AuditConfig, index_dir: str | Path | No
     generated = Path(generated)
     index_dir = Path(index_dir) if index_dir is not None else None
     bar = progress_bar(config.run.quiet)
-    files = list_images(generated, "generated-image folder")
+    read = ReadOptions.of(config.embed)
+    files = list_images(generated, "generated-image folder", read)
     store: IndexStore | None = None
     embed_cfg = config.embed
     if index_dir is not None:
@@ -104,6 +105,9 @@ def build(generated: str | Path, config: AuditConfig, index_dir: str | Path | No
     if mode == "add":
         store = IndexStore.load(index_dir, device=faiss_device(config.index.device))
         embed_cfg = embed_config_of(store, config.embed)
+        if ReadOptions.of(embed_cfg) != read:      # --add reads like the index did
+            read = ReadOptions.of(embed_cfg)
+            files = list_images(generated, "generated-image folder", read)
     embedder = make_embedder(embed_cfg)
     identity = embed_identity(embed_cfg, embedder)
     if store is None:   # choose/check the index against the memory budget before training or embedding anything
@@ -111,7 +115,7 @@ def build(generated: str | Path, config: AuditConfig, index_dir: str | Path | No
         store.manifest["config"] = replace(config, embed=resolved(embed_cfg, embedder)).to_dict()
     else:
         store.check_compatible(identity, embedder.dim)
-    pixels = pixels or PixelStore(embedder.spec.size)
+    pixels = pixels or PixelStore(embedder.spec.size, read=read)
     if embedder.spec.weights == SELFSUP:   # only for a new index: --add reuses the weights stored in the index
         training, weights = train_on_generated(generated, files, embedder, embed_cfg, timings, bar, pixels)
         store.manifest["embedder"] = embed_identity(embed_cfg, embedder) | {"training": training}
@@ -182,14 +186,15 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
     if config.evidence.k < 1:
         raise FpindexError("--k must be at least 1")
     folders = {"real": Path(real), "used": used, "not_used": not_used, "reference": reference}
-    listed = {name: (Path(p), list_images(p, f"{name.replace('_', '-')} folder"))
+    embed_cfg = embed_config_of(store, config.embed, in_memory=built is not None)
+    read = ReadOptions.of(embed_cfg)                   # the index's: queries are read like the generated images
+    listed = {name: (Path(p), list_images(p, f"{name.replace('_', '-')} folder", read))
               for name, p in folders.items() if p is not None}
     submission_ids([f.relative_to(listed["real"][0]).as_posix() for f in listed["real"][1]])
     method = choose_method(config.decide, Labelled(**{n: _EMPTY for n, p in folders.items() if n != "real" and p}))
-    embed_cfg = embed_config_of(store, config.embed, in_memory=built is not None)
     embedder = built.embedder if built is not None else make_embedder(embed_cfg)
     store.check_compatible(embed_identity(embed_cfg, embedder), embedder.dim)
-    pixels = pixels or PixelStore(embedder.spec.size)
+    pixels = pixels or PixelStore(embedder.spec.size, read=read)
     cache = vector_cache(embed_cfg, embedder)
     names = list(config.evidence.features) if config.evidence.features is not None else FEATURES.names()
     # Calibrated decisions fuse every feature; fixed and reference ones read one score only.
@@ -248,7 +253,7 @@ def audit(generated: str | Path, real: str | Path, config: AuditConfig, index_di
     # Check every input folder before the expensive build, so a typo fails in a second, not after it.
     for name, p in {"real-image": real, "used": used, "not-used": not_used, "reference": reference}.items():
         if p is not None:
-            list_images(p, f"{name} folder")
+            list_images(p, f"{name} folder", ReadOptions.of(config.embed))
     if index_dir is not None and Path(index_dir).exists() and not overwrite:
         raise FpindexError(f"index {index_dir} already exists; pass --overwrite to replace it or choose another "
                            "--index")

@@ -15,14 +15,15 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import FpindexError
-from .load import load_image
+from .load import ReadOptions, Reader, load_image, source_exists
 
 DEFAULT_LIMIT = 2 << 30
 
 
 class PixelStore:
-    def __init__(self, size: int, limit_bytes: int = DEFAULT_LIMIT) -> None:
+    def __init__(self, size: int, limit_bytes: int = DEFAULT_LIMIT, read: ReadOptions = ReadOptions()) -> None:
         self.size, self.limit = size, limit_bytes
+        self.reader = Reader(read)
         self._memo: dict[str, np.ndarray] = {}
         self._bytes = 0
         self.decoded = 0           # decodes done by the store itself (not counting images handed to it)
@@ -45,7 +46,7 @@ class PixelStore:
         img = self.known(path)
         if img is None:
             try:
-                img = load_image(path, self.size)[0]
+                img = load_image(path, self.size, self.reader.read, self.reader)[0]
             except ValueError as e:
                 raise FpindexError(fail(str(e))) from None
             self.decoded += 1
@@ -82,6 +83,6 @@ class QueryImages:
     def check_generated(self, ids: np.ndarray) -> None:
         """Neighbours whose values came from the cache are not read, but must still exist (they are reported)."""
         for i, p in zip(ids.tolist(), self.generated_paths(ids)):
-            if self.store.known(p) is None and not Path(p).is_file():
+            if self.store.known(p) is None and not source_exists(p):
                 raise FpindexError(f"generated image {p} (index id {i}) is needed for SSIM re-ranking "
                                    f"but is missing; restore the file or rebuild the index")

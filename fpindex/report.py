@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from .decide import Decision, Verdict
 from .errors import FpindexError
+from .load import image_id
 from .search import Neighbours
 from .utils import Timings, atomic_path, write_json_atomic, write_text_atomic
 
@@ -36,7 +37,7 @@ def submission_ids(images: list[str]) -> list[str]:
     seen: dict[str, str] = {}
     ids = []
     for img in images:
-        stem = PurePosixPath(img).stem
+        stem = image_id(img)
         if stem in seen:
             raise FpindexError(f"real images {seen[stem]} and {img} share the id {stem!r} (submission.csv uses "
                                "file stems); rename one or audit the folders separately")

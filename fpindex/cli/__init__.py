@@ -19,6 +19,7 @@ from .options import (FIELDS, O_ALPHA, O_BATCH, O_CACHE_DIR, O_DECISION, O_DEVIC
                       O_PRESET, O_QUIET, O_REFERENCE, O_SCORE, O_SEED, O_SIZE, O_TARGET, O_THRESHOLD,
                       O_TRAIN_STEPS, O_USED, O_VERBOSE, O_WEIGHTS, O_WORKERS, Device, Method, Model, PresetName,
                       Precision, Score, config_from)
+from .options import O_AXIS, O_WINDOW
 
 app = typer.Typer(
     name="fpindex",
@@ -82,7 +83,7 @@ def build(
     seed: int = O_SEED,
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
-    train_steps: Optional[int] = O_TRAIN_STEPS,
+    train_steps: Optional[int] = O_TRAIN_STEPS, window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
     preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
 ) -> None:
     """Embed a folder of generated images and write a FAISS index of them."""
@@ -161,7 +162,7 @@ def audit(
     score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD, alpha: float = O_ALPHA, seed: int = O_SEED,
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
-    train_steps: Optional[int] = O_TRAIN_STEPS,
+    train_steps: Optional[int] = O_TRAIN_STEPS, window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
     preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
 ) -> None:
     """Build an index of the generated images, then query it with the real ones, in one go."""

@@ -58,6 +58,13 @@ O_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the 
                           rich_help_panel="Embedding")
 O_CACHE_DIR = typer.Option(None, "--cache-dir", help="Cache of vectors and SSIM values, by image content hash and "
                            "embedder. Default: $FPINDEX_CACHE, else ~/.cache/fpindex.", rich_help_panel="Embedding")
+O_WINDOW = typer.Option(None, "--window", help="DICOM and NIfTI intensity window CENTRE,WIDTH (e.g. "
+                        "--window=-600,1500) or a name: lung (-600,1500), mediastinum (40,400), bone (400,1800), "
+                        "brain (40,80); [C-W/2, C+W/2] becomes [0, 1]. Default: DICOM's WindowCenter/WindowWidth "
+                        "tags, else the stored bits' full range; NIfTI's 0.5-99.5 percentile range. PNG/TIFF "
+                        "ignore it.", rich_help_panel="Embedding")
+O_AXIS = typer.Option(2, "--axis", min=0, max=2, help="NIfTI volumes: the array axis they are sliced along, one "
+                      "image per slice (named file.nii.gz#k).", rich_help_panel="Embedding")
 O_DEVICE = typer.Option(Device("auto"), "--device", help="Where the model runs; auto picks cuda when torch sees a "
                         "GPU. The FAISS index follows onto the GPU when FAISS has GPU support (the gpu extra).",
                         rich_help_panel="Embedding")
@@ -124,6 +131,8 @@ FIELDS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "no_cache": [("embed", "cache", lambda v: not v)],
     "cache_dir": [("embed", "cache_dir", lambda v: str(v) if v else None)],
     "train_steps": [("embed", "train_steps", _value)],
+    "window": [("embed", "window", _value)],
+    "axis": [("embed", "axis", _value)],
     "factory": [("index", "factory", _value)],
     "max_memory": [("index", "max_memory", parse_bytes)],
     "nprobe": [("index", "nprobe", _value)],

@@ -14,7 +14,7 @@ from ..cache import ContentCache, default_cache_dir
 from ..config import EmbedConfig
 from ..enhance import REVISION as ENHANCE_REVISION
 from ..errors import FpindexError
-from ..load import BadFile
+from ..load import BadFile, ReadOptions
 from ..pixels import PixelStore
 from ..utils import Timings
 from .models import Embedder, build_embedder
@@ -55,7 +55,7 @@ def embed_identity(cfg: EmbedConfig, embedder: Embedder) -> dict[str, Any]:
     """What made the vectors, as stored in the index manifest and checked at query time."""
     return {"model": cfg.model, "weights": embedder.spec.weights, "weights_id": embedder.weights_id,
             "enhance": list(cfg.enhance), "image_size": embedder.spec.size, "seed": cfg.seed, "dim": embedder.dim,
-            "precision": cfg.precision}
+            "precision": cfg.precision} | ReadOptions.of(cfg).identity()
 
 
 def resolved(cfg: EmbedConfig, embedder: Embedder) -> EmbedConfig:
@@ -97,7 +97,8 @@ def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedCo
     new_vecs: list[np.ndarray] = []
     new_rows: list[int] = []
     stream = batches(files, embedder.spec.size, cfg.enhance, bs, workers, known=known,
-                     skip=frozenset(skip_sha or ()), preloaded=preloaded, pin=device.type == "cuda")
+                     skip=frozenset(skip_sha or ()), preloaded=preloaded, pin=device.type == "cuda",
+                     read=ReadOptions.of(cfg))
     with progress(len(files), desc) as bar:
         for batch in stream:
             embed_rows = []

@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..enhance import enhance_batch
 from ..errors import FpindexError
-from ..load import decode, fit_size
-from ..utils import opencv_threads, sha256_bytes
+from ..load import ReadOptions, Reader, decode, fit_size
+from ..utils import opencv_threads
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -112,9 +112,10 @@ class Batch:
 
 class FileStream(Dataset):
     def __init__(self, files: Sequence[Path], size: int, enhance: Sequence[str], known: frozenset[str],
-                 skip: frozenset[str], preloaded: Mapping[int, np.ndarray]) -> None:
+                 skip: frozenset[str], preloaded: Mapping[int, np.ndarray], read: ReadOptions = ReadOptions()) -> None:
         self.files, self.size, self.enhance = list(files), size, tuple(enhance)
         self.known, self.skip, self.preloaded = known, skip, preloaded
+        self.reader = Reader(read)     # per process: the images of one multi-image file share one read
 
     def __len__(self) -> int:
         return len(self.files)
@@ -123,19 +124,18 @@ class FileStream(Dataset):
         t0 = time.perf_counter()
         item = Item(pos=i)
         try:
-            data = Path(self.files[i]).read_bytes()
-        except OSError as e:
-            item.error = f"cannot read: {e.strerror or e}"
+            item.sha256, item.nbytes, data = self.reader.content(self.files[i])
+        except ValueError as e:
+            item.error = str(e)
             item.t_load = time.perf_counter() - t0
             return item
-        item.sha256, item.nbytes = sha256_bytes(data), len(data)
         item.skipped = item.sha256 in self.skip
         item.cached = item.sha256 in self.known
         if not item.skipped and not item.cached and i in self.preloaded:
             item.img = self.preloaded[i]          # decoded earlier in this run (pixels.py)
         elif not item.skipped and not item.cached:
             try:
-                item.img = fit_size(decode(data), self.size)
+                item.img = fit_size(self.reader.image(self.files[i], data, decode), self.size)
             except ValueError as e:
                 item.error = str(e)
         t1 = time.perf_counter()
@@ -172,8 +172,8 @@ def _init_worker(_: int) -> None:
 def batches(files: Sequence[Path], size: int, enhance: Sequence[str], batch_size: int, workers: int,
             known: frozenset[str] = frozenset(), skip: frozenset[str] = frozenset(),
             preloaded: Mapping[int, np.ndarray] | None = None,
-            pin: bool = False) -> Iterator[Batch]:
-    ds = FileStream(files, size, enhance, known, skip, preloaded or {})
+            pin: bool = False, read: ReadOptions = ReadOptions()) -> Iterator[Batch]:
+    ds = FileStream(files, size, enhance, known, skip, preloaded or {}, read)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=_Collate(enhance), pin_memory=pin, worker_init_fn=_init_worker if workers else None,
                         prefetch_factor=2 if workers else None, persistent_workers=False,

@@ -17,7 +17,7 @@ from ..cache import blob_meta, blob_path, default_cache_dir, read_blob, write_bl
 from ..config import EmbedConfig
 from ..enhance import REVISION as ENHANCE_REVISION, enhance_batch
 from ..errors import FpindexError
-from ..load import decode, fit_size
+from ..load import ReadOptions, Reader, decode, fit_size
 from ..pixels import PixelStore
 from ..utils import Timings, seeded_sample, sha256_bytes
 from . import selfsup
@@ -35,20 +35,22 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
 
     sscfg = SelfSupConfig(seed=cfg.seed, steps=cfg.train_steps)
     sample = [files[i] for i in seeded_sample(len(files), sscfg.max_images, cfg.seed).tolist()]
+    reader = Reader(ReadOptions.of(cfg))
     with timings.stage("load"):
-        raw = []
+        raw = []                   # (path, content id, the bytes of a single-image file)
         for f in sample:
             try:
-                raw.append((f, f.read_bytes()))
-            except OSError:
+                sha, _, data = reader.content(f)
+            except ValueError:
                 continue  # reported by the embedding pass that follows
+            raw.append((f, sha, data))
     cached = None
     if cfg.cache:
         cached = blob_path(cfg.cache_dir or default_cache_dir(), "selfsup", {
             "selfsup": sscfg.as_dict(), "model": cfg.model, "enhance": list(cfg.enhance),
             "enhance_revision": ENHANCE_REVISION, "size": embedder.spec.size, "seed": cfg.seed,
             "versions": {"fpindex": __version__, "torch": torch.__version__},
-            "sample": sha256_bytes("".join(sha256_bytes(d) for _, d in raw).encode())}, ".pt")
+            "sample": sha256_bytes("".join(sha for _, sha, _ in raw).encode())} | reader.read.identity(), ".pt")
         data = read_blob(cached)
         meta = blob_meta(cached) if data is not None else None
         if data is not None and meta is not None:
@@ -64,9 +66,9 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
                 return report, data
     with timings.stage("load"):
         decoded = []
-        for f, d in raw:
+        for f, _, d in raw:
             try:
-                img = fit_size(decode(d), embedder.spec.size)
+                img = fit_size(reader.image(f, d, decode), embedder.spec.size)
             except ValueError:
                 continue
             decoded.append(img)

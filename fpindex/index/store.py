@@ -43,7 +43,7 @@ ITEM_SCHEMA = pa.schema([("root", pa.string()), ("path", pa.string()), ("sha256"
                          ("bytes", pa.int64())])
 
 # Fields of the embedder identity that must match between an index and its queries.
-IDENTITY_KEYS = ("model", "weights_id", "enhance", "image_size")
+IDENTITY_KEYS = ("model", "weights_id", "enhance", "image_size", "window", "axis")
 
 
 def as_queries(x: np.ndarray, dim: int) -> np.ndarray:

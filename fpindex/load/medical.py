@@ -1,0 +1,114 @@
+"""DICOM and NIfTI decoding into [0, 1] grayscale images (the rules are in the load module's docstring).
+
+Both read from bytes already in memory, so a file is read and hashed once however many images it holds."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import io
+
+import numpy as np
+
+Window = tuple[float, float] | None
+LIBJPEG_HINT = "pip install pylibjpeg pylibjpeg-libjpeg"
+
+
+def windowed(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """[lo, hi] → [0, 1], clipped, computed in float64 (one rounding to float32, as for PNGs)."""
+    if not hi > lo:
+        return (values > lo).astype(np.float32)
+    out = (np.asarray(values, np.float64) - lo) / (hi - lo)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _bounds(window: tuple[float, float]) -> tuple[float, float]:
+    c, w = window
+    return c - w / 2, c + w / 2
+
+
+def _first(value) -> float:
+    """A DICOM value that may be multi-valued (several windows): its first number."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0]
+    return float(value)
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def dicom_images(data: bytes, window: Window) -> list[np.ndarray]:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        has_pixels = "PixelData" in ds
+    except Exception as e:
+        raise ValueError(f"not a readable DICOM file ({type(e).__name__}: {e})") from None
+    if not has_pixels:
+        raise ValueError("a DICOM file without pixel data")
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        arr = np.asarray(ds.pixel_array)
+    except Exception as e:
+        if syntax is not None and syntax.is_compressed and not _has("pylibjpeg"):
+            raise ValueError(f"compressed transfer syntax {syntax.name} needs pylibjpeg: {LIBJPEG_HINT}") from None
+        what = f" ({syntax.name})" if syntax is not None else ""
+        raise ValueError(f"cannot decode the DICOM pixel data{what}: {e}") from None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames == 1:
+        arr = arr[None]
+    if int(ds.get("SamplesPerPixel", 1)) > 1:          # colour: like a colour PNG, luma of the type's range
+        if arr.ndim != 4 or arr.shape[-1] < 3:
+            raise ValueError(f"unsupported DICOM colour pixel array of shape {arr.shape}")
+        top = float(2 ** int(ds.get("BitsStored", 8)) - 1)
+        luma = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        return list(windowed(luma, 0.0, top))
+    if arr.ndim != 3 or min(arr.shape) < 1:
+        raise ValueError(f"unsupported DICOM pixel array of shape {arr.shape}")
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    values = arr.astype(np.float64) * slope + intercept
+    if window is not None:
+        lo, hi = _bounds(window)
+    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        lo, hi = _bounds((_first(ds.WindowCenter), _first(ds.WindowWidth)))
+    else:                                              # every value the stored bits can hold, rescaled
+        bits = int(ds.get("BitsStored", arr.dtype.itemsize * 8))
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        s_lo, s_hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+        lo, hi = sorted((s_lo * slope + intercept, s_hi * slope + intercept))
+    out = windowed(values, lo, hi)
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        out = (1.0 - out.astype(np.float64)).astype(np.float32)
+    return list(out)
+
+
+def nifti_images(data: bytes, window: Window, axis: int) -> list[np.ndarray]:
+    if not _has("nibabel"):
+        raise ValueError("NIfTI needs nibabel: pip install 'fpindex[nifti]' (or pip install nibabel)")
+    import nibabel
+
+    raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    vol = None
+    for cls in (nibabel.Nifti1Image, nibabel.Nifti2Image):
+        try:
+            vol = np.asarray(cls.from_bytes(raw).get_fdata(dtype=np.float32))
+            break
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}"
+    if vol is None:
+        raise ValueError(f"not a readable NIfTI file ({reason})")
+    while vol.ndim > 3 and vol.shape[-1] == 1:
+        vol = vol[..., 0]
+    if vol.ndim not in (2, 3) or min(vol.shape) < 1:
+        raise ValueError(f"a NIfTI volume of shape {vol.shape}: only 2-D and 3-D ones are read")
+    if window is not None:
+        lo, hi = _bounds(window)
+    else:
+        finite = vol[np.isfinite(vol)]
+        lo, hi = (float(v) for v in np.percentile(finite, [0.5, 99.5])) if finite.size else (0.0, 1.0)
+    out = windowed(np.nan_to_num(vol, nan=lo), lo, hi)
+    if out.ndim == 2:
+        return [out]
+    return [np.ascontiguousarray(np.take(out, k, axis=axis)) for k in range(out.shape[axis])]
