@@ -22,10 +22,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .decide import Decision, Verdict
-from .errors import FpindexError
-from .search import Neighbours
-from .utils import Timings, atomic_path, write_json_atomic, write_text_atomic
+from ..decide import Decision, Verdict
+from ..errors import FpindexError
+from ..search import Neighbours
+from ..utils import Timings, atomic_path, write_json_atomic, write_text_atomic
 
 OUTPUTS = ("predictions.csv", "submission.csv", "neighbours.parquet", "summary.json")
 
