@@ -274,3 +274,70 @@ def test_device_cuda_moves_the_model_and_lets_faiss_follow_only_when_it_can():
     # --device sets where the model runs as given, and the index's device through the rule above.
     assert {(section, name, convert(Device("cuda"))) for section, name, convert in FIELDS["device"]} == \
         {("embed", "device", "cuda"), ("index", "device", "auto")}
+
+
+# ---- --json, --report and `fpindex report` -------------------------------------------------------------
+
+FAST = ["--model", "cnn", "--weights", "random", "--image-size", "64", "--index-type", "Flat", "--k", "3",
+        "--device", "cpu"]
+
+
+def test_audit_and_query_json_print_one_document_and_write_the_report(runner, scenario, tmp_path):
+    out, qout = tmp_path / "out", tmp_path / "qout"
+    r = ok(runner.invoke(app, ["audit", "--generated", str(scenario / "generated"), "--real", str(scenario / "test"),
+                               "--used", str(scenario / "train" / "used"), "--not-used",
+                               str(scenario / "train" / "not_used"), "--out", str(out), "--json", "--report",
+                               "--report-top", "3", *FAST]))
+    summary = json.loads(r.stdout)                         # the whole of stdout is one JSON document
+    assert summary == json.loads((out / "summary.json").read_text())
+    assert "verdict:" not in r.stdout and f"report: {out / 'report.html'}" in r.stderr
+    assert (out / "report.html").read_text().count('class="real"') == 3
+
+    r = ok(runner.invoke(app, ["query", str(scenario / "test"), "--index", str(out / "index"), "--out", str(qout),
+                               "--reference", str(scenario / "train" / "not_used"), "--json"]))
+    q = json.loads(r.stdout)
+    assert q["decision"]["method"] == "reference" and q["counts"]["real"]["embedded"] == 12
+    assert not (qout / "report.html").exists()
+
+    r = ok(runner.invoke(app, ["query", str(scenario / "test"), "--index", str(out / "index"), "--out", str(qout),
+                               "--reference", str(scenario / "train" / "not_used"), "--report"]))
+    assert f"report: {qout / 'report.html'}" in r.stdout.splitlines() and "verdict: " in r.stdout
+
+    r = ok(runner.invoke(app, ["report", str(qout), "--labels", str(scenario / "test_labels.csv"),
+                               "--report-top", "2"]))
+    assert r.stdout == f"wrote {qout / 'report.html'}\n"
+    html = (qout / "report.html").read_text()
+    assert 'id="metrics"' in html and "roc.png" in html and html.count('class="real"') == 2
+
+
+def test_evaluate_and_bench_json_print_exactly_one_document(runner, tmp_path):
+    (tmp_path / "p.csv").write_text("image,score,label\na.png,0.9,1\nb.png,0.1,0\nc.png,0.2,1\n")
+    (tmp_path / "l.csv").write_text("image,label\na.png,1\nb.png,0\nc.png,0\nd.png,1\n")
+    r = ok(runner.invoke(app, ["evaluate", str(tmp_path / "p.csv"), str(tmp_path / "l.csv"), "--json"]))
+    assert json.loads(r.stdout)["n"] == 3 and r.stderr == ""
+    r = ok(runner.invoke(app, ["bench", "--n", "500", "--dim", "8", "--index-type", "Flat", "--queries", "10",
+                               "--tune-queries", "10", "--repeats", "1", "--single", "10", "--json"]))
+    assert json.loads(r.stdout)["n"] == 500
+
+
+@pytest.mark.parametrize("case", ["missing", "no_summary", "labels_missing"])
+def test_report_errors_are_one_line_exit_2(monkeypatch, capsys, tmp_path, case, leak):
+    import shutil
+
+    out = tmp_path / "out"
+    args = ["report", str(out)]
+    t = re.escape(str(out))
+    if case == "missing":
+        expected = rf"{t}: no such output folder \(run `fpindex audit --out {t}` first\)"
+    elif case == "no_summary":
+        out.mkdir()
+        expected = rf"{t}/summary\.json: no such file \(is {t} an audit's output folder\?\)"
+    else:
+        shutil.copytree(leak.audit_out, out, ignore=shutil.ignore_patterns("index"))
+        args += ["--labels", str(tmp_path / "nope.csv")]
+        expected = rf"{re.escape(str(tmp_path))}/nope\.csv: no such file"
+    code, cap = run_main(monkeypatch, capsys, *args)
+    assert code == 2 and cap.out == ""
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(rf"fpindex: error: {expected}", lines[0]), lines
+    assert not (out / "report.html").exists()

@@ -42,6 +42,33 @@ def _say(quiet: bool, text: str = "") -> None:
         typer.echo(text)
 
 
+O_JSON = typer.Option(False, "--json", help="Print the summary (what summary.json holds) as one JSON document "
+                      "on stdout instead of the human lines; progress and warnings stay on stderr.")
+O_HTML = typer.Option(False, "--report", help="Also write OUT/report.html (see `fpindex report`).")
+O_TOP = typer.Option(50, "--report-top", min=0, help="Real images, by score, shown beside their neighbours in "
+                     "the HTML report.")
+
+
+def _html(out: Path, top: int, labels: Optional[Path] = None, evaluation: Optional[dict] = None) -> Path:
+    from ..report.html import write_report
+
+    return write_report(out, top=top, labels=labels, evaluation=evaluation)
+
+
+def _finish(quiet: bool, verbose: bool, as_json: bool, html: bool, top: int, out: Path,
+            summary: dict[str, Any]) -> None:
+    """What audit and query print: the human lines, or one JSON document; then the report when asked."""
+    from ..utils import _json_default
+
+    _report(quiet or as_json, verbose, out, summary)
+    if html:
+        page = _html(out, top)
+        if not quiet:
+            typer.echo(f"report: {page}", err=as_json)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=_json_default))
+
+
 def _report(quiet: bool, verbose: bool, out: Path, summary: dict[str, Any]) -> None:
     c, d = summary["counts"], summary["decision"]
     real = c["real"]
@@ -129,7 +156,8 @@ def query(
                                             "efSearch for this query.", rich_help_panel="Index"),
     seed: int = O_SEED, batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
-    quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
+    quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON, html: bool = O_HTML,
+    report_top: int = O_TOP,
 ) -> None:
     """Score real images against an index: membership score and used/not-used label per image.
 
@@ -142,7 +170,7 @@ def query(
     expect = {"model": model.value if model else None, "enhance": list(parse_enhance(enhance)) if enhance else None}
     idx = open_index(index, config_from(ctx, **params), nprobe=nprobe, ef_search=ef_search, expect=expect)
     result = idx.query(real, used=used, not_used=not_used, reference=reference, out=out)
-    _report(quiet, verbose, out, result.summary)
+    _finish(quiet, verbose, as_json, html, report_top, out, result.summary)
 
 
 @app.command(epilog="Example: fpindex audit --generated bench/generated --real bench/test --out results "
@@ -163,7 +191,8 @@ def audit(
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
     train_steps: Optional[int] = O_TRAIN_STEPS, window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
-    preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
+    preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON,
+    html: bool = O_HTML, report_top: int = O_TOP,
 ) -> None:
     """Build an index of the generated images, then query it with the real ones, in one go."""
     from ..api import audit as run_audit
@@ -171,7 +200,7 @@ def audit(
     result = run_audit(generated, real, used=used, not_used=not_used, reference=reference,
                        config=config_from(ctx, preset, **_params(locals())), out=out, index_dir=index,
                        overwrite=overwrite)
-    _report(quiet, verbose, out, result.summary)
+    _finish(quiet, verbose, as_json, html, report_top, out, result.summary)
 
 
 @app.command(epilog="Example: fpindex evaluate results/predictions.csv bench/test_labels.csv")
@@ -204,7 +233,7 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed of the scenario."),
     small: bool = typer.Option(False, "--small", help="A smaller scenario and fewer training steps, for a quick "
                                "check (the tests use it)."),
-    quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
+    report_top: int = O_TOP, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
 ) -> None:
     """Make a small seeded leak scenario (no downloads), audit it with calibration, and evaluate the result."""
     from ..config import RunConfig
@@ -214,8 +243,31 @@ def demo(
     r = run_demo(out, seed=seed, small=small, run=RunConfig(quiet=quiet, verbose=verbose), on_scenario=lambda data: _say(
         quiet, f"demo scenario written to {data} (generated/, train/used, train/not_used, test/, test_labels.csv)"))
     _report(quiet, verbose, r.results, r.summary)
+    page = _html(r.results, report_top, labels=r.data / "test_labels.csv", evaluation=r.evaluation)
+    _say(quiet, f"report: {page}")
     _say(quiet, "\nevaluation on test/ (labels never seen by the audit):")
     _say(quiet, format_table(r.evaluation))
+
+
+@app.command(epilog="Example: fpindex report results --labels bench/test_labels.csv")
+def report(
+    out: Path = typer.Argument(..., help="Output folder of `fpindex audit` or `fpindex query`."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV image,label (1 = used): evaluate the "
+                                          "predictions against it, split the score plot and draw the ROC curve."),
+    report_top: int = O_TOP,
+    quiet: bool = O_QUIET,
+) -> None:
+    """Write OUT/report.html: verdict, score plots, the most suspicious images beside their neighbours with
+    every evidence score, weights, settings, and a sortable table of all real images. Needs no network."""
+    evaluation = None
+    if labels is not None:
+        from ..evaluate import evaluate_files
+        from ..report.html import read_outputs
+
+        read_outputs(out)                 # a missing or damaged OUT is named before the labels are read
+        evaluation = evaluate_files(out / "predictions.csv", labels)
+    page = _html(out, report_top, labels=labels, evaluation=evaluation)
+    _say(quiet, f"wrote {page}")
 
 
 index_commands.register(app)

@@ -22,11 +22,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .decide import Decision, Verdict
-from .errors import FpindexError
-from .load import image_id
-from .search import Neighbours
-from .utils import Timings, atomic_path, write_json_atomic, write_text_atomic
+from ..decide import Decision, Verdict
+from ..errors import FpindexError
+from ..load import image_id
+from ..search import Neighbours
+from ..utils import Timings, atomic_path, write_json_atomic, write_text_atomic
 
 OUTPUTS = ("predictions.csv", "submission.csv", "neighbours.parquet", "summary.json")
 

@@ -1,0 +1,258 @@
+"""OUT/report.html: one page a person can read to judge an audit, made from the audit's output files alone.
+
+The page (templates/report.html.j2, Jinja2 with autoescape) shows the verdict, score distributions, the ROC
+curve when labels are known, galleries of the most suspicious real images beside their neighbours with every
+pair-level evidence score and an aligned difference view, the fusion weights, settings, versions, timings,
+unreadable files, and a sortable, filterable table of all real images. Images and figures are PNG files in
+OUT/report_files/, so the page needs no network. Written atomically: report_files/ is built under a temporary
+name and swapped in, then report.html is renamed into place; either is replaced only when fpindex wrote it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from ..errors import FpindexError
+from ..metrics import METRICS
+from ..utils import atomic_dir, write_text_atomic
+
+REPORT, FILES, MARK = "report.html", "report_files", ".written-by-fpindex"
+GENERATOR = "fpindex report"
+META = ("image", "rank", "generated_id", "generated")    # neighbours.parquet columns that are not evidence
+LABEL_WORDS = {"1": 1, "used": 1, "true": 1, "yes": 1, "0": 0, "not_used": 0, "not used": 0, "unused": 0,
+               "false": 0, "no": 0}
+
+
+@dataclass
+class Outputs:
+    """What an audit wrote into OUT, read and checked."""
+
+    out: Path
+    summary: dict[str, Any]
+    predictions: pd.DataFrame
+    neighbours: pd.DataFrame
+
+
+def read_outputs(out: str | Path) -> Outputs:
+    """Read OUT's summary.json, predictions.csv and neighbours.parquet; anything missing or damaged is one
+    FpindexError naming the file."""
+    out = Path(out)
+    if not out.is_dir():
+        raise FpindexError(f"{out}: no such output folder (run `fpindex audit --out {out}` first)")
+    path = out / "summary.json"
+    if not path.is_file():
+        raise FpindexError(f"{path}: no such file (is {out} an audit's output folder?)")
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FpindexError(f"{path}: not valid JSON ({e})") from None
+    missing = [k for k in ("counts", "verdict", "decision", "settings") if not isinstance(summary, dict)
+               or k not in summary]
+    if missing:
+        raise FpindexError(f"{path}: not an audit summary (no {', '.join(missing)})")
+    path = out / "predictions.csv"
+    try:
+        predictions = pd.read_csv(path, dtype={"image": str})
+    except FileNotFoundError:
+        raise FpindexError(f"{path}: no such file") from None
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise FpindexError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
+    lack = [c for c in ("image", "score", "label") if c not in predictions.columns]
+    if lack:
+        raise FpindexError(f"{path}: missing column(s) {', '.join(lack)}")
+    path = out / "neighbours.parquet"
+    try:
+        neighbours = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise FpindexError(f"{path}: no such file") from None
+    except Exception as e:          # pyarrow raises several types for a damaged file
+        raise FpindexError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    lack = [c for c in META if c not in neighbours.columns]
+    if lack:
+        raise FpindexError(f"{path}: missing column(s) {', '.join(lack)}")
+    return Outputs(out, summary, predictions, neighbours)
+
+
+def read_label_file(path: str | Path) -> dict[str, int]:
+    """image stem → 0/1, like `fpindex evaluate` matches them (it has already checked the file)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return {PurePosixPath(r["image"]).stem: LABEL_WORDS[r["label"].strip().lower()]
+                for r in csv.DictReader(f) if r["label"].strip().lower() in LABEL_WORDS}
+
+
+def _threshold(summary: dict, p: pd.DataFrame) -> Optional[float]:
+    """The decision's threshold on the reported score: stored for `fixed`; otherwise the midpoint between the
+    highest score labelled not used and the lowest labelled used (the labels are score ≥ threshold)."""
+    d = summary["decision"]
+    for key in ("threshold", "score_threshold"):
+        if isinstance(d.get(key), (int, float)):
+            return float(d[key])
+    pos, neg = p.loc[p["label"] == 1, "score"], p.loc[p["label"] == 0, "score"]
+    if len(pos) and len(neg):
+        return float((pos.min() + neg.max()) / 2) if neg.max() < pos.min() else float(pos.min())
+    return None
+
+
+def _num(v: Any, fmt: str = ".3f") -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "—"
+    return "—" if math.isnan(f) else format(f, fmt)
+
+
+class _Images:
+    """Canonical pixels of the report's images, each read once and written once as a PNG in report_files/."""
+
+    def __init__(self, folder: Path, size: int):
+        self.folder, self.size = folder, size
+        self.pixels: dict[str, Any] = {}
+        self.names: dict[str, str] = {}
+
+    def load(self, path: str):
+        from ..load import load_image
+
+        if path not in self.pixels:
+            try:
+                self.pixels[path] = load_image(path, self.size)[0]
+            except (ValueError, OSError) as e:
+                self.pixels[path] = str(e)
+        return self.pixels[path]
+
+    def png(self, key: str, img: np.ndarray) -> str:
+        import cv2
+
+        if key not in self.names:
+            name = hashlib.sha256(key.encode()).hexdigest()[:20] + ".png"
+            arr = img if img.dtype == np.uint8 else np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+            ok, buf = cv2.imencode(".png", arr)
+            if not ok:
+                raise FpindexError(f"cannot encode a PNG for {key}")
+            (self.folder / name).write_bytes(buf.tobytes())
+            self.names[key] = f"{FILES}/{name}"
+        return self.names[key]
+
+    def picture(self, path: str) -> dict[str, str]:
+        px = self.load(path)
+        if isinstance(px, str):
+            return {"src": "", "error": px}
+        return {"src": self.png(path, px), "error": ""}
+
+
+def _pair_views(images: _Images, real: str, gen: str) -> list[dict[str, str]]:
+    """The best neighbour moved onto the real image (align_to), their colour overlay (real in magenta,
+    neighbour in green: grey where they agree) and the absolute difference, amplified ×4."""
+    from ..evidence.align import align_to
+
+    a, b = images.load(real), images.load(gen)
+    if isinstance(a, str) or isinstance(b, str):
+        return []
+    moved = align_to(a, b)
+    overlay = np.stack([a, moved, a], axis=-1)          # OpenCV's order is BGR; magenta = B + R
+    diff = np.clip(np.abs(a - moved) * 4.0, 0, 1)
+    key = f"{real}\n{gen}"
+    return [{"title": "neighbour aligned", "src": images.png(key + "\nmoved", moved)},
+            {"title": "overlay (real magenta, neighbour green)", "src": images.png(key + "\noverlay", overlay)},
+            {"title": "|difference| × 4", "src": images.png(key + "\ndiff", diff)}]
+
+
+def _galleries(o: Outputs, images: _Images, top: int, evidence: list[str]) -> list[dict[str, Any]]:
+    real_dir = Path(o.summary["settings"].get("folders", {}).get("real", ""))
+    best = o.predictions.sort_values(["score", "image"], ascending=[False, True], kind="mergesort").head(top)
+    by_image = {img: g.sort_values("rank") for img, g in o.neighbours.groupby("image", sort=False)}
+    out = []
+    for rank, row in enumerate(best.itertuples(index=False), start=1):
+        real = str(real_dir / row.image)
+        nb = by_image.get(row.image)
+        neighbours = []
+        if nb is not None:
+            for n in nb.itertuples(index=False):
+                if int(n.generated_id) < 0:
+                    continue            # fewer generated images than k
+                neighbours.append({"rank": int(n.rank), "name": PurePosixPath(str(n.generated)).name,
+                                   "path": str(n.generated), **images.picture(str(n.generated)),
+                                   "scores": [(c, _num(getattr(n, c))) for c in evidence]})
+        views = _pair_views(images, real, neighbours[0]["path"]) if neighbours else []
+        out.append({"position": rank, "image": row.image, "anchor": f"g{rank}", "score": _num(row.score, ".4f"),
+                    "label": int(row.label), "real": images.picture(real), "neighbours": neighbours,
+                    "views": views})
+    return out
+
+
+def _owned(out: Path) -> None:
+    """Refuse to replace a report.html or report_files/ that fpindex did not write."""
+    page, files = out / REPORT, out / FILES
+    if page.exists():
+        head = page.read_bytes()[:4096] if page.is_file() else b""
+        if f'<meta name="generator" content="{GENERATOR}'.encode() not in head:
+            raise FpindexError(f"{page} exists and was not written by fpindex; move it away first")
+    if files.exists() and not (files / MARK).is_file():
+        raise FpindexError(f"{files} exists and was not written by fpindex; move it away first")
+
+
+def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = None,
+                 evaluation: Optional[dict[str, Any]] = None) -> Path:
+    """Write OUT/report.html (and OUT/report_files/) from an audit's outputs. `labels`: a CSV image,label to
+    split the score distribution and draw the ROC curve; `evaluation`: metrics to show (default: OUT's
+    evaluation.json when present). Returns the page's path."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    from . import plots
+
+    o = read_outputs(out)
+    out = o.out
+    _owned(out)
+    if evaluation is None and (out / "evaluation.json").is_file():
+        try:
+            evaluation = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FpindexError(f"{out / 'evaluation.json'}: not valid JSON ({e})") from None
+    s, p = o.summary, o.predictions
+    truth = read_label_file(labels) if labels is not None else {}
+    stems = [PurePosixPath(i).stem for i in p["image"]]
+    known = np.array([truth.get(st, -1) for st in stems])
+    scores = p["score"].to_numpy(np.float64)
+    threshold = _threshold(s, p)
+    evidence = [c for c in o.neighbours.columns if c not in META]
+    size = int(s["settings"].get("embedder", {}).get("image_size") or 256)
+    best = o.neighbours.sort_values("rank").groupby("image", sort=False).first()
+    with atomic_dir(out / FILES) as tmp:
+        (tmp / MARK).write_text("written by fpindex report; replaced whole on the next report\n")
+        images = _Images(tmp, size)
+        (tmp / "scores.png").write_bytes(plots.score_histogram(
+            {"used": scores[known == 1], "not used": scores[known == 0], "unlabelled": scores[known < 0]},
+            threshold, "membership score"))
+        roc = bool(truth) and len(set(known[known >= 0].tolist())) == 2
+        if roc:
+            (tmp / "roc.png").write_bytes(plots.roc_curve(known[known >= 0], scores[known >= 0]))
+        galleries = _galleries(o, images, top, evidence)
+        anchors = {g["image"]: g["anchor"] for g in galleries}
+        rows = [{"image": img, "score": float(sc), "score_text": _num(sc, ".4f"), "label": int(lab),
+                 "p_value": _num(pv, ".3g"), "truth": {1: "used", 0: "not used"}.get(int(t), ""),
+                 "cosine": _num(best["cosine"].get(img) if img in best.index else None),
+                 "anchor": anchors.get(img, "")}
+                for img, sc, lab, pv, t in zip(p["image"], scores, p["label"], p.get("p_value", [math.nan] * len(p)),
+                                               known)]
+        env = Environment(loader=PackageLoader("fpindex.report", "templates"),
+                          autoescape=select_autoescape(["html", "j2"], default=True),
+                          trim_blocks=True, lstrip_blocks=True)
+        env.filters["num"] = _num
+        html = env.get_template("report.html.j2").render(
+            generator=f"{GENERATOR} {__version__}", s=s, verdict=s["verdict"], decision=s["decision"],
+            threshold=threshold, evaluation=evaluation, metrics=METRICS, roc=roc, galleries=galleries,
+            evidence=evidence, rows=rows, top=top, labelled=bool(truth), files=FILES,
+            settings_json=json.dumps(s.get("settings", {}), indent=2, sort_keys=True),
+            config_json=json.dumps(s.get("config", {}), indent=2, sort_keys=True),
+            bad_files=[(name, b) for name, bad in (s.get("bad_files") or {}).items() for b in bad])
+    write_text_atomic(out / REPORT, html)
+    return out / REPORT

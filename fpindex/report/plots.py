@@ -1,0 +1,70 @@
+"""The HTML report's figures: score distributions and the ROC curve, as PNG bytes.
+
+matplotlib's Agg backend (no display needed), one figure per plot, no timestamp in the PNG metadata, so the
+same audit gives byte-identical figures."""
+
+from __future__ import annotations
+
+import io
+from typing import Optional, Sequence
+
+import numpy as np
+
+COLOURS = {"used": "#c0392b", "not used": "#2471a3", "unlabelled": "#7f8c8d"}
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _figure(width: float = 6.0, height: float = 3.2):
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+    return fig, ax
+
+
+def score_histogram(groups: dict[str, np.ndarray], threshold: Optional[float], score_name: str) -> bytes:
+    """Overlaid histograms of the score per group (used / not used / unlabelled), with the threshold."""
+    fig, ax = _figure()
+    values = [v for v in groups.values() if len(v)]
+    allv = np.concatenate(values) if values else np.zeros(1)
+    lo, hi = float(np.min(allv)), float(np.max(allv))
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    bins = np.linspace(lo, hi, 31)
+    for name, v in groups.items():
+        if len(v):
+            ax.hist(v, bins=bins, alpha=0.55, label=f"{name} ({len(v)})", color=COLOURS.get(name))
+    if threshold is not None and np.isfinite(threshold):
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold {threshold:.3g}")
+    ax.set_xlabel(score_name)
+    ax.set_ylabel("real images")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def roc_curve(y_true: Sequence[int], score: Sequence[float]) -> bytes:
+    """The ROC curve of `score` against the known labels, with its AUC in the legend."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_curve as sk_roc
+
+    fpr, tpr, _ = sk_roc(y_true, score)
+    auc = roc_auc_score(y_true, score)
+    fig, ax = _figure(4.0, 3.6)
+    ax.plot(fpr, tpr, color=COLOURS["used"], label=f"fpindex (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="#999999", linestyle=":", label="chance")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8, loc="lower right")
+    return _png(fig)

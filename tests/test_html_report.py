@@ -1,0 +1,175 @@
+"""The HTML report: what it contains, its error paths, its atomic and owned writing, and (in headless
+Chromium) that every image loads, a header click sorts and the filters filter."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fpindex.errors import FpindexError
+from fpindex.report.html import FILES, REPORT, write_report
+
+
+@pytest.fixture(scope="module")
+def report(leak, tmp_path_factory) -> Path:
+    """A copy of the session's audit outputs with a report written into it (with labels: ROC and split)."""
+    out = tmp_path_factory.mktemp("report") / "audit"
+    shutil.copytree(leak.audit_out, out, ignore=shutil.ignore_patterns("index"))
+    write_report(out, top=5, labels=leak.labels)
+    return out
+
+
+def test_report_has_the_verdict_galleries_and_table(report, leak):
+    html = (report / REPORT).read_text()
+    assert leak.audit_summary["verdict"]["text"] in html
+    assert html.count('class="real"') == 5                      # top 5 galleries
+    n_real = leak.audit_summary["counts"]["real"]["embedded"]
+    assert len(re.findall(r"<tr data-score=", html)) == n_real
+    assert "roc.png" in html and (report / FILES / "roc.png").is_file()
+    assert "ssim_aligned" in html and "Evidence weights" in html
+    assert "http://" not in html and "https://" not in html        # nothing fetched from the network
+    for src in re.findall(r'<img src="([^"]+)"', html):
+        assert (report / src).is_file(), src
+
+
+def test_report_is_deterministic(report, leak):
+    before = {p.name: p.read_bytes() for p in (report / FILES).iterdir()}
+    html = (report / REPORT).read_text()
+    write_report(report, top=5, labels=leak.labels)
+    assert {p.name: p.read_bytes() for p in (report / FILES).iterdir()} == before
+    assert (report / REPORT).read_text() == html
+
+
+def test_report_escapes_file_names(report, leak, tmp_path):
+    out = tmp_path / "o"
+    shutil.copytree(report, out)
+    p = out / "predictions.csv"
+    p.write_text(p.read_text().replace("real_", "<b>real_", 1))
+    html = write_report(out, top=2).read_text()
+    assert "&lt;b&gt;real_" in html and "<b>real_" not in html
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", r"no such output folder"),
+    ("no_summary", r"summary\.json: no such file"),
+    ("bad_summary", r"summary\.json: not valid JSON"),
+    ("not_a_summary", r"summary\.json: not an audit summary \(no counts"),
+    ("no_predictions", r"predictions\.csv: no such file"),
+    ("bad_parquet", r"neighbours\.parquet: not a readable Parquet file"),
+    ("foreign_page", r"report\.html exists and was not written by fpindex"),
+    ("foreign_files", r"report_files exists and was not written by fpindex"),
+])
+def test_damaged_output_folder_is_one_error_naming_the_file(report, tmp_path, case, message):
+    out = tmp_path / "o"
+    if case != "missing":
+        shutil.copytree(report, out)
+    if case == "no_summary":
+        (out / "summary.json").unlink()
+    elif case == "bad_summary":
+        (out / "summary.json").write_text("{not json")
+    elif case == "not_a_summary":
+        (out / "summary.json").write_text(json.dumps({"x": 1}))
+    elif case == "no_predictions":
+        (out / "predictions.csv").unlink()
+    elif case == "bad_parquet":
+        (out / "neighbours.parquet").write_bytes(b"PAR1 damaged")
+    elif case == "foreign_page":
+        (out / REPORT).write_text("<html>my own notes</html>")
+    elif case == "foreign_files":
+        shutil.rmtree(out / FILES)
+        (out / FILES).mkdir()
+        (out / FILES / "mine.txt").write_text("keep")
+    with pytest.raises(FpindexError, match=message):
+        write_report(out)
+    if case == "foreign_page":
+        assert (out / REPORT).read_text() == "<html>my own notes</html>"
+    if case == "foreign_files":
+        assert (out / FILES / "mine.txt").read_text() == "keep"
+
+
+def test_a_failed_report_leaves_the_previous_one(report, tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    shutil.copytree(report, out)
+    html, files = (out / REPORT).read_text(), sorted(p.name for p in (out / FILES).iterdir())
+    from fpindex.report import plots
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(plots, "roc_curve", boom)
+    monkeypatch.setattr(plots, "score_histogram", boom)
+    with pytest.raises(RuntimeError):
+        write_report(out)
+    assert (out / REPORT).read_text() == html
+    assert sorted(p.name for p in (out / FILES).iterdir()) == files
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]      # no temporaries left
+
+
+# ---- in a real browser ---------------------------------------------------------------------------
+
+def _browser():
+    """Headless Chromium through Selenium and Debian's chromium-driver; skipped (with the reason) only when
+    neither can be had."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium.common.exceptions import WebDriverException
+
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not chrome or not driver:
+        pytest.skip("no chromium + chromedriver on PATH (apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--window-size=1280,2000", "--allow-file-access-from-files"):
+        opts.add_argument(a)
+    from selenium.webdriver.chrome.service import Service
+
+    try:
+        return webdriver.Chrome(options=opts, service=Service(driver))
+    except WebDriverException as e:
+        pytest.skip(f"chromium would not start: {str(e).splitlines()[0]}")
+
+
+def test_report_in_headless_chromium(report, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    b = _browser()
+    try:
+        b.get((report / REPORT).resolve().as_uri())
+        sizes = b.execute_script("return [...document.images].map(i => [i.getAttribute('src'), i.complete, "
+                                 "i.naturalWidth])")
+        assert sizes and all(ok and w > 0 for _, ok, w in sizes), [s for s in sizes if not s[2]]
+
+        def column(i):
+            return b.execute_script(f"return [...document.querySelectorAll('#all tbody tr')]"
+                                    f".filter(r => !r.hidden).map(r => r.cells[{i}].textContent.trim())")
+
+        header = b.find_elements(By.CSS_SELECTOR, "#all thead th")
+        header[1].click()                                                   # score, ascending
+        up = [float(v) for v in column(1)]
+        assert up == sorted(up)
+        header[1].click()                                                   # again: descending
+        down = [float(v) for v in column(1)]
+        assert down == sorted(up, reverse=True)
+        header[0].click()
+        names = column(0)
+        assert names == sorted(names)
+
+        first = names[0]
+        b.find_element(By.ID, "name-filter").send_keys(first)
+        assert column(0) == [first]
+        b.find_element(By.ID, "name-filter").clear()
+        b.execute_script("const e = document.getElementById('name-filter'); e.value = '';"
+                         "e.dispatchEvent(new Event('input'))")
+        cut = sorted(down)[len(down) // 2]
+        b.find_element(By.ID, "min-score").send_keys(f"{cut:.4f}")
+        kept = [float(v) for v in column(1)]
+        assert kept and len(kept) < len(down) and min(kept) >= cut - 1e-4
+        assert b.save_screenshot(str(tmp_path / "report.png"))
+        assert (tmp_path / "report.png").stat().st_size > 0
+    finally:
+        b.quit()
