@@ -14,12 +14,11 @@ import typer
 from .. import __version__
 from ..errors import FpindexError
 from . import index_commands
-from .options import (FIELDS, O_ALPHA, O_BATCH, O_CACHE_DIR, O_DECISION, O_DEVICE, O_EF_SEARCH, O_ENHANCE,
-                      O_FACTORY, O_K, O_MAX_MEMORY, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE, O_PRECISION,
-                      O_PRESET, O_QUIET, O_REFERENCE, O_SCORE, O_SEED, O_SIZE, O_TARGET, O_THRESHOLD,
-                      O_TRAIN_STEPS, O_USED, O_VERBOSE, O_WEIGHTS, O_WORKERS, Device, Method, Model, PresetName,
-                      Precision, Score, config_from)
-from .options import O_AXIS, O_WINDOW
+from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION, O_DEVICE, O_EF_SEARCH,
+                      O_ENHANCE, O_FACTORY, O_K, O_MAX_MEMORY, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE,
+                      O_PRECISION, O_PRESET, O_QUIET, O_REFERENCE, O_SCORE, O_SEED, O_SIZE, O_TARGET, O_THRESHOLD,
+                      O_TRAIN_STEPS, O_USED, O_VERBOSE, O_WEIGHTS, O_WINDOW, O_WORKERS, Device, Method, Model,
+                      O_HTML, O_JSON, O_TOP, PresetName, Precision, Score, config_from)
 
 app = typer.Typer(
     name="fpindex",
@@ -41,12 +40,6 @@ def _say(quiet: bool, text: str = "") -> None:
     if not quiet:
         typer.echo(text)
 
-
-O_JSON = typer.Option(False, "--json", help="Print the summary (what summary.json holds) as one JSON document "
-                      "on stdout instead of the human lines; progress and warnings stay on stderr.")
-O_HTML = typer.Option(False, "--report", help="Also write OUT/report.html (see `fpindex report`).")
-O_TOP = typer.Option(50, "--report-top", min=0, help="Real images, by score, shown beside their neighbours in "
-                     "the HTML report.")
 
 
 def _html(out: Path, top: int, labels: Optional[Path] = None, evaluation: Optional[dict] = None) -> Path:

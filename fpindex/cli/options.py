@@ -105,6 +105,12 @@ O_VERBOSE = typer.Option(False, "--verbose", "-v", help="Also print per-stage ti
 O_PRESET = typer.Option(PresetName("default"), "--preset", help="Named settings; options given explicitly "
                         "override them. " + "; ".join(f"{n}: {PRESETS.help(n)}" for n in PRESETS.names()))
 
+O_JSON = typer.Option(False, "--json", help="Print the summary (what summary.json holds) as one JSON document "
+                      "on stdout instead of the human lines; progress and warnings stay on stderr.")
+O_HTML = typer.Option(False, "--report", help="Also write OUT/report.html (see `fpindex report`).")
+O_TOP = typer.Option(50, "--report-top", min=0, help="Real images, by score, shown beside their neighbours in "
+                     "the HTML report.")
+
 
 def _value(v: Any) -> Any:
     return v.value if isinstance(v, Enum) else v
