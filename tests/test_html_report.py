@@ -173,3 +173,14 @@ def test_report_in_headless_chromium(report, tmp_path):
         assert (tmp_path / "report.png").stat().st_size > 0
     finally:
         b.quit()
+
+
+def test_the_threshold_drawn_is_the_decisions():
+    import pandas as pd
+
+    from fpindex.report.html import _threshold
+
+    p = pd.DataFrame({"score": [0.2, 0.4, 0.7, 0.9], "label": [0, 0, 1, 1]})
+    assert _threshold({"decision": {"method": "calibrated"}, "verdict": {"leakage": True}}, p) == 0.5
+    assert _threshold({"decision": {"method": "fixed", "threshold": 0.9}, "verdict": {"leakage": None}}, p) == 0.9
+    assert _threshold({"decision": {"method": "reference"}, "verdict": {"leakage": True}}, p) == pytest.approx(0.55)

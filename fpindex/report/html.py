@@ -91,12 +91,15 @@ def read_label_file(path: str | Path) -> dict[str, int]:
 
 
 def _threshold(summary: dict, p: pd.DataFrame) -> Optional[float]:
-    """The decision's threshold on the reported score: stored for `fixed`; otherwise the midpoint between the
-    highest score labelled not used and the lowest labelled used (the labels are score ≥ threshold)."""
+    """The decision's threshold on the reported score: stored for `fixed`, 0.5 for `calibrated`; for `reference`
+    the midpoint between the highest score labelled not used and the lowest labelled used."""
     d = summary["decision"]
     for key in ("threshold", "score_threshold"):
         if isinstance(d.get(key), (int, float)):
             return float(d[key])
+    if d.get("method") == "calibrated" and summary["verdict"].get("leakage"):
+        return 0.5                                    # label = P(used) ≥ 0.5 (decide.py)
+    # reference: label = p ≤ α, and p falls as the score rises, so a separating score lies between the labels
     pos, neg = p.loc[p["label"] == 1, "score"], p.loc[p["label"] == 0, "score"]
     if len(pos) and len(neg):
         return float((pos.min() + neg.max()) / 2) if neg.max() < pos.min() else float(pos.min())
