@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from .cache import default_cache_dir
 from .config import AuditConfig, EmbedConfig
 from .decide import Labelled, choose_method, decide
 from .devices import faiss_device
@@ -156,7 +157,7 @@ def fit_features(store: IndexStore, pixels: PixelStore, cfg: EmbedConfig, timing
                                                                f"index's evidence but {e}; restore the file")
 
     data = FitInput(sha256=sha, pixels=rows_pixels, size=pixels.size, seed=cfg.seed,
-                    cache_dir=(cfg.cache_dir or str(_cache_root())) if cfg.cache else None)
+                    cache_dir=cache_root(cfg))
     for name in FEATURES:
         f = FEATURES.get(name)
         if f.attachment is None:
@@ -167,10 +168,9 @@ def fit_features(store: IndexStore, pixels: PixelStore, cfg: EmbedConfig, timing
             store.attachments[f.attachment], store.manifest[name] = fitted
 
 
-def _cache_root() -> Path:
-    from .cache import default_cache_dir
-
-    return default_cache_dir()
+def cache_root(cfg: EmbedConfig) -> str | None:
+    """Where the evidence caches live (None: caching off), beside the vectors'."""
+    return (cfg.cache_dir or str(default_cache_dir())) if cfg.cache else None
 
 
 # ---- query ---------------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
                   gen_sha256=lambda ids: store.items.column("sha256").take(ids).to_pylist(),
                   gen_vectors=store.reconstruct, images=QueryImages(pixels, emb.files(), store.paths),
                   attachments=store.attachments, where=str(store.directory or "in memory"))
-        run = Run(wanted=wanted, cache_dir=(embed_cfg.cache_dir or str(_cache_root())) if embed_cfg.cache else None,
+        run = Run(wanted=wanted, cache_dir=cache_root(embed_cfg),
                   stage=timings.stage, progress=bar, desc=f"re-rank {name}")
         pair, ev = compute_evidence(q, run, names)
         results[name] = (emb, nb, pair, ev)
