@@ -133,7 +133,7 @@ def read_labels(path: Path) -> dict[str, int]:
 # The quick demo (`fpindex demo --small`): half the patients and generated images, and fewer self-supervised
 # training steps than the default (which takes about 8 passes over the generated set: 30 steps for 240 images).
 SMALL_SIZE = ScenarioSize(n_train_each=10, n_test_each=20, n_generated=120)
-SMALL_TRAIN_STEPS = 20
+SMALL_TRAIN_STEPS = 10
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,7 @@ def test_audit_pixels_with_stacked_enhancements_and_reference(runner, scenario, 
 # ---- demo ----------------------------------------------------------------------------------------
 
 def test_demo(runner, tmp_path, monkeypatch):
-    """The quick demo (--small: 20 + 20 labelled, 40 test and 120 generated images, 20 training steps): what it
+    """The quick demo (--small: 20 + 20 labelled, 40 test and 120 generated images, 10 training steps): what it
     writes, what it prints, and a sane result. Measured with seeds 0, 1 and 2: accuracy, kappa and AUC 1.000."""
     out = tmp_path / "demo"
     r = ok(runner.invoke(app, ["demo", "--small", "--out", str(out)]))
@@ -166,7 +166,7 @@ def test_demo(runner, tmp_path, monkeypatch):
                                        "total"} == set(STAGES) | {"total"}
     assert summary["decision"]["method"] == "calibrated"
     assert summary["counts"]["generated_indexed"] == 120
-    assert summary["settings"]["embedder"]["training"]["steps"] == 20
+    assert summary["settings"]["embedder"]["training"]["steps"] == 10
     evaluation = json.loads((res / "evaluation.json").read_text())
     assert evaluation["n"] == 40 and evaluation["positives"] == 20
     m = evaluation["method"]
@@ -202,7 +202,7 @@ def test_demo_without_small_keeps_the_full_scenario_and_training(tmp_path, monke
 
     monkeypatch.setattr(demo, "make_scenario", lambda root, seed, size: seen.update(seed=seed, size=size) or root)
     monkeypatch.setattr(api, "audit", audit)
-    for small, size, steps in [(False, demo.ScenarioSize(), None), (True, demo.SMALL_SIZE, 20)]:
+    for small, size, steps in [(False, demo.ScenarioSize(), None), (True, demo.SMALL_SIZE, 10)]:
         with pytest.raises(Stop):
             demo.run_demo(tmp_path, seed=4, small=small)
         data = tmp_path / "data"
