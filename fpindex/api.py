@@ -83,10 +83,9 @@ class Index:
             from .load import ReadOptions, list_images
             from .utils import Timings
 
-            cfg = pipeline.embed_config_of(self.store, self.config.embed) if self._built is None else None
+            cfg = pipeline.embed_config_of(self.store, self.config.embed, in_memory=self._built is not None)
             embedder = self._built.embedder if self._built is not None else make_embedder(cfg)
             root = Path(queries)
-            cfg = cfg or self.config.embed
             emb = embed_folder(root, list_images(root, "query folder", ReadOptions.of(cfg)), embedder, cfg,
                                Timings(), pipeline.progress_bar(self.config.run.quiet), "embed queries")
             queries = emb.vectors

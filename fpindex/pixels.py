@@ -33,7 +33,9 @@ class PixelStore:
         return str(Path(path).resolve())
 
     def put(self, path: str | Path, img: np.ndarray) -> None:
-        k = self.key(path)
+        self._keep(self.key(path), img)
+
+    def _keep(self, k: str, img: np.ndarray) -> None:
         if k not in self._memo and self._bytes + img.nbytes <= self.limit:
             self._memo[k] = img
             self._bytes += img.nbytes
@@ -43,14 +45,15 @@ class PixelStore:
 
     def get(self, path: str | Path, fail: Callable[[str], str]) -> np.ndarray:
         """The image's pixels; when it cannot be read, FpindexError(fail(reason))."""
-        img = self.known(path)
+        k = self.key(path)
+        img = self._memo.get(k)
         if img is None:
             try:
                 img = load_image(path, self.size, self.reader.read, self.reader)[0]
             except ValueError as e:
                 raise FpindexError(fail(str(e))) from None
             self.decoded += 1
-            self.put(path, img)
+            self._keep(k, img)
         return img
 
     def stack(self, paths: Sequence[str | Path], fail: Callable[[str, str], str]) -> np.ndarray:
@@ -74,11 +77,9 @@ class QueryImages:
 
     def generated(self, ids: np.ndarray) -> np.ndarray:
         paths = self.generated_paths(ids)
-        out = np.empty((len(ids), self.size, self.size), np.float32)
-        for j, (i, p) in enumerate(zip(ids.tolist(), paths)):
-            out[j] = self.store.get(p, lambda e, i=i, p=p: f"generated image {p} (index id {i}) is needed for SSIM "
-                                                           f"re-ranking but {e}; restore the file or rebuild the index")
-        return out
+        id_of = dict(zip(paths, ids.tolist()))
+        return self.store.stack(paths, lambda p, e: f"generated image {p} (index id {id_of[p]}) is needed for SSIM "
+                                                    f"re-ranking but {e}; restore the file or rebuild the index")
 
     def check_generated(self, ids: np.ndarray) -> None:
         """Neighbours whose values came from the cache are not read, but must still exist (they are reported)."""

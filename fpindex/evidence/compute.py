@@ -72,6 +72,7 @@ def compute_evidence(q: Query, run: Run,
     n, k = q.nb.ids.shape
     valid = q.nb.ids >= 0
     flat = q.nb.ids[valid]
+    cosine = q.nb.cosine[valid]              # per pair, in `flat` order
     real_idx = np.repeat(np.arange(n), k).reshape(n, k)[valid]
     shas: dict[str, list[str]] = {}
     pair: dict[str, np.ndarray] = {}
@@ -85,7 +86,7 @@ def compute_evidence(q: Query, run: Run,
             if not active:
                 values[:] = np.nan
             elif len(flat):
-                values[valid] = _pairs(f, q, run, flat, real_idx, shas, read)
+                values[valid] = _pairs(f, q, run, flat, real_idx, cosine, shas, read)
             pair[name] = values
             scores[name] = _pool(f, values, valid)
         else:
@@ -117,7 +118,7 @@ def _cache(f: Feature, q: Query, run: Run) -> ContentCache | None:
     return ContentCache(run.cache_dir, f.name, identity, width=1)
 
 
-def _pairs(f: Feature, q: Query, run: Run, flat: np.ndarray, real_idx: np.ndarray,
+def _pairs(f: Feature, q: Query, run: Run, flat: np.ndarray, real_idx: np.ndarray, cosine: np.ndarray,
            shas: dict[str, list[str]], read: set[int]) -> np.ndarray:
     cache = _cache(f, q, run)
     if cache is not None:
@@ -130,7 +131,6 @@ def _pairs(f: Feature, q: Query, run: Run, flat: np.ndarray, real_idx: np.ndarra
     else:
         vals = np.full(len(flat), np.nan, np.float32)
     todo = np.flatnonzero(np.isnan(vals))
-    cosine = q.nb.cosine[q.nb.ids >= 0]
     with (run.progress(len(todo), f"{run.desc}: {f.name}") if "pixels" in f.needs else _NoBar()) as bar:
         for s in range(0, len(todo), PAIR_CHUNK):
             part = todo[s:s + PAIR_CHUNK]
