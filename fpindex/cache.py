@@ -38,6 +38,11 @@ def default_cache_dir() -> Path:
     return Path(base) / "fpindex"
 
 
+def cache_root(cfg: Any) -> str | None:
+    """Where an embedding config's caches live (vectors, evidence, trained weights); None when caching is off."""
+    return (cfg.cache_dir or str(default_cache_dir())) if cfg.cache else None
+
+
 def identity_key(identity: dict[str, Any]) -> str:
     text = json.dumps({"format": FORMAT, **identity}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .cache import default_cache_dir
+from .cache import cache_root
 from .config import AuditConfig, EmbedConfig
 from .decide import Labelled, choose_method, decide
 from .devices import faiss_device
@@ -166,11 +166,6 @@ def fit_features(store: IndexStore, pixels: PixelStore, cfg: EmbedConfig, timing
             fitted = f.fit(data)
         if fitted is not None:
             store.attachments[f.attachment], store.manifest[name] = fitted
-
-
-def cache_root(cfg: EmbedConfig) -> str | None:
-    """Where the evidence caches live (None: caching off), beside the vectors'."""
-    return (cfg.cache_dir or str(default_cache_dir())) if cfg.cache else None
 
 
 # ---- query ---------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from ..cache import ContentCache, default_cache_dir
+from ..cache import ContentCache, cache_root
 from ..config import EmbedConfig
 from ..enhance import REVISION as ENHANCE_REVISION
 from ..errors import FpindexError
@@ -77,7 +77,7 @@ def vector_cache(cfg: EmbedConfig, embedder: Embedder) -> ContentCache | None:
     identity |= {"fpindex": __version__, "torch": torch.__version__, "enhance_revision": ENHANCE_REVISION,
                  # GPU convolutions in "fp32" run as TF32 by default (vectors ≈ 1e-3 from the CPU's): never mixed
                  "device": embedder.spec.device.type}
-    return ContentCache(cfg.cache_dir or default_cache_dir(), "embedding", identity, width=embedder.dim)
+    return ContentCache(cache_root(cfg), "embedding", identity, width=embedder.dim)
 
 
 def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedConfig, timings: Timings,

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import __version__
-from ..cache import blob_meta, blob_path, default_cache_dir, read_blob, write_blob
+from ..cache import blob_meta, blob_path, cache_root, read_blob, write_blob
 from ..config import EmbedConfig
 from ..enhance import REVISION as ENHANCE_REVISION, enhance_batch
 from ..errors import FpindexError
@@ -46,7 +46,7 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
             raw.append((f, sha, data))
     cached = None
     if cfg.cache:
-        cached = blob_path(cfg.cache_dir or default_cache_dir(), "selfsup", {
+        cached = blob_path(cache_root(cfg), "selfsup", {
             "selfsup": sscfg.as_dict(), "model": cfg.model, "enhance": list(cfg.enhance),
             "enhance_revision": ENHANCE_REVISION, "size": embedder.spec.size, "seed": cfg.seed,
             "versions": {"fpindex": __version__, "torch": torch.__version__},
