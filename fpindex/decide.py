@@ -243,6 +243,66 @@ def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
                     p_value=empirical_p(p, p_cv[y == 0]), details=details)
 
 
+def storey_share(p: np.ndarray, lam: float = 0.5) -> float:
+    """Share of non-null p-values, 1 − π0 with Storey's π0 = #{p > λ} / ((1 − λ) n): how many candidates carry
+    a membership signal, read from their p-values alone."""
+    p = np.asarray(p, dtype=np.float64)
+    return float(np.clip(1.0 - np.mean(p > lam) / (1.0 - lam), 0.0, 1.0)) if len(p) else 0.0
+
+
+@DECIDERS.register("pu", "no labels: every feature fused by telling the real images from known-unused ones "
+                         "(positive-unlabelled, cross-fitted, non-negative weights)")
+def positive_unlabelled(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
+    """The real images are a mix of used and unused ones, the reference only unused: a monotone fusion that
+    tells the two apart can only do so by what the used ones add, so it ranks the real images by membership.
+    Every image is scored by a fold model that never saw it, so no image vouches for itself; the verdict is the
+    permutation test of that cross-fitted separation, as for `calibrated`."""
+    from sklearn.model_selection import StratifiedKFold
+
+    ref = data.reference if data.reference is not None else data.not_used
+    if ref is None or len(ref) == 0:
+        raise FpindexError("decision 'pu' needs known-unused real images: pass --reference DIR or --not-used DIR")
+    features = _features(target, ref, ref)
+    n_t, n_r = len(target), len(ref)
+    folds = min(cfg.cv_folds, n_t, n_r)
+    if folds < 2:
+        raise FpindexError("decision 'pu' needs at least 2 real images and 2 known-unused ones")
+    x = np.vstack([target.matrix(features), ref.matrix(features)])
+    y = np.r_[np.ones(n_t, np.int8), np.zeros(n_r, np.int8)]
+    splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed).split(x, y))
+    p_cv, s_cv = np.empty(len(y)), np.empty(len(y))
+    weights = []
+    for tr, te in splits:
+        fold = MonotoneScore().fit(x[tr], y[tr])
+        p_cv[te], s_cv[te] = fold.predict_proba(x[te]), fold.score(x[te])
+        weights.append(fold.w)
+    observed = rank_auc(y, s_cv)
+    rng = np.random.default_rng(cfg.seed)
+    null = [rank_auc(yp, _oof_scores(x, yp, splits)) for yp in (rng.permutation(y) for _ in range(cfg.permutations))]
+    perm_p = (1.0 + np.sum(np.asarray(null) >= observed)) / (1.0 + cfg.permutations)
+    score, null_score = p_cv[:n_t], p_cv[n_t:]
+    verdict = Verdict(leakage=bool(perm_p <= cfg.alpha and observed > 0.5), alpha=cfg.alpha,
+                      basis="real images vs the reference (cross-fitted)", auc=round(rank_auc(y, p_cv), 4),
+                      ci=bootstrap_auc_ci(score, null_score, cfg.seed), p_value=float(perm_p))
+    p = empirical_p(score, null_score)
+    label = (p <= cfg.alpha) if verdict.leakage else np.zeros(n_t, bool)
+    share = storey_share(p)
+    boot = np.random.default_rng(cfg.seed)
+    shares = [storey_share(empirical_p(boot.choice(score, n_t), boot.choice(null_score, n_r))) for _ in range(200)]
+    details = {"features": list(features), "n_reference": n_r, "folds": folds,
+               "model": "non-negative weights on standardised scores (NNLS), Platt-scaled, per fold",
+               "weights": dict(zip(features, np.round(np.mean(weights, 0), 6).tolist())),
+               "used_share": {"estimate": round(share, 4), "ci95": [round(float(v), 4) for v in
+                                                                    np.percentile(shares, [2.5, 97.5])],
+                              "method": "Storey's pi0 at lambda 0.5 on the per-image p-values, bootstrap interval"},
+               "min_possible_p": 1.0 / (1.0 + n_r)}
+    return Decision(score=score, label=label.astype(np.int8), method="pu", p_value=p, verdict=verdict,
+                    details=details)
+
+
+FUSING = frozenset({"calibrated", "pu"})   # methods that read every evidence feature, not one score
+
+
 def choose_method(cfg: DecideConfig, data: Labelled) -> str:
     """The one place that picks the method; the pipeline calls it before any work and passes the answer on."""
     if cfg.method != "auto":

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .cache import cache_root
 from .config import AuditConfig, EmbedConfig
-from .decide import Labelled, choose_method, decide
+from .decide import FUSING, Labelled, choose_method, decide
 from .devices import faiss_device
 from .embed import (SELFSUP, SELFSUP_FILE, Embedded, Embedder, embed_folder, embed_identity, make_embedder,
                     resolved, train_on_generated, vector_cache)
@@ -192,8 +192,8 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
     pixels = pixels or PixelStore(embedder.spec.size, read=read)
     cache = vector_cache(embed_cfg, embedder)
     names = list(config.evidence.features) if config.evidence.features is not None else FEATURES.names()
-    # Calibrated decisions fuse every feature; fixed and reference ones read one score only.
-    wanted = frozenset(names) if method == "calibrated" else frozenset({config.decide.score})
+    # Fusing decisions read every feature; fixed and reference ones read one score only.
+    wanted = frozenset(names) if method in FUSING else frozenset({config.decide.score})
     bar = progress_bar(config.run.quiet)
     results: dict[str, tuple[Embedded, Any, dict[str, np.ndarray], Evidence]] = {}
     for name, (root, files) in listed.items():
