@@ -128,6 +128,7 @@ def build(generated: str | Path, config: AuditConfig, index_dir: str | Path | No
         raise FpindexError(f"generated-image folder {generated}: none of its {len(files)} images could be read")
     with timings.stage("index"):
         store.add(emb.vectors, emb.rows())
+        store.files(np.arange(store.ntotal - len(emb.paths), store.ntotal))   # a link out of the folder: refused now
     if emb.paths:
         fit_features(store, pixels, embed_cfg, timings)
         with timings.stage("index"):

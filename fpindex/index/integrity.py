@@ -35,8 +35,14 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 ESCAPE = r"(^|[/\\])\.\.([/\\]|$)|^[/\\]|^[A-Za-z]:|^$"
 
 
-def _type_name(t: type) -> str:
-    return {int: "a number", str: "a string", dict: "a mapping", list: "a list"}[t]
+def _json_name(value: Any) -> str:
+    """What JSON calls the value's type, for messages."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else "a boolean"
+    return {dict: "an object", list: "an array", str: "a string"}.get(type(value), "a number")
+
+
+_WANTED = {int: "a whole number", str: "a string", dict: "an object", list: "an array"}
 
 
 def _is(value: Any, t: type) -> bool:
@@ -51,7 +57,7 @@ def check_manifest(manifest: Any, path: Path, newest: int, readable: tuple[int, 
         return FpindexError(f"index {path}: {problem}; rebuild the index")
 
     if not isinstance(manifest, dict):
-        raise bad(f"the manifest is a JSON {type(manifest).__name__}, not an object")
+        raise bad(f"the manifest is {_json_name(manifest)}, not an object")
     version = manifest.get("format_version")
     if not _is(version, int):
         raise bad(f"format version {version!r} is not a number")
@@ -65,13 +71,13 @@ def check_manifest(manifest: Any, path: Path, newest: int, readable: tuple[int, 
             raise bad(f"the manifest has no {key!r}")
     for key, t in {**REQUIRED, **OPTIONAL}.items():
         if key in manifest and not _is(manifest[key], t):
-            raise bad(f"the manifest's {key!r} is {type(manifest[key]).__name__}, not {_type_name(t)}")
+            raise bad(f"the manifest's {key!r} is {_json_name(manifest[key])}, not {_WANTED[t]}")
     if not all(_is(v, int) for v in manifest.get("search_params", {}).values()):
         raise bad("the manifest's 'search_params' are not all whole numbers")
     if not all(_is(n, str) for n in manifest.get("attachments", [])):
         raise bad("the manifest's 'attachments' are not all file names")
     if "config" in manifest and not _is(manifest["config"].get("embed", {}), dict):
-        raise bad("the manifest's 'config.embed' is not a mapping")
+        raise bad("the manifest's 'config.embed' is not an object")
     if version >= CHECKED_SINCE:
         if FILES_KEY not in manifest or DIGEST_KEY not in manifest:
             raise bad(f"format {version} records checksums, but the manifest has no {FILES_KEY!r} or {DIGEST_KEY!r}")
@@ -170,13 +176,13 @@ def check_items(items: pa.Table, where: str, fix: str = "the metadata was edited
 class Contained:
     """Turns (root, path) into a file path only when it resolves (symlinks followed) inside the root."""
 
-    def __init__(self, where: str) -> None:
-        self.where = where
+    def __init__(self, where: Path | None) -> None:
+        self.where = f"index {where}: " if where is not None else ""
         self._roots: dict[str, str] = {}
 
     def __call__(self, root: str, rel: str, i: int) -> str:
         if not os.path.isabs(root):
-            raise FpindexError(f"index {self.where}: index id {i} stores no image folder (it was indexed from "
+            raise FpindexError(f"{self.where}index id {i} stores no image folder (it was indexed from "
                                "vectors alone), so its pixels cannot be read")
         real_root = self._roots.get(root)
         if real_root is None:
@@ -186,6 +192,6 @@ class Contained:
         for candidate in (full, full.rsplit("#", 1)[0]) if "#" in rel else (full,):
             real = os.path.realpath(candidate)
             if os.path.commonpath([real_root, real]) != real_root:
-                raise FpindexError(f"index {self.where}: generated image {full} (index id {i}) resolves to "
+                raise FpindexError(f"{self.where}generated image {full} (index id {i}) resolves to "
                                    f"{real}, outside its folder {root}; refusing to read it")
         return full

@@ -175,7 +175,7 @@ class IndexStore:
     # The generated files behind ids, for the stages that read their pixels (pixels.IndexedFiles).
     def files(self, ids: np.ndarray) -> list[str]:
         """Paths of the stored files, refused when one resolves (symlinks followed) outside its root."""
-        inside = Contained(str(self.directory or "in memory"))
+        inside = Contained(self.directory)
         roots, paths = self._column("root", ids), self._column("path", ids)
         return [inside(r, p, i) for r, p, i in zip(roots, paths, np.asarray(ids).ravel().tolist())]
 
