@@ -130,6 +130,18 @@ def test_flipped_byte_in_on_disk_lists_is_refused(tmp_path):
     refused(d, rf"^index {re.escape(str(d / LISTS_FILE))}: its content does not match the checksum")
 
 
+@pytest.mark.parametrize("plan", ["{not json", "[]", '{"n": "many"}'])
+def test_shard_plan_of_the_wrong_shape_is_one_line(tmp_path, plan):
+    x = vectors(200, seed=2)
+    p = write_embeddings(tmp_path / "e.parquet", x, rows(200), dict(IDENTITY))
+    work = tmp_path / "work"
+    shard_train(p, work, IndexConfig(factory="IVF4,Flat", device="cpu", nprobe=2))
+    (work / "plan.json").write_text(plan)
+    with pytest.raises(FpindexError, match=rf"^shard folder {re.escape(str(work))}: plan\.json (is unreadable \(|"
+                                           r"has no valid 'embeddings'; )"):
+        shard_add(work, 0, 2)
+
+
 def test_damage_that_keeps_size_and_mtime_needs_verify(tmp_path):
     """The fast path trusts a file whose size and mtime are the recorded ones; --verify hashes it anyway."""
     d = saved(tmp_path)

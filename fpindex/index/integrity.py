@@ -76,7 +76,7 @@ def check_manifest(manifest: Any, path: Path, newest: int, readable: tuple[int, 
         raise bad("the manifest's 'search_params' are not all whole numbers")
     if not all(_is(n, str) for n in manifest.get("attachments", [])):
         raise bad("the manifest's 'attachments' are not all file names")
-    if "config" in manifest and not _is(manifest["config"].get("embed", {}), dict):
+    if "config" in manifest and not _is(manifest["config"].get("embed"), dict):
         raise bad("the manifest's 'config.embed' is not an object")
     if version >= CHECKED_SINCE:
         if FILES_KEY not in manifest or DIGEST_KEY not in manifest:
