@@ -215,6 +215,7 @@ def _drop(m, key):
     (lambda m: dict(m, attachments=[3]), r"the manifest's 'attachments' are not all file names"),
     (lambda m: dict(m, search_params={"nprobe": "many"}), r"the manifest's 'search_params' are not all whole numbers"),
     (lambda m: dict(m, config={"embed": 3}), r"the manifest's 'config.embed' is not an object"),
+    (lambda m: dict(m, embedder={"model": "cnn"}), r"the manifest's 'embedder' has no valid 'weights'"),
     (lambda m: dict(m, files={INDEX_FILE: [1, 2]}), r"the manifest's checksum record of 'index.faiss' is malformed"),
     (lambda m: _drop(m, "digest"), r"format 3 records checksums, but the manifest has no 'files' or 'digest'"),
     (lambda m: dict(m, format_version="3"), r"format version '3' is not a number"),

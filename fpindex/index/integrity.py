@@ -30,6 +30,7 @@ CHECKED_SINCE = 3                # the first format whose manifest carries check
 REQUIRED = {"format_version": int, "factory": str, "metric": str, "dim": int, "ntotal": int, "embedder": dict}
 OPTIONAL = {"search_params": dict, "attachments": list, "config": dict, "files": dict, "digest": str,
             "tuning": dict, "selection": dict}
+EMBEDDER_KEYS = ("model", "weights", "enhance", "image_size", "seed")   # read when the manifest has no 'config'
 HEX64 = re.compile(r"[0-9a-f]{64}")
 # A stored path that could leave its root: a '..' segment, an absolute or drive path, or nothing at all.
 ESCAPE = r"(^|[/\\])\.\.([/\\]|$)|^[/\\]|^[A-Za-z]:|^$"
@@ -78,6 +79,10 @@ def check_manifest(manifest: Any, path: Path, newest: int, readable: tuple[int, 
         raise bad("the manifest's 'attachments' are not all file names")
     if "config" in manifest and not _is(manifest["config"].get("embed"), dict):
         raise bad("the manifest's 'config.embed' is not an object")
+    if "config" not in manifest:              # the embedder identity is then what queries are embedded with
+        missing = [k for k in EMBEDDER_KEYS if k not in manifest["embedder"]]
+        if missing or not isinstance(manifest["embedder"]["enhance"], list):
+            raise bad(f"the manifest's 'embedder' has no valid {(missing or ['enhance'])[0]!r}")
     if version >= CHECKED_SINCE:
         if FILES_KEY not in manifest or DIGEST_KEY not in manifest:
             raise bad(f"format {version} records checksums, but the manifest has no {FILES_KEY!r} or {DIGEST_KEY!r}")
