@@ -6,7 +6,7 @@ decide → report, composed by `pipeline`. The public API is below; the command 
 
 __version__ = "0.1.0"
 
-from .errors import FpindexError  # noqa: E402
+from .errors import FpindexError, FpindexWarning  # noqa: E402
 from .config import (AuditConfig, DecideConfig, EmbedConfig, EvidenceConfig, IndexConfig,  # noqa: E402
                      RunConfig)
 from .api import Index, audit, build_index, open_index  # noqa: E402
@@ -16,4 +16,4 @@ from .evidence import FEATURES, Feature, feature  # noqa: E402
 
 __all__ = ["audit", "build_index", "open_index", "Index", "AuditResult", "AuditConfig", "EmbedConfig",
            "IndexConfig", "EvidenceConfig", "DecideConfig", "RunConfig", "PRESETS", "FEATURES", "Feature",
-           "feature", "FpindexError", "__version__"]
+           "feature", "FpindexError", "FpindexWarning", "__version__"]

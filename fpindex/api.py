@@ -106,12 +106,16 @@ def build_index(generated: PathLike, index_dir: PathLike | None = None, config: 
 
 
 def open_index(index_dir: PathLike, config: AuditConfig | None = None, *, nprobe: int | None = None,
-               ef_search: int | None = None, expect: dict[str, Any] | None = None) -> Index:
+               ef_search: int | None = None, expect: dict[str, Any] | None = None,
+               verify: bool | None = None) -> Index:
     """Open a saved index; `config` says how to run (device, batch size, cache), the index says how to embed.
     `expect`: embedding settings the caller asserts (e.g. {"model": "cnn"}); a mismatch is refused rather than
-    silently ignored. nprobe / ef_search override the stored search parameters for this session."""
+    silently ignored. nprobe / ef_search override the stored search parameters for this session. Files whose
+    size or mtime changed since the build are hashed against the manifest's checksums; `verify` (default
+    `config.run.verify`) hashes every file."""
     cfg = config or AuditConfig()
-    store = IndexStore.load(index_dir, device=faiss_device(cfg.index.device))
+    verify = cfg.run.verify if verify is None else verify
+    store = IndexStore.load(index_dir, device=faiss_device(cfg.index.device), verify=verify)
     own = store.manifest["embedder"]
     for key, value in (expect or {}).items():
         if value is not None and value != own.get(key):

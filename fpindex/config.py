@@ -70,6 +70,7 @@ class DecideConfig:
 class RunConfig:
     quiet: bool = False
     verbose: bool = False
+    verify: bool = False             # hash every file of an index opened, not only those whose size/mtime changed
 
 
 @dataclass(frozen=True)

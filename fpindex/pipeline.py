@@ -104,7 +104,7 @@ def build(generated: str | Path, config: AuditConfig, index_dir: str | Path | No
     if mode == "add" and (index_dir is None or not index_dir.exists()):
         mode = "new"                        # adding to an index that is not there yet makes it
     if mode == "add":
-        store = IndexStore.load(index_dir, device=faiss_device(config.index.device))
+        store = IndexStore.load(index_dir, device=faiss_device(config.index.device), verify=config.run.verify)
         embed_cfg = embed_config_of(store, config.embed)
         if ReadOptions.of(embed_cfg) != read:      # --add reads like the index did
             read = ReadOptions.of(embed_cfg)
@@ -128,6 +128,7 @@ def build(generated: str | Path, config: AuditConfig, index_dir: str | Path | No
         raise FpindexError(f"generated-image folder {generated}: none of its {len(files)} images could be read")
     with timings.stage("index"):
         store.add(emb.vectors, emb.rows())
+        store.files(np.arange(store.ntotal - len(emb.paths), store.ntotal))   # a link out of the folder: refused now
     if emb.paths:
         fit_features(store, pixels, embed_cfg, timings)
         with timings.stage("index"):
@@ -153,8 +154,9 @@ def fit_features(store: IndexStore, pixels: PixelStore, cfg: EmbedConfig, timing
 
     def rows_pixels(rows: np.ndarray) -> np.ndarray:
         with timings.stage("load"):
-            return pixels.stack(store.paths(rows), lambda p, e: f"generated image {p} is needed to fit the "
-                                                               f"index's evidence but {e}; restore the file")
+            return pixels.stack(store.files(rows), lambda p, e: f"generated image {p} is needed to fit the "
+                                                               f"index's evidence but {e}; restore the file",
+                                store.sha256(rows))
 
     data = FitInput(sha256=sha, pixels=rows_pixels, size=pixels.size, seed=cfg.seed,
                     cache_dir=cache_root(cfg))
@@ -205,7 +207,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
             nb = search(store, emb.vectors, config.evidence.k)
         q = Query(sha256=emb.sha256, vectors=emb.vectors, nb=nb,
                   gen_sha256=lambda ids: store.items.column("sha256").take(ids).to_pylist(),
-                  gen_vectors=store.reconstruct, images=QueryImages(pixels, emb.files(), store.paths),
+                  gen_vectors=store.reconstruct, images=QueryImages(pixels, emb.files(), store),
                   attachments=store.attachments, where=str(store.directory or "in memory"))
         run = Run(wanted=wanted, cache_dir=cache_root(embed_cfg),
                   stage=timings.stage, progress=bar, desc=f"re-rank {name}")

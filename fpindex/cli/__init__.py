@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from .. import __version__
-from ..errors import FpindexError
+from ..errors import FpindexError, FpindexWarning
 from . import index_commands
 from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION, O_DEVICE, O_EF_SEARCH,
                       O_ENHANCE, O_FACTORY, O_K, O_MAX_MEMORY, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE,
                       O_PRECISION, O_PRESET, O_QUIET, O_REFERENCE, O_SCORE, O_SEED, O_SIZE, O_TARGET, O_THRESHOLD,
-                      O_TRAIN_STEPS, O_USED, O_VERBOSE, O_WEIGHTS, O_WINDOW, O_WORKERS, Device, Method, Model,
+                      O_TRAIN_STEPS, O_USED, O_VERBOSE, O_VERIFY, O_WEIGHTS, O_WINDOW, O_WORKERS, Device, Method,
+                      Model,
                       O_HTML, O_JSON, O_TOP, PresetName, Precision, Score, config_from)
 
 app = typer.Typer(
@@ -104,7 +106,7 @@ def build(
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
     train_steps: Optional[int] = O_TRAIN_STEPS, window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
-    preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
+    preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, verify: bool = O_VERIFY,
 ) -> None:
     """Embed a folder of generated images and write a FAISS index of them."""
     from ..api import build_index
@@ -150,7 +152,7 @@ def query(
     seed: int = O_SEED, batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
     quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON, html: bool = O_HTML,
-    report_top: int = O_TOP,
+    report_top: int = O_TOP, verify: bool = O_VERIFY,
 ) -> None:
     """Score real images against an index: membership score and used/not-used label per image.
 
@@ -279,6 +281,21 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main() -> None:
+    with warnings.catch_warnings():          # restores the hook below on the way out
+        python_way = warnings.showwarning
+
+        def one_line(message, category, filename, lineno, file=None, line=None):
+            """fpindex's own warnings as one line on stderr, like its errors; others as Python prints them."""
+            if issubclass(category, FpindexWarning):
+                typer.echo(f"fpindex: warning: {message}", err=True)
+            else:
+                python_way(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = one_line
+        _run()
+
+
+def _run() -> None:
     try:
         app()
     except FpindexError as e:

@@ -100,6 +100,9 @@ O_NOT_USED = typer.Option(None, "--not-used", help="Real images known not to be 
 O_REFERENCE = typer.Option(None, "--reference", help="Real images known not to be used, to model the null when "
                            "no labelled pair is given.", rich_help_panel="Decision")
 O_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or report; errors only.")
+O_VERIFY = typer.Option(False, "--verify", help="Hash every file of the index against its manifest's checksums "
+                        "before using it. Default: only files whose size or modification time changed.",
+                        rich_help_panel="Index")
 O_VERBOSE = typer.Option(False, "--verbose", "-v", help="Also print per-stage timings.")
 
 O_PRESET = typer.Option(PresetName("default"), "--preset", help="Named settings; options given explicitly "
@@ -151,6 +154,7 @@ FIELDS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "alpha": [("decide", "alpha", _value)],
     "quiet": [("run", "quiet", _value)],
     "verbose": [("run", "verbose", _value)],
+    "verify": [("run", "verify", _value)],
 }
 
 

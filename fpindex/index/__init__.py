@@ -1,8 +1,9 @@
 """Stage 4 — the index layer: a FAISS index with the metadata that makes it safe to reuse (store), the
 choice of index for the data and the memory (factory), search parameters and their tuning (tuning), GPU
-placement (gpu), builds in one piece (build) or in shards (shards), embeddings files (vectors) and
-`fpindex bench` (bench). Each module imports only ones before it in this order: base, factory, gpu,
-tuning, store, vectors, build, shards, bench — so there is no import circle.
+placement (gpu), checksums and stored-path checks (integrity), builds in one piece (build) or in shards
+(shards), embeddings files (vectors) and `fpindex bench` (bench). Each module imports only ones before it in
+this order: base, factory, gpu, tuning, integrity, store, vectors, build, shards, bench — so there is no
+import circle.
 
 The names below are what the rest of fpindex uses; import anything else from its module.
 """
