@@ -18,7 +18,8 @@ from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION,
                       O_ENHANCE, O_FACTORY, O_K, O_MAX_MEMORY, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE,
                       O_PRECISION, O_PRESET, O_QUIET, O_REFERENCE, O_SCORE, O_SEED, O_SIZE, O_TARGET, O_THRESHOLD,
                       O_TRAIN_STEPS, O_USED, O_VERBOSE, O_WEIGHTS, O_WINDOW, O_WORKERS, Device, Method, Model,
-                      O_HTML, O_JSON, O_TOP, PresetName, Precision, Score, config_from)
+                      O_HTML, O_JSON, O_MAX_PIXELS, O_TOP, PresetName, Precision, Score, config_from,
+                      typed_embedding)
 
 app = typer.Typer(
     name="fpindex",
@@ -104,7 +105,8 @@ def build(
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
     train_steps: Optional[int] = O_TRAIN_STEPS, window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
-    preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
+    max_pixels: int = O_MAX_PIXELS, preset: PresetName = O_PRESET, quiet: bool = O_QUIET,
+    verbose: bool = O_VERBOSE,
 ) -> None:
     """Embed a folder of generated images and write a FAISS index of them."""
     from ..api import build_index
@@ -113,8 +115,9 @@ def build(
     index = index or Path("indexes") / generated.resolve().name
     if save_embeddings is not None:
         embeddings_kind(save_embeddings)     # a bad file name fails now, not after embedding
-    built = build_index(generated, index, config_from(ctx, preset, **_params(locals())), add=add,
-                        overwrite=overwrite)
+    params = _params(locals())
+    built = build_index(generated, index, config_from(ctx, preset, **params), add=add, overwrite=overwrite,
+                        expect=typed_embedding(ctx, **params) if add else None)
     summary = built.build_summary
     if save_embeddings is not None:
         emb = built.embedded
@@ -149,8 +152,8 @@ def query(
                                             "efSearch for this query.", rich_help_panel="Index"),
     seed: int = O_SEED, batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
-    quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON, html: bool = O_HTML,
-    report_top: int = O_TOP,
+    max_pixels: int = O_MAX_PIXELS, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON,
+    html: bool = O_HTML, report_top: int = O_TOP,
 ) -> None:
     """Score real images against an index: membership score and used/not-used label per image.
 
@@ -184,8 +187,8 @@ def audit(
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
     train_steps: Optional[int] = O_TRAIN_STEPS, window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
-    preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON,
-    html: bool = O_HTML, report_top: int = O_TOP,
+    max_pixels: int = O_MAX_PIXELS, preset: PresetName = O_PRESET, quiet: bool = O_QUIET,
+    verbose: bool = O_VERBOSE, as_json: bool = O_JSON, html: bool = O_HTML, report_top: int = O_TOP,
 ) -> None:
     """Build an index of the generated images, then query it with the real ones, in one go."""
     from ..api import audit as run_audit
