@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from .. import __version__
-from ..errors import FpindexError
+from ..errors import FpindexError, FpindexWarning
+from ..load import printable
 from . import index_commands
 from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION, O_DEVICE, O_EF_SEARCH,
                       O_ENHANCE, O_FACTORY, O_K, O_MAX_MEMORY, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE,
@@ -281,15 +283,44 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
+def _warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """fpindex's own warnings as one line, like its errors; others keep Python's format."""
+    if issubclass(category, FpindexWarning):
+        typer.echo(f"fpindex: warning: {message}", err=True)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
+
+
 def main() -> None:
+    """Every failure ends in one line on stderr and a non-zero exit: fpindex's own errors, click's usage errors
+    (which it would otherwise draw as a box), and errors of the system (a disk full, a file that vanished)."""
+    click = sys.modules[typer.BadParameter.__module__]   # click's exceptions, whether typer vendors click or not
+    no_args = getattr(click, "NoArgsIsHelpError", ())
+
+    warnings.showwarning = _warning
     try:
-        app()
+        code = app(standalone_mode=False)
+    except no_args as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        where = f" (see {e.ctx.command_path} --help)" if isinstance(e, click.UsageError) and e.ctx else ""
+        typer.echo(f"fpindex: error: {e.format_message()}{where}", err=True)
+        sys.exit(e.exit_code)
     except FpindexError as e:
         typer.echo(f"fpindex: error: {e}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except OSError as e:
+        what = f"{printable(e.filename)}: " if e.filename else ""
+        typer.echo(f"fpindex: error: {what}{e.strerror or e}", err=True)
+        sys.exit(1)
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("fpindex: interrupted", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
