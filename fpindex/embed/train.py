@@ -29,12 +29,12 @@ SELFSUP = "selfsup"
 SELFSUP_FILE = "selfsup.pt"
 
 
-def check_training_memory(n: int, size: int, channels: int) -> None:
+def check_training_memory(n: int, size: int, channels: int, free: int | None = None) -> None:
     """Training holds its whole sample at once (pixels, then the enhanced stacks, float32): refused before
     decoding when the machine cannot hold it, naming what to lower, rather than swapping or being killed."""
     from ..utils import available_memory
 
-    need, free = 4 * n * size * size * (1 + 2 * channels), available_memory()
+    need, free = 4 * n * size * size * (1 + 2 * channels), free or available_memory()
     if free is not None and need > free:
         raise FpindexError(f"training on {n:,} generated images at --image-size {size} needs about "
                            f"{need / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB of memory is available; lower "

@@ -39,6 +39,7 @@ from .vectors import read_embeddings
 
 CHUNK = 65_536
 STREAM_DB, STREAM_TUNE, STREAM_EVAL = 0, 1, 2
+MAX_DIM = 2**31 - 1               # FAISS's dimension is a C int
 FLAT_TIMING_LIMIT = 4 << 30      # keep an exact Flat copy for timing only below this many bytes
 
 
@@ -178,10 +179,11 @@ def bench_bytes(sel: Selection, n: int, dim: int, n_queries: int, k: int, synthe
     return sel.estimate.total + flat + queries + made
 
 
-def check_memory(sel: Selection, n: int, dim: int, n_queries: int, k: int, synthetic: bool) -> None:
+def check_memory(sel: Selection, n: int, dim: int, n_queries: int, k: int, synthetic: bool,
+                 free: int | None = None) -> None:
     """Refuse, before allocating anything, a run the machine cannot hold now (a typo in --n or --dim would
-    otherwise end in the OOM killer or swap)."""
-    need, free = bench_bytes(sel, n, dim, n_queries, k, synthetic), available_memory()
+    otherwise end in the OOM killer or swap). `free`: bytes available (default: what the system says)."""
+    need, free = bench_bytes(sel, n, dim, n_queries, k, synthetic), free or available_memory()
     if free is not None and need > free:
         raise FpindexError(f"bench of {n:,} × {dim}-d vectors ({sel.factory}) needs about {format_bytes(need)}, "
                            f"but {format_bytes(free)} of memory is available; lower --n, --dim or --queries")
@@ -193,6 +195,8 @@ def run_bench(n: int, dim: int, index_type: str = "auto", k: int = 10, budget: i
               ef_search: int | None = None, target: float = 0.95) -> dict[str, Any]:
     t_all = time.perf_counter()
     rss_start = rss_bytes()[0]          # the interpreter, numpy, FAISS (and torch, through the CLI)
+    if not embeddings and not 2 <= dim <= MAX_DIM:
+        raise FpindexError(f"--dim must be from 2 to {MAX_DIM:,}, not {dim:,}")
     if embeddings:                      # the file's own size is what it is; its vectors are read first
         src = file_source(embeddings, n_eval, n_tune, seed, n)
         n, dim = src.n, src.dim
