@@ -6,5 +6,4 @@ class FpindexError(Exception):
 
 
 class FpindexWarning(UserWarning):
-    """Something fpindex recovered from but the user should know (e.g. a damaged cache entry recomputed);
-    the CLI prints it as one line `fpindex: warning: …`."""
+    """Something the user should know that does not stop the run (the CLI prints it as one line)."""
