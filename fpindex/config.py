@@ -24,8 +24,9 @@ def _check_int(name: str, value: Any, lo: int | None = None, hi: int | None = No
     if isinstance(value, bool) or not isinstance(value, int):
         raise FpindexError(f"{name} must be a whole number, not {value!r}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        span = f"from {lo} to {hi}" if hi is not None else f"at least {lo}"
-        raise FpindexError(f"{name} must be {span}, not {value}")
+        if hi is None:
+            raise FpindexError(f"{name} must be at least {lo}")
+        raise FpindexError(f"{name} must be from {lo} to {hi}, not {value}")
 
 
 def _check_float(name: str, value: Any, lo: float | None = None, hi: float | None = None,
