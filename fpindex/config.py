@@ -66,7 +66,6 @@ class EmbedConfig:
         _check_int("--seed", self.seed, 0, MAX_SEED)
         _check_int("--image-size", self.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, none=True)
         _check_int("--batch-size", self.batch_size, 1, none=True)
-        _check_int("--workers", self.workers, 0, none=True)
         _check_int("--train-steps", self.train_steps, 1, none=True)
         _check_int("--max-pixels", self.max_pixels, 1)
 
