@@ -96,12 +96,15 @@ class Index:
 
 
 def build_index(generated: PathLike, index_dir: PathLike | None = None, config: AuditConfig | None = None, *,
-                add: bool = False, overwrite: bool = False) -> Index:
-    """Embed a folder of generated images into an index; saved to `index_dir` when given."""
+                add: bool = False, overwrite: bool = False, expect: dict[str, Any] | None = None) -> Index:
+    """Embed a folder of generated images into an index; saved to `index_dir` when given. `expect`: embedding
+    settings the caller asserts (e.g. {"model": "cnn"}); with `add`, one the index was not built with is
+    refused, since appending always embeds like the index did."""
     if add and overwrite:
         raise FpindexError("--add and --overwrite exclude each other")
     cfg = config or AuditConfig()
-    built = pipeline.build(generated, cfg, index_dir, mode="add" if add else "overwrite" if overwrite else "new")
+    built = pipeline.build(generated, cfg, index_dir, mode="add" if add else "overwrite" if overwrite else "new",
+                           expect=expect)
     return Index(built.store, built, cfg)
 
 

@@ -24,7 +24,7 @@ from .embed import (SELFSUP, SELFSUP_FILE, Embedded, Embedder, embed_folder, emb
 from .errors import FpindexError
 from .evidence import FEATURES, Evidence, FitInput, Query, Run, compute_evidence
 from .index import MANIFEST_FILE, IndexStore, create_store, finish_in_memory
-from .load import ReadOptions, list_images
+from .load import ReadOptions, check_distinct, list_folder, list_images
 from .pixels import PixelStore, QueryImages
 from .report import AuditResult, submission_ids
 from .search import search
@@ -88,15 +88,18 @@ def embed_config_of(store: IndexStore, given: EmbedConfig | None = None, in_memo
 
 
 def build(generated: str | Path, config: AuditConfig, index_dir: str | Path | None = None, mode: str = "new",
-          timings: Timings | None = None, pixels: PixelStore | None = None) -> Built:
+          timings: Timings | None = None, pixels: PixelStore | None = None,
+          expect: dict[str, Any] | None = None) -> Built:
     """mode: 'new' (refuse an existing index), 'overwrite' (replace an fpindex index), or 'add' (append the
-    images not yet in it, then refit what was fitted on the generated set and retune the search)."""
+    images not yet in it, then refit what was fitted on the generated set and retune the search).
+    `expect`: embedding settings the caller asked for; with 'add' one that differs from the index's is refused
+    (the index's own are used, so a --model given with --add would otherwise be silently ignored)."""
     timings = timings or Timings()
     generated = Path(generated)
     index_dir = Path(index_dir) if index_dir is not None else None
     bar = progress_bar(config.run.quiet)
     read = ReadOptions.of(config.embed)
-    files = list_images(generated, "generated-image folder", read)
+    files, skipped = list_folder(generated, "generated-image folder", read)
     store: IndexStore | None = None
     embed_cfg = config.embed
     if index_dir is not None:
@@ -105,10 +108,11 @@ def build(generated: str | Path, config: AuditConfig, index_dir: str | Path | No
         mode = "new"                        # adding to an index that is not there yet makes it
     if mode == "add":
         store = IndexStore.load(index_dir, device=faiss_device(config.index.device), verify=config.run.verify)
+        check_expected(store, index_dir, expect or {})
         embed_cfg = embed_config_of(store, config.embed)
         if ReadOptions.of(embed_cfg) != read:      # --add reads like the index did
             read = ReadOptions.of(embed_cfg)
-            files = list_images(generated, "generated-image folder", read)
+            files, skipped = list_folder(generated, "generated-image folder", read)
     embedder = make_embedder(embed_cfg)
     identity = embed_identity(embed_cfg, embedder)
     if store is None:   # choose/check the index against the memory budget before training or embedding anything
@@ -124,6 +128,7 @@ def build(generated: str | Path, config: AuditConfig, index_dir: str | Path | No
     fresh = store.ntotal == 0
     emb = embed_folder(generated, files, embedder, embed_cfg, timings, bar, "embed generated", pixels=pixels,
                        skip_sha=None if fresh else store.hashes(), cache=vector_cache(embed_cfg, embedder))
+    emb.bad[:0] = skipped                       # files that are not images count as bad files too
     if fresh and not emb.paths:
         raise FpindexError(f"generated-image folder {generated}: none of its {len(files)} images could be read")
     with timings.stage("index"):
@@ -136,15 +141,26 @@ def build(generated: str | Path, config: AuditConfig, index_dir: str | Path | No
                 finish_in_memory(store, config.index, emb.vectors)
             elif not store.manifest.get("tuning", {}).get("given"):   # retune on everything now stored
                 finish_in_memory(store, config.index, store.reconstruct(np.arange(store.ntotal)))
-    store.manifest["last_build"] = {"folder": str(generated.resolve()), "files": len(files),
+    store.manifest["last_build"] = {"folder": str(generated.resolve()), "files": len(files) + len(skipped),
                                     "added": len(emb.paths), "bad_files": [b.__dict__ for b in emb.bad]}
     if index_dir is not None:
         with timings.stage("index"):
             store.save(index_dir)
     summary = {"index": str(index_dir) if index_dir else None, "ntotal": store.ntotal, "added": len(emb.paths),
-               "cached": emb.cached, "skipped_known": 0 if fresh else len(files) - len(emb.paths) - len(emb.bad),
+               "cached": emb.cached,
+               "skipped_known": 0 if fresh else len(files) + len(skipped) - len(emb.paths) - len(emb.bad),
                "bad_files": [b.__dict__ for b in emb.bad], "manifest": store.manifest}
     return Built(store, embedder, emb, pixels, timings, summary)
+
+
+def check_expected(store: IndexStore, index_dir: Path | None, expect: dict[str, Any]) -> None:
+    stored = embed_config_of(store, in_memory=True)
+    for key, value in expect.items():
+        if value is not None and value != getattr(stored, key):
+            option = "--" + key.replace("_", "-")
+            raise FpindexError(f"index {index_dir} was built with {key}={getattr(stored, key)!r}; --add embeds "
+                               f"with the index's own settings, so {option} {value!r} is refused: drop it or "
+                               "build a new index")
 
 
 def fit_features(store: IndexStore, pixels: PixelStore, cfg: EmbedConfig, timings: Timings) -> None:
@@ -185,8 +201,10 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
     folders = {"real": Path(real), "used": used, "not_used": not_used, "reference": reference}
     embed_cfg = embed_config_of(store, config.embed, in_memory=built is not None)
     read = ReadOptions.of(embed_cfg)                   # the index's: queries are read like the generated images
-    listed = {name: (Path(p), list_images(p, f"{name.replace('_', '-')} folder", read))
-              for name, p in folders.items() if p is not None}
+    check_distinct(folders)
+    found = {name: (Path(p), *list_folder(p, f"{name.replace('_', '-')} folder", read))
+             for name, p in folders.items() if p is not None}
+    listed = {name: (root, files) for name, (root, files, _) in found.items()}
     submission_ids([f.relative_to(listed["real"][0]).as_posix() for f in listed["real"][1]])
     method = choose_method(config.decide, Labelled(**{n: _EMPTY for n, p in folders.items() if n != "real" and p}))
     embedder = built.embedder if built is not None else make_embedder(embed_cfg)
@@ -201,6 +219,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
     for name, (root, files) in listed.items():
         emb = embed_folder(root, files, embedder, embed_cfg, timings, bar, f"embed {name}", pixels=pixels,
                            cache=cache)
+        emb.bad[:0] = found[name][2]            # files that are not images count as bad files too
         if name == "real" and not emb.paths:
             raise FpindexError(f"real-image folder {root}: none of its {len(files)} images could be read")
         with timings.stage("search"):
@@ -220,7 +239,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
 
     emb, nb, pair, ev = results["real"]
     summary = {
-        "counts": {name: {"files": len(listed[name][1]), "embedded": len(r[0].paths), "bad": len(r[0].bad)}
+        "counts": {name: {"files": len(listed[name][1]) + len(found[name][2]), "embedded": len(r[0].paths), "bad": len(r[0].bad)}
                    for name, r in results.items()} | {"generated_indexed": store.ntotal,
                                                       "predicted_used": int(decision.label.sum())},
         "verdict": decision.verdict.as_dict(),
@@ -248,6 +267,7 @@ def audit(generated: str | Path, real: str | Path, config: AuditConfig, index_di
     replaced only with `overwrite`)."""
     timings = Timings()
     # Check every input folder before the expensive build, so a typo fails in a second, not after it.
+    check_distinct({"real": real, "used": used, "not_used": not_used, "reference": reference})
     for name, p in {"real-image": real, "used": used, "not-used": not_used, "reference": reference}.items():
         if p is not None:
             list_images(p, f"{name} folder", ReadOptions.of(config.embed))

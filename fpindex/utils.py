@@ -157,3 +157,19 @@ class Timings:
         d = {k: round(v, 4) for k, v in self.seconds.items()}
         d["total"] = round(time.perf_counter() - self._t0, 4)
         return d
+
+
+def available_memory() -> int | None:
+    """Bytes the system could give this process now without swapping (Linux's MemAvailable); None where the
+    system does not say, and then no check is made."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

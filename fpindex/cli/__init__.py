@@ -19,8 +19,8 @@ from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION,
                       O_ENHANCE, O_FACTORY, O_K, O_MAX_MEMORY, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE,
                       O_PRECISION, O_PRESET, O_QUIET, O_REFERENCE, O_SCORE, O_SEED, O_SIZE, O_TARGET, O_THRESHOLD,
                       O_TRAIN_STEPS, O_USED, O_VERBOSE, O_VERIFY, O_WEIGHTS, O_WINDOW, O_WORKERS, Device, Method,
-                      Model,
-                      O_HTML, O_JSON, O_TOP, PresetName, Precision, Score, config_from)
+                      Model, O_HTML, O_JSON, O_MAX_PIXELS, O_TOP, PresetName, Precision, Score, config_from,
+                      typed_embedding)
 
 app = typer.Typer(
     name="fpindex",
@@ -106,7 +106,8 @@ def build(
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
     train_steps: Optional[int] = O_TRAIN_STEPS, window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
-    preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, verify: bool = O_VERIFY,
+    max_pixels: int = O_MAX_PIXELS, preset: PresetName = O_PRESET, quiet: bool = O_QUIET,
+    verbose: bool = O_VERBOSE, verify: bool = O_VERIFY,
 ) -> None:
     """Embed a folder of generated images and write a FAISS index of them."""
     from ..api import build_index
@@ -115,8 +116,9 @@ def build(
     index = index or Path("indexes") / generated.resolve().name
     if save_embeddings is not None:
         embeddings_kind(save_embeddings)     # a bad file name fails now, not after embedding
-    built = build_index(generated, index, config_from(ctx, preset, **_params(locals())), add=add,
-                        overwrite=overwrite)
+    params = _params(locals())
+    built = build_index(generated, index, config_from(ctx, preset, **params), add=add, overwrite=overwrite,
+                        expect=typed_embedding(ctx, **params) if add else None)
     summary = built.build_summary
     if save_embeddings is not None:
         emb = built.embedded
@@ -151,8 +153,8 @@ def query(
                                             "efSearch for this query.", rich_help_panel="Index"),
     seed: int = O_SEED, batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
-    quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON, html: bool = O_HTML,
-    report_top: int = O_TOP, verify: bool = O_VERIFY,
+    max_pixels: int = O_MAX_PIXELS, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON,
+    html: bool = O_HTML, report_top: int = O_TOP, verify: bool = O_VERIFY,
 ) -> None:
     """Score real images against an index: membership score and used/not-used label per image.
 
@@ -186,8 +188,8 @@ def audit(
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
     train_steps: Optional[int] = O_TRAIN_STEPS, window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
-    preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON,
-    html: bool = O_HTML, report_top: int = O_TOP,
+    max_pixels: int = O_MAX_PIXELS, preset: PresetName = O_PRESET, quiet: bool = O_QUIET,
+    verbose: bool = O_VERBOSE, as_json: bool = O_JSON, html: bool = O_HTML, report_top: int = O_TOP,
 ) -> None:
     """Build an index of the generated images, then query it with the real ones, in one go."""
     from ..api import audit as run_audit
@@ -280,30 +282,55 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
+def _warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """fpindex's own warnings as one line, like its errors; others keep Python's format."""
+    if issubclass(category, FpindexWarning):
+        typer.echo(_one_line(f"fpindex: warning: {message}"), err=True)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
+
+
+def _one_line(text: str) -> str:
+    """A message as one printable line, whatever the paths in it hold (line breaks, bytes that are not UTF-8)."""
+    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main() -> None:
-    with warnings.catch_warnings():          # restores the hook below on the way out
-        python_way = warnings.showwarning
+    """Every failure ends in one line on stderr and a non-zero exit: fpindex's own errors, click's usage errors
+    (which it would otherwise draw as a box), and errors of the system (a disk full, a file that vanished)."""
+    click = sys.modules[typer.BadParameter.__module__]   # click's exceptions, whether typer vendors click or not
+    no_args = getattr(click, "NoArgsIsHelpError", ())
 
-        def one_line(message, category, filename, lineno, file=None, line=None):
-            """fpindex's own warnings as one line on stderr, like its errors; others as Python prints them."""
-            if issubclass(category, FpindexWarning):
-                typer.echo(f"fpindex: warning: {message}", err=True)
-            else:
-                python_way(message, category, filename, lineno, file, line)
-
-        warnings.showwarning = one_line
-        _run()
+    with warnings.catch_warnings():          # restores Python's hook on the way out (tests call main() in-process)
+        warnings.showwarning = _warning
+        _run(click, no_args)
 
 
-def _run() -> None:
+def _run(click, no_args) -> None:
     try:
-        app()
+        code = app(standalone_mode=False)
+    except no_args as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        where = f" (see {e.ctx.command_path} --help)" if isinstance(e, click.UsageError) and e.ctx else ""
+        typer.echo(_one_line(f"fpindex: error: {e.format_message()}{where}"), err=True)
+        sys.exit(e.exit_code)
     except FpindexError as e:
-        typer.echo(f"fpindex: error: {e}", err=True)
+        typer.echo(_one_line(f"fpindex: error: {e}"), err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except OSError as e:
+        what = f"{e.filename}: " if e.filename else ""
+        typer.echo(_one_line(f"fpindex: error: {what}{e.strerror or e}"), err=True)
+        sys.exit(1)
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("fpindex: interrupted", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import typer
 
-from ..config import AuditConfig
+from ..config import MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE, AuditConfig, EmbedConfig
 from ..decide import DECIDERS
 from ..embed import EMBEDDERS
 from ..enhance import ENHANCERS, parse_enhance
@@ -39,9 +39,9 @@ O_WEIGHTS = typer.Option(None, "--weights", "-w", help="selfsup (cnn: trained on
                          "or a checkpoint path. Default: the model's own (cnn: selfsup, resnet50: imagenet).",
                          rich_help_panel="Embedding")
 O_ENHANCE = typer.Option(None, "--enhance", "-e", help=ENHANCE_HELP + ". Default: none.", rich_help_panel="Embedding")
-O_SIZE = typer.Option(None, "--image-size", min=32, help="Side of the square model input in px. Default: the "
+O_SIZE = typer.Option(None, "--image-size", min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE, help="Side of the square model input in px. Default: the "
                       "model's (64 for cnn, 128 for pixels, 224 for resnet50).", rich_help_panel="Embedding")
-O_SEED = typer.Option(0, "--seed", help="Seed for random weights and every random choice.", rich_help_panel="Embedding")
+O_SEED = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed for random weights and every random choice.", rich_help_panel="Embedding")
 O_BATCH = typer.Option(None, "--batch-size", min=1, help="Images per forward pass. Default: 256 on a GPU, 64 on "
                        "a CPU.", rich_help_panel="Embedding")
 O_PRECISION = typer.Option(Precision("fp32"), "--precision", help="Arithmetic of the forward pass: bf16/fp16 "
@@ -63,6 +63,10 @@ O_WINDOW = typer.Option(None, "--window", help="DICOM and NIfTI intensity window
                         "brain (40,80); [C-W/2, C+W/2] becomes [0, 1]. Default: DICOM's WindowCenter/WindowWidth "
                         "tags, else the stored bits' full range; NIfTI's 0.5-99.5 percentile range. PNG/TIFF "
                         "ignore it.", rich_help_panel="Embedding")
+O_MAX_PIXELS = typer.Option(EmbedConfig.max_pixels, "--max-pixels", min=1, help="Decoded pixels per file, at "
+                            "most (width × height, × frames or slices): a larger file, or one whose header "
+                            "claims more, is skipped as unreadable and listed, never decoded.",
+                            rich_help_panel="Embedding")
 O_AXIS = typer.Option(2, "--axis", min=0, max=2, help="NIfTI volumes: the array axis they are sliced along, one "
                       "image per slice (named file.nii.gz#k).", rich_help_panel="Embedding")
 O_DEVICE = typer.Option(Device("auto"), "--device", help="Where the model runs; auto picks cuda when torch sees a "
@@ -142,6 +146,7 @@ FIELDS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "train_steps": [("embed", "train_steps", _value)],
     "window": [("embed", "window", _value)],
     "axis": [("embed", "axis", _value)],
+    "max_pixels": [("embed", "max_pixels", _value)],
     "factory": [("index", "factory", _value)],
     "max_memory": [("index", "max_memory", parse_bytes)],
     "nprobe": [("index", "nprobe", _value)],
@@ -158,15 +163,29 @@ FIELDS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
 }
 
 
+def _typed(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def typed_embedding(ctx: typer.Context, **params: Any) -> dict[str, Any]:
+    """The embedding settings (not how to run) that the user typed, as config values: what `build --add`
+    must find in the index it appends to."""
+    out = {}
+    for name, value in params.items():
+        for section, field, convert in FIELDS.get(name, []):
+            if section == "embed" and field not in EmbedConfig.RUNTIME and _typed(ctx, name):
+                out[field] = convert(value)
+    return out
+
+
 def config_from(ctx: typer.Context, preset: Any = None, **params: Any) -> AuditConfig:
     """The preset's config (default: fpindex's defaults) with every option the user typed applied on top;
     options left at their defaults never override a preset. (Each option's default is the config's.)"""
     cfg = PRESETS.get(_value(preset)) if preset is not None else AuditConfig()
     sections: dict[str, dict[str, Any]] = {}
     for name, value in params.items():
-        source = ctx.get_parameter_source(name)
-        typed = source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
-        if typed:
+        if _typed(ctx, name):
             for section, field, convert in FIELDS[name]:
                 sections.setdefault(section, {})[field] = convert(value)
     return cfg.override(**sections)
