@@ -25,6 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import FpindexError
+from .safeio import WriteError
 from .utils import atomic_path, write_json_atomic
 
 FORMAT = 2
@@ -53,8 +54,9 @@ def pair_keys(a: Iterable[str], b: Iterable[str]) -> list[str]:
     return [f"{x}:{y}" for x, y in zip(a, b, strict=True)]
 
 
-def _write_error(kind: str, where: Path, e: OSError) -> FpindexError:
-    return FpindexError(f"{kind} cache {where}: cannot write ({e.strerror or e}); "
+def _write_error(kind: str, where: Path, e: OSError | WriteError) -> FpindexError:
+    why = e.reason if isinstance(e, WriteError) else e.strerror or e
+    return FpindexError(f"{kind} cache {where}: cannot write ({why}); "
                         f"pass --cache-dir elsewhere or --no-cache")
 
 
@@ -132,7 +134,7 @@ class ContentCache:
                 with open(tmp, "wb") as f:
                     np.savez(f, keys=np.array(list(rows), dtype=str),
                              vectors=np.stack(list(rows.values())).astype(np.float32, copy=False))
-        except OSError as e:
+        except (OSError, WriteError) as e:
             raise _write_error(self.kind, self.dir, e) from None
 
     def _compact(self) -> None:
@@ -195,7 +197,7 @@ def write_blob(path: str | Path, data: bytes, meta: dict[str, Any] | None = None
             tmp.write_bytes(data)
         write_json_atomic(_sidecar(path), {"format": FORMAT, "sha256": hashlib.sha256(data).hexdigest(),
                                            "bytes": len(data), "meta": meta})
-    except OSError as e:
+    except (OSError, WriteError) as e:
         raise _write_error(path.parent.name, path.parent, e) from None
 
 
