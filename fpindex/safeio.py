@@ -44,7 +44,7 @@ class WriteError(FpindexError):
 def shown(path: str | Path) -> str:
     """A path as one line: control characters (a newline in a file name) escaped."""
     text = str(path)
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def reason(e: OSError) -> str:
@@ -107,7 +107,6 @@ def atomic_path(path: str | Path, owned: Callable[[Path], bool] | None = None) -
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)      # the umask applies, as for open()
         os.close(fd)
         yield tmp
-        test_pause("replace")
         os.replace(tmp, path)
     except OSError as e:
         raise WriteError(path, reason(e)) from None
@@ -241,6 +240,17 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False
     raise OSError(err, os.strerror(err), str(b))
+
+
+def exchange_supported(folder: str | Path) -> bool:
+    """Whether folders in `folder` can be swapped in one step (else swap_in renames the old one aside first)."""
+    a, b = Path(tempfile.mkdtemp(dir=folder, suffix=TMP)), Path(tempfile.mkdtemp(dir=folder, suffix=TMP))
+    try:
+        return _exchange(a, b)
+    except OSError:
+        return False
+    finally:
+        a.rmdir(), b.rmdir()
 
 
 def swap_in(tmp: Path, path: Path, exchange: bool = True) -> None:

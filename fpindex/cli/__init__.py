@@ -13,6 +13,7 @@ import typer
 
 from .. import __version__
 from ..errors import FpindexError
+from ..safeio import shown
 from . import index_commands
 from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION, O_DEVICE, O_EF_SEARCH,
                       O_ENHANCE, O_FACTORY, O_K, O_MAX_MEMORY, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE,
@@ -205,11 +206,11 @@ def evaluate(
 ) -> None:
     """Accuracy, precision, recall, F1, kappa, ROC-AUC and TPR at 5% FPR, beside the all-used and all-not-used answers."""
     from ..evaluate import evaluate_files, format_table
-    from ..utils import write_json_atomic
+    from ..safeio import same_json_keys, write_json_atomic
 
     result = evaluate_files(predictions, labels)
-    if save:
-        write_json_atomic(save, result)
+    if save:        # replaces only an earlier evaluation: a file of the same shape
+        write_json_atomic(save, result, owned=same_json_keys(result))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -282,7 +283,7 @@ def main() -> None:
     try:
         app()
     except FpindexError as e:
-        typer.echo(f"fpindex: error: {e}", err=True)
+        typer.echo(f"fpindex: error: {shown(str(e))}", err=True)     # one line, whatever the names in it
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("fpindex: interrupted", err=True)

@@ -102,7 +102,7 @@ class AuditResult:
                 pq.write_table(pa.table({c: self.neighbours[c].to_numpy() for c in self.neighbours.columns}), tmp)
             self.summary["timings"] = self.timings.as_dict()
             self._text(out, staged, "summary.json", json.dumps(self.summary, indent=2, default=_json_default) + "\n")
-            test_pause("staged")
+            test_pause("outputs-staged")
             outputs.commit(out, run_id, staged)
         except OSError as e:
             raise WriteError(out, reason(e)) from None
