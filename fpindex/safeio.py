@@ -213,9 +213,9 @@ def recover_dir(path: str | Path) -> None:
         if _alive(pid):
             continue
         if not os.path.lexists(path):
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):     # if it cannot go back, it stays where it is: never removed
                 os.rename(old, path)
-                continue
+            continue
         _remove(old)
     for tmp, pid in _siblings(path, TMP):
         if not _alive(pid):
