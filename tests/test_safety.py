@@ -176,6 +176,21 @@ def test_mixed_or_incomplete_outputs_are_refused(tmp_path, case, message):
     assert read_outputs(out).summary["run_id"] == json.loads((out / MARKER).read_text())["run_id"]
 
 
+def test_a_new_run_removes_the_report_and_evaluation_of_the_old_one(tmp_path):
+    out = tmp_path / "out"
+    small_result().save(out)
+    (out / "report.html").write_text('<meta name="generator" content="fpindex report 0.1.0">')
+    (out / "report_files").mkdir()
+    (out / "report_files" / ".written-by-fpindex").write_text("")
+    (out / "evaluation.json").write_text(json.dumps({"n": 3, "method": {}, "all_used": {}, "all_not_used": {}}))
+    small_result().save(out)
+    assert sorted(os.listdir(out)) == [MARKER, "neighbours.parquet", "predictions.csv", "submission.csv",
+                                       "summary.json"]
+    (out / "report.html").write_text("<html>my notes</html>")      # not fpindex's: kept
+    small_result().save(out)
+    assert (out / "report.html").read_text() == "<html>my notes</html>"
+
+
 # ---- swaps -----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("exchange", [True, False])
