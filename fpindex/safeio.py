@@ -51,7 +51,7 @@ def reason(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-def test_pause(point: str) -> None:
+def pause_for_tests(point: str) -> None:
     """Test-only: with FPINDEX_TEST_PAUSE=<point> in the environment, say so on stderr and sleep, so that
     tests/test_kill.py can SIGKILL the process exactly there. Does nothing otherwise."""
     if os.environ.get("FPINDEX_TEST_PAUSE") == point:
@@ -98,7 +98,7 @@ def atomic_path(path: str | Path, owned: Callable[[Path], bool] | None = None) -
     `path` must be a plain file (and, with `owned`, one it accepts as fpindex's)."""
     path = Path(path)
     refuse_special(path)
-    if owned is not None and path.exists() and not owned(path):
+    if owned is not None and path.exists() and not _owned(owned, path):
         raise FpindexError(f"{shown(path)} exists and was not written by fpindex; refusing to replace it: "
                            "choose another name or move it away")
     _mkdir(path.parent)
@@ -113,6 +113,13 @@ def atomic_path(path: str | Path, owned: Callable[[Path], bool] | None = None) -
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def _owned(owned: Callable[[Path], bool], path: Path) -> bool:
+    try:
+        return owned(path)
+    except OSError:                      # unreadable: not recognisably fpindex's
+        return False
 
 
 def write_text_atomic(path: str | Path, text: str, owned: Callable[[Path], bool] | None = None) -> None:
@@ -259,12 +266,12 @@ def swap_in(tmp: Path, path: Path, exchange: bool = True) -> None:
         os.rename(tmp, path)
         return
     if exchange and _exchange(tmp, path):
-        test_pause("swap")
+        pause_for_tests("swap")
         shutil.rmtree(tmp, ignore_errors=True)      # tmp now holds the old folder
         return
     old = path.with_name(temp_name(path, OLD))
     os.rename(path, old)
-    test_pause("swap")                               # here the path is missing: recover_dir puts `old` back
+    pause_for_tests("swap")                          # here the path is missing: recover_dir puts `old` back
     os.rename(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -277,14 +284,14 @@ def atomic_dir(path: str | Path, owned: Callable[[Path], bool] | None = None) ->
     path = Path(path)
     recover_dir(path)
     refuse_special(path, "folder")
-    if owned is not None and path.exists() and not owned(path):
+    if owned is not None and path.exists() and not _owned(owned, path):
         raise FpindexError(f"{shown(path)} exists and was not written by fpindex; refusing to replace it")
     _mkdir(path.parent)
     tmp = path.with_name(temp_name(path, TMP))
     try:
         tmp.mkdir(0o777)                              # the umask applies
         yield tmp
-        test_pause("staged")
+        pause_for_tests("staged")
         swap_in(tmp, path)
     except OSError as e:
         raise WriteError(path, reason(e)) from None

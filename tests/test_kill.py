@@ -1,7 +1,7 @@
 """SIGKILL a `build` and an `audit` at chosen moments, including inside the swap, and check that what is at the
 path is the complete old or the complete new state, and that the next run cleans up after the killed one.
 
-The moments are chosen with the test-only hook FPINDEX_TEST_PAUSE=<point> (fpindex/safeio.py `test_pause`):
+The moments are chosen with the test-only hook FPINDEX_TEST_PAUSE=<point> (safeio.py `pause_for_tests`):
 the process prints `fpindex-test-pause <point>` and sleeps there, and the test kills it. One more kill comes
 at a seeded random delay, wherever the process happens to be.
 """

@@ -35,8 +35,8 @@ def small_store(n: int = 50, dim: int = 16) -> IndexStore:
     s = IndexStore.create("Flat", dim, {"model": "test", "weights_id": "t", "enhance": ["none"], "image_size": 8})
     v = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32)
     s.add(v / np.linalg.norm(v, axis=1, keepdims=True),
-          pa.table({"root": ["/g"] * n, "path": [f"{i}.png" for i in range(n)], "sha256": [f"{i:064x}" for i in range(n)],
-                    "bytes": [1] * n}))
+          pa.table({"root": ["/g"] * n, "path": [f"{i}.png" for i in range(n)],
+                    "sha256": [f"{i:064x}" for i in range(n)], "bytes": [1] * n}))
     return s
 
 
@@ -147,8 +147,8 @@ def test_an_output_folder_that_is_not_fpindex_s_is_refused_before_any_work(leak,
 # ---- outputs of two runs are never read together ----------------------------------------------------
 
 @pytest.mark.parametrize("case, message", [
-    ("summary_of_another_run", r"summary\.json is from run other but fpindex-run\.json from run .*: outputs of two runs "
-                               r"are mixed"),
+    ("summary_of_another_run", r"summary\.json is from run other but fpindex-run\.json from run .*: outputs of "
+                               r"two runs are mixed"),
     ("predictions_changed", r"predictions\.csv is not the file run .* wrote \(missing or changed since\)"),
     ("no_marker", r"fpindex-run\.json: missing or not fpindex's"),
     ("interrupted", r"the audit writing run .* was interrupted, its outputs are incomplete"),
@@ -292,8 +292,13 @@ def test_disk_full_is_one_line_and_keeps_the_old_file(monkeypatch, capsys, tmp_p
     run_main(monkeypatch, capsys, "evaluate", str(tmp_path / "p.csv"), str(tmp_path / "l.csv"), "--save",
              str(tmp_path / "eval.json"))
     before = (tmp_path / "eval.json").read_text()
-    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64)); from fpindex.cli import main; sys.argv = "
+    small_store().save(tmp_path / "idx")
+    index_before = snapshot(tmp_path / "idx")
+    code = ("import resource, signal, sys; from tests.test_safety import small_store; from fpindex.cli import main; "
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64)); "
+            "from fpindex.errors import FpindexError\ntry:\n"
+            f"    small_store().save({str(tmp_path / 'idx')!r})\nexcept FpindexError as e:\n    print(e)\n"
+            "sys.argv = "
             f"['fpindex', 'evaluate', {str(tmp_path / 'p.csv')!r}, {str(tmp_path / 'l.csv')!r}, '--save', "
             f"{str(tmp_path / 'eval.json')!r}]; main()")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -301,8 +306,10 @@ def test_disk_full_is_one_line_and_keeps_the_old_file(monkeypatch, capsys, tmp_p
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.splitlines() == [f"fpindex: error: cannot write {tmp_path / 'eval.json'}: File too large"]
-    assert sorted(os.listdir(tmp_path)) == ["eval.json", "l.csv", "p.csv"]
+    assert sorted(os.listdir(tmp_path)) == ["eval.json", "idx", "l.csv", "p.csv"]
     assert (tmp_path / "eval.json").read_text() == before
+    assert proc.stdout.splitlines() == [f"cannot write {tmp_path / 'idx'}: File too large"]     # FAISS's write
+    assert snapshot(tmp_path / "idx") == index_before
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere, so a read-only folder cannot make this fail")

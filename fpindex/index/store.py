@@ -185,10 +185,12 @@ class IndexStore:
         directory = Path(directory)
         index = to_cpu(self.index)
         with atomic_dir(directory, owned=is_index_dir) as tmp:
-            try:
-                faiss.write_index(index, str(tmp / INDEX_FILE))
-            except RuntimeError as e:                # FAISS reports a failed write (e.g. disk full) this way
-                raise WriteError(directory, faiss_reason(e)) from None
+            # Through a Python file: FAISS's own writer only prints a failed final flush (disk full) and goes on.
+            with open(tmp / INDEX_FILE, "wb") as f:
+                try:
+                    faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+                except RuntimeError as e:
+                    raise WriteError(directory, faiss_reason(e)) from None
             if has_ondisk_lists(index):
                 ivf = faiss.extract_index_ivf(index)
                 copy_lists(Path(faiss.downcast_InvertedLists(ivf.invlists).filename), tmp / LISTS_FILE)

@@ -29,7 +29,7 @@ from ..decide import Decision, Verdict
 from ..errors import FpindexError
 from ..load import image_id
 from ..search import Neighbours
-from ..safeio import WriteError, _json_default, reason, test_pause
+from ..safeio import WriteError, _json_default, reason, pause_for_tests
 from ..utils import Timings
 from . import outputs
 
@@ -102,7 +102,7 @@ class AuditResult:
                 pq.write_table(pa.table({c: self.neighbours[c].to_numpy() for c in self.neighbours.columns}), tmp)
             self.summary["timings"] = self.timings.as_dict()
             self._text(out, staged, "summary.json", json.dumps(self.summary, indent=2, default=_json_default) + "\n")
-            test_pause("outputs-staged")
+            pause_for_tests("outputs-staged")
             outputs.commit(out, run_id, staged)
         except OSError as e:
             raise WriteError(out, reason(e)) from None

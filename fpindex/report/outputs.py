@@ -20,7 +20,7 @@ from typing import Any
 from .. import __version__
 from ..errors import FpindexError
 from ..safeio import (TMP, WriteError, clean_temps, read_json, reason, refuse_special, shown, temp_name,
-                      test_pause, write_json_atomic)
+                      pause_for_tests, write_json_atomic)
 from ..utils import sha256_file
 
 MARKER = "fpindex-run.json"
@@ -82,7 +82,7 @@ def _finish(out: Path, marker: dict[str, Any]) -> None:
         for i, (name, f) in enumerate(marker["files"].items()):
             if (out / f["staged"]).exists():
                 if i == 1:
-                    test_pause("rename")     # one file of the new run in place, the others still the old run's
+                    pause_for_tests("rename")     # one file of the new run in place, the others still the old run's
                 os.replace(out / f["staged"], out / name)
     except OSError as e:
         raise WriteError(out, reason(e)) from None
