@@ -25,7 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import FpindexError
-from .safeio import WriteError
+from .safeio import WriteError, clean_temps
 from .utils import atomic_path, write_json_atomic
 
 FORMAT = 2
@@ -127,6 +127,7 @@ class ContentCache:
     def _write(self, rows: dict[str, np.ndarray]) -> None:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
+            clean_temps(self.dir)                       # shards a killed run was writing
             meta = self.dir / "identity.json"
             if not meta.exists():
                 write_json_atomic(meta, {"format": FORMAT, **self.identity})

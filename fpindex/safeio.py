@@ -102,6 +102,9 @@ def atomic_path(path: str | Path, owned: Callable[[Path], bool] | None = None) -
         raise FpindexError(f"{shown(path)} exists and was not written by fpindex; refusing to replace it: "
                            "choose another name or move it away")
     _mkdir(path.parent)
+    for stale, pid in _siblings(path, TMP):           # what a killed write of this same file left
+        if not _alive(pid):
+            _remove(stale)
     tmp = path.with_name(temp_name(path, TMP))
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)      # the umask applies, as for open()

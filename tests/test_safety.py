@@ -218,6 +218,9 @@ def test_the_next_run_finishes_a_swap_a_kill_cut_short(tmp_path):
     small_store(7).save(idx)
     recover_dir(idx)
     assert IndexStore.load(idx).ntotal == 7 and not any(n.endswith(OLD) for n in os.listdir(tmp_path))
+    (tmp_path / f".e.json.{pid}.abcd1234{TMP}").write_text("{half")      # a file write a kill cut short
+    write_json_atomic(tmp_path / "e.json", {})
+    assert not any(n.startswith(".e.json") for n in os.listdir(tmp_path))
 
 
 def test_links_and_special_files_at_the_destination_are_refused(tmp_path):
