@@ -25,8 +25,8 @@ from .. import __version__
 from ..errors import FpindexError
 from ..metrics import METRICS
 from ..utils import atomic_dir, write_text_atomic
-
 from .outputs import FILES, GENERATOR, MARK, REPORT, recover, verify
+
 META = ("image", "rank", "generated_id", "generated")    # neighbours.parquet columns that are not evidence
 LABEL_WORDS = {"1": 1, "used": 1, "true": 1, "yes": 1, "0": 0, "not_used": 0, "not used": 0, "unused": 0,
                "false": 0, "no": 0}
