@@ -22,6 +22,7 @@ from .devices import faiss_device
 from .errors import FpindexError
 from .index import IndexStore, search_overrides
 from .report import AuditResult
+from .report.outputs import check_folder as check_output_folder
 from .search import Neighbours, search as search_vectors
 
 PathLike = str | Path
@@ -66,6 +67,8 @@ class Index:
         """Score the real images against this index (see `audit` for the labelled folders); `k` neighbours
         per image (default: the config's, 10)."""
         cfg = config or self.config
+        if out is not None:
+            check_output_folder(out)              # before the work, not after it
         if k is not None:
             cfg = cfg.override(evidence={"k": k})
         target = self._built if self._built is not None else self.store
@@ -136,6 +139,8 @@ def audit(generated: PathLike, real: PathLike, *, used: PathLike | None = None, 
     else the fixed thresholds. `out`: also write the output files there (the index goes to `index_dir`, by
     default `out/index`; an existing index is replaced only with `overwrite`)."""
     cfg = config or AuditConfig()
+    if out is not None:
+        check_output_folder(out)                  # before the build, which may write OUT/index
     if index_dir is None and out is not None:
         index_dir, overwrite = Path(out) / "index", True     # the output folder's own index is fpindex's to replace
     result = pipeline.audit(generated, real, cfg, index_dir=index_dir, overwrite=overwrite, used=used,

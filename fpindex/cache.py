@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import FpindexError, FpindexWarning
+from .safeio import WriteError, clean_temps
 from .utils import atomic_path, write_json_atomic
 
 FORMAT = 2
@@ -69,8 +70,9 @@ def pair_keys(a: Iterable[str], b: Iterable[str]) -> list[str]:
     return [f"{x}:{y}" for x, y in zip(a, b, strict=True)]
 
 
-def _write_error(kind: str, where: Path, e: OSError) -> FpindexError:
-    return FpindexError(f"{kind} cache {where}: cannot write ({e.strerror or e}); "
+def _write_error(kind: str, where: Path, e: OSError | WriteError) -> FpindexError:
+    why = e.reason if isinstance(e, WriteError) else e.strerror or e
+    return FpindexError(f"{kind} cache {where}: cannot write ({why}); "
                         f"pass --cache-dir elsewhere or --no-cache")
 
 
@@ -153,6 +155,7 @@ class ContentCache:
     def _write(self, rows: dict[str, np.ndarray]) -> None:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
+            clean_temps(self.dir)                       # shards a killed run was writing
             meta = self.dir / "identity.json"
             if not meta.exists():
                 write_json_atomic(meta, {"format": FORMAT, **self.identity})
@@ -160,7 +163,7 @@ class ContentCache:
                 with open(tmp, "wb") as f:
                     np.savez(f, keys=np.array(list(rows), dtype=str),
                              vectors=np.stack(list(rows.values())).astype(np.float32, copy=False))
-        except OSError as e:
+        except (OSError, WriteError) as e:
             raise _write_error(self.kind, self.dir, e) from None
 
     def _compact(self) -> None:
@@ -228,7 +231,7 @@ def write_blob(path: str | Path, data: bytes, meta: dict[str, Any] | None = None
             tmp.write_bytes(data)
         write_json_atomic(_sidecar(path), {"format": FORMAT, "sha256": hashlib.sha256(data).hexdigest(),
                                            "bytes": len(data), "meta": meta})
-    except OSError as e:
+    except (OSError, WriteError) as e:
         raise _write_error(path.parent.name, path.parent, e) from None
 
 

@@ -7,6 +7,7 @@ output files are written by `AuditResult.save` (report.py). Stage work lives in 
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,10 +24,11 @@ from .embed import (SELFSUP, SELFSUP_FILE, Embedded, Embedder, embed_folder, emb
                     resolved, train_on_generated, vector_cache)
 from .errors import FpindexError
 from .evidence import FEATURES, Evidence, FitInput, Query, Run, compute_evidence
-from .index import MANIFEST_FILE, IndexStore, create_store, finish_in_memory
+from .index import MANIFEST_FILE, IndexStore, create_store, finish_in_memory, is_index_dir
 from .load import ReadOptions, check_distinct, list_folder, list_images
 from .pixels import PixelStore, QueryImages
 from .report import AuditResult, submission_ids
+from .safeio import recover_dir, refuse_special, shown
 from .search import search
 from .utils import Timings, versions
 
@@ -57,15 +59,18 @@ class Built:
 # ---- build --------------------------------------------------------------------------------------
 
 def check_target(index_dir: Path, mode: str) -> None:
-    """Only an fpindex index is ever replaced, and only when asked."""
-    if not index_dir.exists():
+    """Only an fpindex index is ever replaced, and only when asked; a swap a kill cut short is finished first."""
+    recover_dir(index_dir)
+    if not index_dir.exists() and not index_dir.is_symlink():
         return
+    refuse_special(index_dir, "folder")
     if mode == "new":
-        raise FpindexError(f"index {index_dir} already exists; pass --add to append to it or --overwrite to "
-                           "replace it")
-    if not (index_dir / MANIFEST_FILE).is_file():
-        raise FpindexError(f"{index_dir} exists and is not an fpindex index (no {MANIFEST_FILE}); refusing to "
-                           "replace it: choose another --index")
+        raise FpindexError(f"index {shown(index_dir)} already exists; pass --add to append to it or --overwrite "
+                           "to replace it")
+    if not is_index_dir(index_dir):
+        why = "no" if not (index_dir / MANIFEST_FILE).exists() else "no valid fpindex"
+        raise FpindexError(f"{shown(index_dir)} exists and is not an fpindex index ({why} {MANIFEST_FILE}); "
+                           "refusing to replace it: choose another --index")
 
 
 def embed_config_of(store: IndexStore, given: EmbedConfig | None = None, in_memory: bool = False) -> EmbedConfig:
@@ -271,7 +276,9 @@ def audit(generated: str | Path, real: str | Path, config: AuditConfig, index_di
     for name, p in {"real-image": real, "used": used, "not-used": not_used, "reference": reference}.items():
         if p is not None:
             list_images(p, f"{name} folder", ReadOptions.of(config.embed))
-    if index_dir is not None and Path(index_dir).exists() and not overwrite:
+    if index_dir is not None:
+        recover_dir(index_dir)
+    if index_dir is not None and os.path.lexists(index_dir) and not overwrite:
         raise FpindexError(f"index {index_dir} already exists; pass --overwrite to replace it or choose another "
                            "--index")
     built = build(generated, config, index_dir, mode="overwrite" if overwrite else "new", timings=timings)

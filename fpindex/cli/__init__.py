@@ -14,6 +14,7 @@ import typer
 
 from .. import __version__
 from ..errors import FpindexError, FpindexWarning
+from ..safeio import shown
 from . import index_commands
 from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION, O_DEVICE, O_EF_SEARCH,
                       O_ENHANCE, O_FACTORY, O_K, O_MAX_MEMORY, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE,
@@ -209,11 +210,11 @@ def evaluate(
 ) -> None:
     """Accuracy, precision, recall, F1, kappa, ROC-AUC and TPR at 5% FPR, beside the all-used and all-not-used answers."""
     from ..evaluate import evaluate_files, format_table
-    from ..utils import write_json_atomic
+    from ..safeio import same_json_keys, write_json_atomic
 
     result = evaluate_files(predictions, labels)
-    if save:
-        write_json_atomic(save, result)
+    if save:        # replaces only an earlier evaluation: a file of the same shape
+        write_json_atomic(save, result, owned=same_json_keys(result))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -285,18 +286,12 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 def _warning(message, category, filename, lineno, file=None, line=None) -> None:
     """fpindex's own warnings as one line, like its errors; others keep Python's format."""
     if issubclass(category, FpindexWarning):
-        typer.echo(_one_line(f"fpindex: warning: {message}"), err=True)
+        typer.echo(shown(f"fpindex: warning: {message}"), err=True)
     else:
         _show_warning(message, category, filename, lineno, file, line)
 
 
 _show_warning = warnings.showwarning
-
-
-def _one_line(text: str) -> str:
-    """A message as one printable line, whatever the paths in it hold (line breaks, bytes that are not UTF-8)."""
-    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
-    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def main() -> None:
@@ -318,14 +313,14 @@ def _run(click, no_args) -> None:
         sys.exit(e.exit_code)
     except click.ClickException as e:
         where = f" (see {e.ctx.command_path} --help)" if isinstance(e, click.UsageError) and e.ctx else ""
-        typer.echo(_one_line(f"fpindex: error: {e.format_message()}{where}"), err=True)
+        typer.echo(shown(f"fpindex: error: {e.format_message()}{where}"), err=True)
         sys.exit(e.exit_code)
     except FpindexError as e:
-        typer.echo(_one_line(f"fpindex: error: {e}"), err=True)
+        typer.echo(shown(f"fpindex: error: {e}"), err=True)
         sys.exit(2)
     except OSError as e:
         what = f"{e.filename}: " if e.filename else ""
-        typer.echo(_one_line(f"fpindex: error: {what}{e.strerror or e}"), err=True)
+        typer.echo(shown(f"fpindex: error: {what}{e.strerror or e}"), err=True)
         sys.exit(1)
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("fpindex: interrupted", err=True)

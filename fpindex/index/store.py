@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import FpindexError
-from ..utils import atomic_dir, versions, write_json_atomic
+from ..safeio import WriteError, atomic_dir, read_json, recover_dir
+from ..utils import versions, write_json_atomic
 from .base import faiss_reason, has_ondisk_lists, make_faiss_index
 from .factory import train_sample
 from .gpu import gpu_clustering, to_cpu, to_device
@@ -203,8 +204,13 @@ class IndexStore:
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
         index = to_cpu(self.index)
-        with atomic_dir(directory) as tmp:
-            faiss.write_index(index, str(tmp / INDEX_FILE))
+        with atomic_dir(directory, owned=is_index_dir) as tmp:
+            # Through a Python file: FAISS's own writer only prints a failed final flush (disk full) and goes on.
+            with open(tmp / INDEX_FILE, "wb") as f:
+                try:
+                    faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+                except RuntimeError as e:
+                    raise WriteError(directory, faiss_reason(e)) from None
             if has_ondisk_lists(index):
                 ivf = faiss.extract_index_ivf(index)
                 copy_lists(Path(faiss.downcast_InvertedLists(ivf.invlists).filename), tmp / LISTS_FILE)
@@ -224,6 +230,7 @@ class IndexStore:
         Its files are checked against the manifest's checksums first: those whose size or mtime changed are
         hashed, and with `verify` all of them (integrity.py)."""
         d = Path(directory)
+        recover_dir(d)                   # a swap cut short by a kill is finished first
         if not d.is_dir():
             raise FpindexError(f"index {d} does not exist (build one with `fpindex build`)")
         for name in (INDEX_FILE, ITEMS_FILE, MANIFEST_FILE):
@@ -265,6 +272,12 @@ class IndexStore:
         store.index, store.device = to_device(store.index, device)
         store.set_search_params(manifest["search_params"], save=False)   # GPU copies take them separately
         return store
+
+
+def is_index_dir(path: str | Path) -> bool:
+    """A folder fpindex may replace as an index: it holds a manifest.json that an fpindex build wrote."""
+    m = read_json(Path(path) / MANIFEST_FILE)
+    return isinstance(m, dict) and isinstance(m.get("format_version"), int) and "factory" in m and "dim" in m
 
 
 def copy_lists(src: Path, dst: Path) -> None:

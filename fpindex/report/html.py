@@ -25,9 +25,8 @@ from .. import __version__
 from ..errors import FpindexError
 from ..metrics import METRICS
 from ..utils import atomic_dir, write_text_atomic
+from .outputs import FILES, GENERATOR, MARK, REPORT, recover, verify
 
-REPORT, FILES, MARK = "report.html", "report_files", ".written-by-fpindex"
-GENERATOR = "fpindex report"
 META = ("image", "rank", "generated_id", "generated")    # neighbours.parquet columns that are not evidence
 LABEL_WORDS = {"1": 1, "used": 1, "true": 1, "yes": 1, "0": 0, "not_used": 0, "not used": 0, "unused": 0,
                "false": 0, "no": 0}
@@ -44,11 +43,12 @@ class Outputs:
 
 
 def read_outputs(out: str | Path) -> Outputs:
-    """Read OUT's summary.json, predictions.csv and neighbours.parquet; anything missing or damaged is one
-    FpindexError naming the file."""
+    """Read OUT's summary.json, predictions.csv and neighbours.parquet; anything missing or damaged, or files
+    of two runs together, is one FpindexError naming the file."""
     out = Path(out)
     if not out.is_dir():
         raise FpindexError(f"{out}: no such output folder (run `fpindex audit --out {out}` first)")
+    recover(out)                    # a save a kill cut short after its commit point is finished first
     path = out / "summary.json"
     if not path.is_file():
         raise FpindexError(f"{path}: no such file (is {out} an audit's output folder?)")
@@ -80,6 +80,7 @@ def read_outputs(out: str | Path) -> Outputs:
     lack = [c for c in META if c not in neighbours.columns]
     if lack:
         raise FpindexError(f"{path}: missing column(s) {', '.join(lack)}")
+    verify(out, summary)
     return Outputs(out, summary, predictions, neighbours)
 
 
