@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def small_store(n: int = 50, dim: int = 16) -> IndexStore:
-    s = IndexStore.create("Flat", dim, {"model": "test", "weights_id": "t", "enhance": ["none"], "image_size": 8})
+    s = IndexStore.create("Flat", dim, {"model": "cnn", "weights": "random", "weights_id": "random:seed=0",
+                                        "enhance": ["none"], "image_size": 64, "seed": 0, "dim": dim})
     v = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32)
     s.add(v / np.linalg.norm(v, axis=1, keepdims=True),
           pa.table({"root": ["/g"] * n, "path": [f"{i}.png" for i in range(n)],
