@@ -95,7 +95,7 @@ def run_canaries(cfg: AuditConfig, decision: Decision, folder: Folder, embedder:
     rows: list[dict[str, Any]] = []
     copies: list[np.ndarray] = []
     skipped: dict[str, str] = {}
-    with timings.stage("canaries"):
+    with timings.stage("enhance"):      # planting is a pixel transform, like enhancement
         for i in range(n):
             for j, (kind, strength) in enumerate(cells):
                 p = PLANTS.get(kind)
