@@ -133,4 +133,5 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default
 
 
-__all__ = ["AuditConfig", "EmbedConfig", "IndexConfig", "EvidenceConfig", "DecideConfig", "CanaryConfig", "RunConfig", "replace"]
+__all__ = ["AuditConfig", "EmbedConfig", "IndexConfig", "EvidenceConfig", "DecideConfig", "CanaryConfig", "RunConfig",
+           "replace"]

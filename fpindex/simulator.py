@@ -143,11 +143,12 @@ def simulate(real: str | Path, out: str | Path, generated: str | Path | None = N
     if generated is None:
         background = _take(rest, 3 * sum(map(len, member_groups)) if fresh is None else fresh)[0]
         if not background:
-            non_groups, background = non_groups[:max(1, len(non_groups) * 2 // 3)], non_groups[len(non_groups) * 2 // 3:]
+            cut = max(1, len(non_groups) * 2 // 3)       # no patient left over: some non-members stand in
+            non_groups, background = non_groups[:cut], non_groups[cut:]
     if len(member_groups) < 2 or len(non_groups) < 2 or (generated is None and not background):
+        parts = "members, non-members" + (" and a generated stand-in" if generated is None else "")
         raise FpindexError(f"real-image folder {real}: {len(groups)} {'patients' if table else 'images'} are too "
-                           f"few to split into members, non-members{' and a generated stand-in' if generated is None else ''}"
-                           "; give more images or fewer --members")
+                           f"few to split into {parts}; give more images or fewer --members")
     used_tr, used_te = _halves(member_groups)
     not_tr, not_te = _halves(non_groups)
     gen_sources = gen_files or [f for g in background for f in g]
@@ -181,9 +182,10 @@ def simulate(real: str | Path, out: str | Path, generated: str | Path | None = N
             src = member_files[m]
             kind, strength = cells[j % len(cells)]
             p = PLANTS.get(kind)
-            mix = sorted(rng.choice(len(gen_sources), min(p.others(strength), len(gen_sources)), replace=False).tolist())
-            if len(mix) < p.others(strength):
-                raise FpindexError(f"plant kind {kind} at {strength:g} mixes in {p.others(strength)} generated images, "
+            want = p.others(strength)
+            mix = sorted(rng.choice(len(gen_sources), min(want, len(gen_sources)), replace=False).tolist())
+            if len(mix) < want:
+                raise FpindexError(f"plant kind {kind} at {strength:g} mixes in {want} generated images, "
                                    f"only {len(gen_sources)} exist")
             dst = tmp / "generated" / f"sim_{j:05d}.png"
             if dst.exists():

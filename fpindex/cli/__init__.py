@@ -89,7 +89,8 @@ def _canaries(quiet: bool, c: Optional[dict[str, Any]]) -> None:
     """One line per plant kind: how many of its canaries the audit would have flagged, per strength."""
     if not c or not c.get("table"):
         return
-    _say(quiet, f"canaries ({c['n_sources']} {c['source_folder'].replace('_', '-')} images; found = {c['criterion']}):")
+    folder = c["source_folder"].replace("_", "-")
+    _say(quiet, f"canaries ({c['n_sources']} {folder} images; found = {c['criterion']}):")
     by: dict[str, list[str]] = {}
     for t in c["table"]:
         at = "" if t["kind"] == "exact" else f"{t['strength']:g}: "

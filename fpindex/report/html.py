@@ -267,7 +267,8 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
         html = env.get_template("report.html.j2").render(
             generator=f"{GENERATOR} {__version__}", s=s, verdict=s["verdict"], decision=s["decision"],
             threshold=threshold, evaluation=evaluation, metrics=METRICS, roc=roc, galleries=galleries,
-            evidence=evidence, rows=rows, top=top, canaries=s.get("canaries"), sensitivity=sensitivity, labelled=bool(truth), files=FILES,
+            evidence=evidence, rows=rows, top=top, labelled=bool(truth), files=FILES,
+            canaries=s.get("canaries"), sensitivity=sensitivity,
             settings_json=json.dumps(s.get("settings", {}), indent=2, sort_keys=True),
             config_json=json.dumps(s.get("config", {}), indent=2, sort_keys=True),
             bad_files=[(name, b) for name, bad in (s.get("bad_files") or {}).items() for b in bad])
