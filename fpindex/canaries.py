@@ -140,7 +140,7 @@ def run_canaries(cfg: AuditConfig, decision: Decision, folder: Folder, embedder:
         r.update(score=round(float(s), 6), p_value=None if pv is None else round(float(pv), 6), found=bool(f),
                  cosine=round(float(cs), 6), sha256=sha)
     table = _table(rows, n)
-    return {"n_sources": n, "source_folder": folder.name, "method": decision.method, "criterion": criterion,
+    return {"n_sources": n, "requested": c.n, "source_folder": folder.name, "method": decision.method, "criterion": criterion,
             "alpha": alpha, "kinds": {k: {"unit": PLANTS.get(k).unit, "help": PLANTS.help(k)}
                                       for k in dict.fromkeys(k for k, _ in cells)},
             "table": table, "text": [f"would have flagged {t['found']}/{t['planted']} {t['description']}"

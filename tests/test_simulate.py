@@ -113,3 +113,13 @@ def test_sensitivity_curve_falls_with_strength(real, helpers, tmp_path):
     lines = (tmp_path / "sens" / "sensitivity.csv").read_text().splitlines()
     assert lines[0].startswith("kind,strength,unit,description,recall") and len(lines) == 3
     assert json.loads((tmp_path / "sens" / "sensitivity.json").read_text())["config"]["canaries"]["n"] == 0
+    # An audit's HTML report shows the curve when its output folder holds one.
+    from fpindex.report.html import write_report
+
+    audit_out = tmp_path / "sens" / "cells" / "rigid-2" / "audit"
+    for name in ("sensitivity.json", "sensitivity.png"):
+        (audit_out / name).write_bytes((tmp_path / "sens" / name).read_bytes())
+    page = write_report(audit_out, top=1).read_text()
+    assert 'id="sensitivity"' in page and "report_files/sensitivity.png" in page
+    png = (tmp_path / "sens" / "sensitivity.png").read_bytes()
+    assert (audit_out / "report_files" / "sensitivity.png").read_bytes() == png
