@@ -17,7 +17,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from .config import AuditConfig
-from .demo import read_labels
 from .errors import FpindexError
 from .plants import PLANTS, grid
 from .simulator import simulate
@@ -44,7 +43,7 @@ def sensitivity(real: str | Path, out: str | Path, generated: str | Path | None 
                 size: int = 128, fresh: int | None = None, fpr: float = 0.05,
                 config: AuditConfig | None = None) -> dict[str, Any]:
     """Simulate and audit every cell of the grid; returns what OUT/sensitivity.json holds."""
-    from .api import audit
+    from . import pipeline
     from .report import plots
 
     out = Path(out)
@@ -60,9 +59,11 @@ def sensitivity(real: str | Path, out: str | Path, generated: str | Path | None 
         sim = simulate(real, cell / "data", generated, members=members, kinds=[kind], strengths=[strength],
                        rate=rate, seed=seed, manifest=manifest, size=size, fresh=fresh)
         d = sim.root
-        result = audit(d / "generated", d / "test", used=d / "train" / "used", not_used=d / "train" / "not_used",
-                       config=cfg, out=cell / "audit")
-        truth = read_labels(d / "test_labels.csv")
+        result = pipeline.audit(d / "generated", d / "test", cfg, index_dir=cell / "audit" / "index",
+                                used=d / "train" / "used", not_used=d / "train" / "not_used")
+        result.save(cell / "audit")
+        with open(d / "test_labels.csv", newline="") as f:
+            truth = {r["image"]: int(r["label"]) for r in csv.DictReader(f)}
         p = result.predictions
         y = np.array([truth[Path(i).name] for i in p["image"]])
         s = p["score"].to_numpy(np.float64)
