@@ -148,3 +148,26 @@ def audit(generated: PathLike, real: PathLike, *, used: PathLike | None = None, 
     if out is not None:
         result.save(out)
     return result
+
+
+def simulate(real: PathLike, out: PathLike, generated: PathLike | None = None, *, members: int | None = None,
+             kinds=None, strengths=None, rate: float = 1.0, seed: int = 0, manifest: PathLike | None = None,
+             size: int = 128, fresh: int | None = None):
+    """Write a simulated leak scenario (ImageCLEF layout plus planted.json) from real images; see
+    fpindex/simulator.py. Returns a `Simulated` (root, planted, record)."""
+    from .simulator import simulate as run
+
+    return run(real, out, generated, members=members, kinds=kinds, strengths=strengths, rate=rate, seed=seed,
+               manifest=manifest, size=size, fresh=fresh)
+
+
+def sensitivity(real: PathLike, out: PathLike, generated: PathLike | None = None, *, kinds=None, strengths=None,
+                members: int | None = None, rate: float = 1.0, seed: int = 0, manifest: PathLike | None = None,
+                size: int = 128, fresh: int | None = None, fpr: float = 0.05,
+                config: AuditConfig | None = None) -> dict[str, Any]:
+    """Simulate and audit a grid of plant kinds and strengths; recall at `fpr` per cell, written to
+    OUT/sensitivity.{json,csv,png} (fpindex/sweep.py). Returns the table with its parameters."""
+    from .sweep import sensitivity as run
+
+    return run(real, out, generated, kinds=kinds, strengths=strengths, members=members, rate=rate, seed=seed,
+               manifest=manifest, size=size, fresh=fresh, fpr=fpr, config=config)

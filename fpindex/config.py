@@ -1,4 +1,4 @@
-"""Typed options, one nested object for a whole audit: `AuditConfig(embed, index, evidence, decide, run)`.
+"""Typed options, one nested object for a whole audit: `AuditConfig(embed, index, evidence, decide, canaries, run)`.
 
 It is recorded whole in `summary.json` and in the index manifest, and rebuilt from them with `from_dict`
 (no hand mapping); presets are named `AuditConfig`s (presets.py).
@@ -117,6 +117,15 @@ class DecideConfig:
 
 
 @dataclass(frozen=True)
+class CanaryConfig:
+    """Planted copies of known-unused images that measure what this audit can see (canaries.py)."""
+
+    n: int = 20                      # canary sources drawn from the known-unused images; 0: no canaries
+    kinds: tuple[str, ...] | None = None   # plant kinds (plants.PLANTS); None: every kind at its default grid
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class RunConfig:
     quiet: bool = False
     verbose: bool = False
@@ -129,6 +138,7 @@ class AuditConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     decide: DecideConfig = field(default_factory=DecideConfig)
+    canaries: CanaryConfig = field(default_factory=CanaryConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,4 +184,5 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default
 
 
-__all__ = ["AuditConfig", "EmbedConfig", "IndexConfig", "EvidenceConfig", "DecideConfig", "RunConfig", "replace"]
+__all__ = ["AuditConfig", "EmbedConfig", "IndexConfig", "EvidenceConfig", "DecideConfig", "CanaryConfig", "RunConfig",
+           "replace"]

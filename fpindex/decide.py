@@ -66,6 +66,8 @@ class Decision:
     verdict: Verdict
     details: dict[str, Any] = field(default_factory=dict)
     p_value: np.ndarray | None = None
+    # The fitted decision applied to other evidence (the canaries' what-if): score and p-value (None: no null).
+    rescore: Callable[[Evidence], tuple[np.ndarray, np.ndarray | None]] | None = field(default=None, repr=False)
 
 
 def empirical_p(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
@@ -130,7 +132,8 @@ def fixed(cfg: DecideConfig, target: Evidence, data: Labelled,
     thr = table[name] if cfg.threshold is None else float(cfg.threshold)
     s = target.scores[name].astype(np.float64)
     return Decision(score=s, label=(s >= thr).astype(np.int8), method="fixed",
-                    verdict=Verdict(leakage=None, alpha=cfg.alpha), details={"score": name, "threshold": thr})
+                    verdict=Verdict(leakage=None, alpha=cfg.alpha), details={"score": name, "threshold": thr},
+                    rescore=lambda ev: (ev.scores[name].astype(np.float64), None))
 
 
 @DECIDERS.register("reference", "p-value against known-unused real images; label = p ≤ alpha")
@@ -150,8 +153,12 @@ def reference(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
     verdict = Verdict(leakage=bool(test.pvalue <= cfg.alpha), alpha=cfg.alpha, basis="real images vs the reference",
                       auc=round(auc, 4), ci=bootstrap_auc_ci(s, null, cfg.seed), p_value=float(test.pvalue))
     label = (p <= cfg.alpha) if verdict.leakage else np.zeros(len(s), bool)
+    def rescore(ev: Evidence) -> tuple[np.ndarray, np.ndarray]:
+        v = ev.scores[name].astype(np.float64)
+        return v, empirical_p(v, null)
+
     return Decision(score=s, label=label.astype(np.int8), method="reference", p_value=p, verdict=verdict,
-                    details={"score": name, "alpha": cfg.alpha, "n_reference": int(len(null)),
+                    rescore=rescore, details={"score": name, "alpha": cfg.alpha, "n_reference": int(len(null)),
                              "min_possible_p": 1.0 / (1.0 + len(null))})
 
 
@@ -239,8 +246,12 @@ def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
     details["weights"] = dict(zip(features, np.round(clf.w, 6).tolist()))
     p = clf.predict_proba(target.matrix(features))
     label = (p >= 0.5) if verdict.leakage else np.zeros(len(p), bool)
+    def rescore(ev: Evidence) -> tuple[np.ndarray, np.ndarray]:
+        q = clf.predict_proba(ev.matrix(features))
+        return q, empirical_p(q, p_cv[y == 0])
+
     return Decision(score=p, label=label.astype(np.int8), method="calibrated", verdict=verdict,
-                    p_value=empirical_p(p, p_cv[y == 0]), details=details)
+                    p_value=empirical_p(p, p_cv[y == 0]), details=details, rescore=rescore)
 
 
 def storey_share(p: np.ndarray, lam: float = 0.5) -> float:
@@ -296,8 +307,14 @@ def positive_unlabelled(cfg: DecideConfig, target: Evidence, data: Labelled) -> 
                                                                     np.percentile(shares, [2.5, 97.5])],
                               "method": "Storey's pi0 at lambda 0.5 on the per-image p-values, bootstrap interval"},
                "min_possible_p": 1.0 / (1.0 + n_r)}
+    clf = MonotoneScore().fit(x, y)     # as for `calibrated`: what-if evidence is scored by the fit on all images
+
+    def rescore(ev: Evidence) -> tuple[np.ndarray, np.ndarray]:
+        q = clf.predict_proba(ev.matrix(features))
+        return q, empirical_p(q, null_score)
+
     return Decision(score=score, label=label.astype(np.int8), method="pu", p_value=p, verdict=verdict,
-                    details=details)
+                    details=details, rescore=rescore)
 
 
 FUSING = frozenset({"calibrated", "pu"})   # methods that read every evidence feature, not one score

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .cache import cache_root
+from .canaries import Folder, run_canaries, source_folder
 from .config import AuditConfig, EmbedConfig
 from .decide import FUSING, Labelled, choose_method, decide
 from .devices import faiss_device
@@ -260,6 +261,11 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
         "bad_files": {name: [b.__dict__ for b in r[0].bad] for name, r in results.items() if r[0].bad},
         "versions": versions(),
     }
+    canary_from = source_folder(method, set(results)) if config.canaries.n > 0 else None
+    if canary_from is not None:        # beside the index, never in it: nothing above changes (canaries.py)
+        summary["canaries"] = run_canaries(config, decision, Folder(canary_from, *results[canary_from]), embedder,
+                                           pixels, store.attachments, wanted, names, cache_root(embed_cfg),
+                                           timings, bar)
     if build_summary is not None:
         summary["build"] = {k: v for k, v in build_summary.items() if k != "manifest"}
     return AuditResult.of(emb.paths, decision, nb, pair, np.array(store.paths(nb.ids), dtype=object), summary,

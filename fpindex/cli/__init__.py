@@ -15,13 +15,13 @@ import typer
 from .. import __version__
 from ..errors import FpindexError, FpindexWarning
 from ..safeio import shown
-from . import index_commands
+from . import index_commands, simulate_commands
 from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION, O_DEVICE, O_EF_SEARCH,
                       O_ENHANCE, O_FACTORY, O_K, O_MAX_MEMORY, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE,
                       O_PRECISION, O_PRESET, O_QUIET, O_REFERENCE, O_SCORE, O_SEED, O_SIZE, O_TARGET, O_THRESHOLD,
                       O_TRAIN_STEPS, O_USED, O_VERBOSE, O_VERIFY, O_WEIGHTS, O_WINDOW, O_WORKERS, Device, Method,
                       Model, O_HTML, O_JSON, O_MAX_PIXELS, O_TOP, PresetName, Precision, Score, config_from,
-                      typed_embedding)
+                      typed_embedding, O_CANARIES, O_CANARY_KINDS, Kind)
 
 app = typer.Typer(
     name="fpindex",
@@ -76,6 +76,7 @@ def _report(quiet: bool, verbose: bool, out: Path, summary: dict[str, Any]) -> N
         _say(quiet, f"calibration ({cv['folds']}-fold CV on the labelled images): AUC {cv['auc']:.3f}, "
                     f"kappa {cv['kappa']:.3f}, F1 {cv['f1']:.3f}")
     _say(quiet, f"verdict: {summary['verdict']['text']}")
+    _canaries(quiet, summary.get("canaries"))
     for name, bad in summary.get("bad_files", {}).items():
         for b in bad[:5]:
             typer.echo(f"warning: skipped unreadable {name} image {b['path']}: {b['reason']}", err=True)
@@ -84,6 +85,21 @@ def _report(quiet: bool, verbose: bool, out: Path, summary: dict[str, Any]) -> N
     if verbose:
         _say(quiet, "timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in summary["timings"].items()))
     _say(quiet, f"wrote {out}/predictions.csv, submission.csv, neighbours.parquet, summary.json")
+
+
+def _canaries(quiet: bool, c: Optional[dict[str, Any]]) -> None:
+    """One line per plant kind: how many of its canaries the audit would have flagged, per strength."""
+    if not c or not c.get("table"):
+        return
+    folder = c["source_folder"].replace("_", "-")
+    _say(quiet, f"canaries ({c['n_sources']} {folder} images; found = {c['criterion']}):")
+    by: dict[str, list[str]] = {}
+    for t in c["table"]:
+        at = "" if t["kind"] == "exact" else f"{t['strength']:g}: "
+        by.setdefault(t["kind"], []).append(f"{at}{t['found']}/{t['planted']}")
+    for kind, cells in by.items():
+        unit = c["kinds"][kind]["unit"]
+        _say(quiet, f"  would have flagged {kind}{'' if kind == 'exact' else f' ({unit})'}: {', '.join(cells)}")
 
 
 @app.command(epilog="Example: fpindex build data/generated --index indexes/gan-v1 --model cnn --enhance gaussian")
@@ -143,7 +159,8 @@ def query(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     k: int = O_K, decision: Method = O_DECISION, score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD,
     alpha: float = O_ALPHA, used: Optional[Path] = O_USED, not_used: Optional[Path] = O_NOT_USED,
-    reference: Optional[Path] = O_REFERENCE,
+    reference: Optional[Path] = O_REFERENCE, canaries: int = O_CANARIES,
+    canary_kinds: Optional[list[Kind]] = O_CANARY_KINDS,
     model: Optional[Model] = typer.Option(None, "--model", "-m", help="Only to assert the index's model; a "
                                           "different one is refused.", rich_help_panel="Embedding"),
     enhance: Optional[list[str]] = typer.Option(None, "--enhance", "-e", help="Only to assert the index's "
@@ -185,7 +202,8 @@ def audit(
     model: Model = O_MODEL, weights: Optional[str] = O_WEIGHTS, enhance: Optional[list[str]] = O_ENHANCE,
     image_size: Optional[int] = O_SIZE, factory: str = O_FACTORY, max_memory: Optional[str] = O_MAX_MEMORY,
     k: int = O_K, decision: Method = O_DECISION,
-    score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD, alpha: float = O_ALPHA, seed: int = O_SEED,
+    score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD, alpha: float = O_ALPHA,
+    canaries: int = O_CANARIES, canary_kinds: Optional[list[Kind]] = O_CANARY_KINDS, seed: int = O_SEED,
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
     train_steps: Optional[int] = O_TRAIN_STEPS, window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
@@ -269,6 +287,7 @@ def report(
 
 
 index_commands.register(app)
+simulate_commands.register(app)
 
 
 def _version(value: bool) -> None:

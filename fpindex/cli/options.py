@@ -16,12 +16,14 @@ from ..embed import EMBEDDERS
 from ..enhance import ENHANCERS, parse_enhance
 from ..evidence import FEATURES
 from ..index import parse_bytes
+from ..plants import PLANTS
 from ..presets import PRESETS
 
 Model = Enum("Model", {n: n for n in EMBEDDERS.names()}, type=str)  # type: ignore[misc]
 Method = Enum("Method", {n: n for n in ["auto", *DECIDERS.names()]}, type=str)  # type: ignore[misc]
 Score = Enum("Score", {n: n for n in FEATURES.names()}, type=str)  # type: ignore[misc]
 PresetName = Enum("PresetName", {n: n for n in PRESETS.names()}, type=str)  # type: ignore[misc]
+Kind = Enum("Kind", {n: n for n in PLANTS.names()}, type=str)  # type: ignore[misc]
 Device = Enum("Device", {n: n for n in ("auto", "cpu", "cuda")}, type=str)  # type: ignore[misc]
 Precision = Enum("Precision", {n: n for n in ("fp32", "bf16", "fp16")}, type=str)  # type: ignore[misc]
 
@@ -103,6 +105,13 @@ O_NOT_USED = typer.Option(None, "--not-used", help="Real images known not to be 
                           rich_help_panel="Decision")
 O_REFERENCE = typer.Option(None, "--reference", help="Real images known not to be used, to model the null when "
                            "no labelled pair is given.", rich_help_panel="Decision")
+KINDS_HELP = "; ".join(f"{n} ({PLANTS.help(n)}; default strengths "
+                       f"{', '.join(f'{s:g}' for s in PLANTS.get(n).strengths)})" for n in PLANTS.names())
+O_CANARIES = typer.Option(20, "--canaries", min=0, help="Known-unused images (from --not-used or --reference) "
+                          "planted as transformed copies beside the index, to report what this audit would have "
+                          "caught of each kind of copy; no other output changes. 0: none.", rich_help_panel="Decision")
+O_CANARY_KINDS = typer.Option(None, "--canary-kinds", help="Plant kinds for the canaries (repeat the option). "
+                              "Default: all. " + KINDS_HELP, rich_help_panel="Decision")
 O_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or report; errors only.")
 O_VERIFY = typer.Option(False, "--verify", help="Hash every file of the index against its manifest's checksums "
                         "before using it. Default: only files whose size or modification time changed.",
@@ -136,7 +145,8 @@ FIELDS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "weights": [("embed", "weights", _value)],
     "enhance": [("embed", "enhance", parse_enhance)],
     "image_size": [("embed", "image_size", _value)],
-    "seed": [("embed", "seed", _value), ("index", "seed", _value), ("decide", "seed", _value)],
+    "seed": [("embed", "seed", _value), ("index", "seed", _value), ("decide", "seed", _value),
+             ("canaries", "seed", _value)],
     "batch_size": [("embed", "batch_size", _value)],
     "device": [("embed", "device", _value), ("index", "device", _cuda_means_auto)],
     "precision": [("embed", "precision", _value)],
@@ -157,6 +167,8 @@ FIELDS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "score": [("decide", "score", _value)],
     "threshold": [("decide", "threshold", _value)],
     "alpha": [("decide", "alpha", _value)],
+    "canaries": [("canaries", "n", _value)],
+    "canary_kinds": [("canaries", "kinds", lambda v: tuple(_value(k) for k in v) if v else None)],
     "quiet": [("run", "quiet", _value)],
     "verbose": [("run", "verbose", _value)],
     "verify": [("run", "verify", _value)],

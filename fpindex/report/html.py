@@ -193,6 +193,19 @@ def _galleries(o: Outputs, images: _Images, top: int, evidence: list[str]) -> li
     return out
 
 
+def _sensitivity(out: Path, files: Path) -> Optional[dict[str, Any]]:
+    """OUT/sensitivity.json and .png, when `fpindex sensitivity` wrote them there: shown in the report."""
+    table, png = out / "sensitivity.json", out / "sensitivity.png"
+    if not (table.is_file() and png.is_file()):
+        return None
+    try:
+        data = json.loads(table.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FpindexError(f"{table}: not valid JSON ({e})") from None
+    (files / "sensitivity.png").write_bytes(png.read_bytes())
+    return data
+
+
 def _owned(out: Path) -> None:
     """Refuse to replace a report.html or report_files/ that fpindex did not write."""
     page, files = out / REPORT, out / FILES
@@ -239,6 +252,7 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
         roc = bool(truth) and len(set(known[known >= 0].tolist())) == 2
         if roc:
             (tmp / "roc.png").write_bytes(plots.roc_curve(known[known >= 0], scores[known >= 0]))
+        sensitivity = _sensitivity(out, tmp)
         galleries = _galleries(o, images, top, evidence)
         anchors = {g["image"]: g["anchor"] for g in galleries}
         rows = [{"image": img, "score": float(sc), "score_text": _num(sc, ".4f"), "label": int(lab),
@@ -255,6 +269,7 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
             generator=f"{GENERATOR} {__version__}", s=s, verdict=s["verdict"], decision=s["decision"],
             threshold=threshold, evaluation=evaluation, metrics=METRICS, roc=roc, galleries=galleries,
             evidence=evidence, rows=rows, top=top, labelled=bool(truth), files=FILES,
+            canaries=s.get("canaries"), sensitivity=sensitivity,
             settings_json=json.dumps(s.get("settings", {}), indent=2, sort_keys=True),
             config_json=json.dumps(s.get("config", {}), indent=2, sort_keys=True),
             bad_files=[(name, b) for name, bad in (s.get("bad_files") or {}).items() for b in bad])
