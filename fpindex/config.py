@@ -70,6 +70,8 @@ class DecideConfig:
 class RunConfig:
     quiet: bool = False
     verbose: bool = False
+    engine: str = "local"            # local | ray (fpindex/engine/: the same stages, spread over a Ray cluster)
+    address: str | None = None       # ray: 'auto', HOST:PORT or ray://HOST:PORT; None: $RAY_ADDRESS or a local cluster
 
 
 @dataclass(frozen=True)

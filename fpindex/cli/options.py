@@ -24,6 +24,7 @@ Score = Enum("Score", {n: n for n in FEATURES.names()}, type=str)  # type: ignor
 PresetName = Enum("PresetName", {n: n for n in PRESETS.names()}, type=str)  # type: ignore[misc]
 Device = Enum("Device", {n: n for n in ("auto", "cpu", "cuda")}, type=str)  # type: ignore[misc]
 Precision = Enum("Precision", {n: n for n in ("fp32", "bf16", "fp16")}, type=str)  # type: ignore[misc]
+Engine = Enum("Engine", {n: n for n in ("local", "ray")}, type=str)  # type: ignore[misc]
 
 ENHANCE_HELP = ("Enhancement filter(s), stacked as channels in the order given; repeat the option or use "
                 "commas. Choices: " + "; ".join(f"{n} ({ENHANCERS.help(n)})" for n in ENHANCERS.names()))
@@ -99,6 +100,11 @@ O_NOT_USED = typer.Option(None, "--not-used", help="Real images known not to be 
                           rich_help_panel="Decision")
 O_REFERENCE = typer.Option(None, "--reference", help="Real images known not to be used, to model the null when "
                            "no labelled pair is given.", rich_help_panel="Decision")
+O_ENGINE = typer.Option(Engine("local"), "--engine", help="local: this process (and --workers). ray: embed, "
+                        "index and re-rank on a Ray cluster (pip install 'fpindex[ray]'; docs/scale-out.md); the "
+                        "answers are the same.", rich_help_panel="Scale-out")
+O_ADDRESS = typer.Option(None, "--address", help="--engine ray: the cluster to join, auto or HOST:PORT. Default: "
+                         "$RAY_ADDRESS, else a Ray cluster started on this machine.", rich_help_panel="Scale-out")
 O_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or report; errors only.")
 O_VERBOSE = typer.Option(False, "--verbose", "-v", help="Also print per-stage timings.")
 
@@ -149,6 +155,8 @@ FIELDS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "score": [("decide", "score", _value)],
     "threshold": [("decide", "threshold", _value)],
     "alpha": [("decide", "alpha", _value)],
+    "engine": [("run", "engine", _value)],
+    "address": [("run", "address", _value)],
     "quiet": [("run", "quiet", _value)],
     "verbose": [("run", "verbose", _value)],
 }
