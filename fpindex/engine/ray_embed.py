@@ -27,7 +27,7 @@ from ..embed.stream import FileStream, _Collate, autocast, default_batch_size
 from ..errors import FpindexError
 from ..load import BadFile, ReadOptions
 from ..utils import Timings, opencv_threads
-from .ray_engine import crash_once_for_tests
+from .faults import crash_once_for_tests
 
 KIND = "ray-embedding"
 NEW, CACHED, SKIPPED, BAD = "new", "cached", "skipped", "bad"
@@ -229,7 +229,7 @@ def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedCo
     ctx.enable_progress_bars = False
     ds = ray.data.from_items([{"pos": i, "path": str(f)} for i, f in enumerate(files)],
                              override_num_blocks=max(1, -(-len(files) // bs)))
-    ds = ds.map_batches(decode_batch, batch_size=bs, batch_format="numpy", num_cpus=1, max_retries=3,
+    ds = ds.map_batches(decode_batch, batch_size=bs, batch_format="numpy", num_cpus=1,
                         fn_kwargs={"size": embedder.spec.size, "enhance": tuple(cfg.enhance),
                                    "read": ReadOptions.of(cfg), "known": refs["known"], "skip": refs["skip"]})
     if device == "cuda":
@@ -237,7 +237,7 @@ def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedCo
                             compute=ray.data.ActorPoolStrategy(size=actors),
                             fn_constructor_kwargs={"embedder": refs["embedder"], **args})
     else:
-        ds = ds.map_batches(embed_batch, batch_size=bs, batch_format="numpy", num_cpus=1, max_retries=3,
+        ds = ds.map_batches(embed_batch, batch_size=bs, batch_format="numpy", num_cpus=1,
                             fn_kwargs={"embedder": refs["embedder"], **args})
     parts = []
     with timings.stage("embed"), progress(len(files), desc) as bar:

@@ -11,21 +11,6 @@ import pyarrow as pa
 from ..errors import FpindexError
 from ..index import IndexStore
 
-CRASH_ENV = "FPINDEX_TEST_CRASH_ONCE"   # tests only: a worker that finds this file removes it and dies once
-
-
-def crash_once_for_tests() -> None:
-    """Kill this worker process the first time a test asks for it, so Ray's retry is what the test sees."""
-    path = os.environ.get(CRASH_ENV)
-    if not path:
-        return
-    try:
-        os.rename(path, path + ".done")      # atomic: only one worker wins
-    except OSError:
-        return
-    os._exit(1)
-
-
 def connect(address: str | None) -> None:
     """Join the cluster at `address` ('auto', HOST:PORT; None: $RAY_ADDRESS or a new local one); a session
     already joined in this process (e.g. by the caller's own ray.init) is reused."""
@@ -71,4 +56,4 @@ class RayEngine:
         return compute_evidence(*args, **kwargs)
 
 
-__all__ = ["CRASH_ENV", "RayEngine", "connect", "crash_once_for_tests"]
+__all__ = ["RayEngine", "connect"]

@@ -29,7 +29,7 @@ def _mergeable(index: faiss.Index) -> str | None:
 
 
 def _add_task(empty: bytes, first_id: int, x: np.ndarray, kind: str) -> np.ndarray:
-    from .ray_engine import crash_once_for_tests
+    from .faults import crash_once_for_tests
 
     crash_once_for_tests()
     index = faiss.deserialize_index(np.frombuffer(empty, np.uint8))

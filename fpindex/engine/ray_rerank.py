@@ -33,7 +33,7 @@ class _Part:
 
 def _task(part: _Part, attachments: dict[str, bytes], where: str, size: int, read: ReadOptions,
           wanted: frozenset[str], cache_dir: str | None, names: list[str]) -> tuple[dict, dict]:
-    from .ray_engine import crash_once_for_tests
+    from .faults import crash_once_for_tests
 
     crash_once_for_tests()
 
