@@ -70,22 +70,28 @@ def test_ray_build_and_query_give_the_local_answers(cluster, local, scenario, he
     assert got.summary["verdict"] == want.summary["verdict"]
 
 
-def test_sharded_ivf_add_is_one_add(cluster, monkeypatch):
+@pytest.mark.parametrize("factory", ["IVF4,Flat", "Flat"])
+def test_sharded_add_is_one_add_also_onto_a_filled_index(cluster, monkeypatch, factory):
+    import pyarrow as pa
+
     monkeypatch.setattr(ray_index, "SHARD_ROWS", 60)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    import pyarrow as pa
-
     rows = pa.table({"root": ["r"] * 300, "path": [f"{i}.png" for i in range(300)],
                      "sha256": [f"{i:064x}" for i in range(300)], "bytes": [1] * 300})
-    one, sharded = (IndexStore.create("IVF4,Flat", 16, {}, seed=0) for _ in range(2))
+    one, sharded, twice, added = (IndexStore.create(factory, 16, {}, seed=0) for _ in range(4))
     one.add(x, rows)
     ray_index.add(sharded, x, rows)
-    one.set_search_params({"nprobe": 2}), sharded.set_search_params({"nprobe": 2})
-    for a, b in zip(one.search(x[:50], 5), sharded.search(x[:50], 5)):
-        np.testing.assert_array_equal(a, b)
-    assert sharded.items.equals(one.items) and sharded.manifest["ntotal"] == 300
+    for store, add in ((twice, IndexStore.add), (added, ray_index.add)):   # `build --add`: rows 100… appended
+        store.add(x[:100], rows.slice(0, 100))
+        add(store, x[100:], rows.slice(100))
+    for store in (one, sharded, twice, added):
+        store.set_search_params({"nprobe": 2} if factory.startswith("IVF") else {})
+    for want, got in ((one, sharded), (twice, added)):
+        for a, b in zip(want.search(x[:50], 5), got.search(x[:50], 5)):
+            np.testing.assert_array_equal(a, b)
+        assert got.items.equals(want.items) and got.manifest["ntotal"] == 300
 
 
 def test_killed_worker_is_retried_and_reruns_reuse_the_shards(cluster, scenario, helpers, tmp_path):

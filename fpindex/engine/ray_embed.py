@@ -1,11 +1,12 @@
 """Embedding a folder as a Ray Data pipeline: file list → read, hash, decode, enhance (CPU tasks) → the model
-(GPU or CPU actors) → Parquet shards of (path, sha256, vector), plus the rows back to the driver.
+(an actor per GPU, or on CPUs the same tasks) → Parquet shards of (path, sha256, vector), plus the rows back to
+the driver.
 
 Each step is the local code: `FileStream` items and `_Collate` enhancement from embed/stream.py, the driver's
 own embedder (trained or loaded there, then broadcast through the object store), so the vectors are the local
 ones. Shards live in the cache root under a name keyed by the embedding identity; each is written whole
 (temporary name, then renamed), so a killed or re-run job finds only complete shards and embeds only the
-content hashes none of them holds. Ray Data restarts a killed actor and retries its batch.
+content hashes none of them holds. Ray retries the batch of a killed task, and restarts a killed actor.
 """
 
 from __future__ import annotations
@@ -260,6 +261,8 @@ def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedCo
         with timings.stage("embed"):
             stored = read_vectors(out, {result.sha256[i] for i in cached.tolist()}, embedder.dim)
             for i in cached.tolist():
+                if result.sha256[i] not in stored:
+                    raise FpindexError(f"embedding shards in {out} changed during the run; run again")
                 result.vectors[i] = stored[result.sha256[i]]
     return result
 
