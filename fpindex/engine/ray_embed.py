@@ -12,6 +12,7 @@ content hashes none of them holds. Ray retries the batch of a killed task, and r
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -227,7 +228,8 @@ def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedCo
         refs = {"known": [ray.put(frozenset(known))], "skip": [ray.put(frozenset(skip_sha or ()))],
                 "embedder": [ray.put(embedder)]}
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
+    ctx.enable_progress_bars = False                      # fpindex's own bar counts the images
+    logging.getLogger("ray.data").setLevel(logging.WARNING)   # not a line per folder on stderr
     ds = ray.data.from_items([{"pos": i, "path": str(f)} for i, f in enumerate(files)],
                              override_num_blocks=max(1, -(-len(files) // bs)))
     ds = ds.map_batches(decode_batch, batch_size=bs, batch_format="numpy", num_cpus=1,
