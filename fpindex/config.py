@@ -130,6 +130,8 @@ class RunConfig:
     quiet: bool = False
     verbose: bool = False
     verify: bool = False             # hash every file of an index opened, not only those whose size/mtime changed
+    engine: str = "local"            # local | ray (fpindex/engine/: the same stages, spread over a Ray cluster)
+    address: str | None = None       # ray: 'auto', HOST:PORT or ray://HOST:PORT; None: $RAY_ADDRESS or a local cluster
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,11 @@ from .canaries import Folder, run_canaries, source_folder
 from .config import AuditConfig, EmbedConfig
 from .decide import FUSING, Labelled, choose_method, decide
 from .devices import faiss_device
-from .embed import (SELFSUP, SELFSUP_FILE, Embedded, Embedder, embed_folder, embed_identity, make_embedder,
-                    resolved, train_on_generated, vector_cache)
+from .embed import (SELFSUP, SELFSUP_FILE, Embedded, Embedder, embed_identity, make_embedder, resolved,
+                    train_on_generated, vector_cache)
+from .engine import engine_for
 from .errors import FpindexError
-from .evidence import FEATURES, Evidence, FitInput, Query, Run, compute_evidence
+from .evidence import FEATURES, Evidence, FitInput, Query, Run
 from .index import MANIFEST_FILE, IndexStore, create_store, finish_in_memory, is_index_dir
 from .load import ReadOptions, check_distinct, list_folder, list_images
 from .pixels import PixelStore, QueryImages
@@ -101,6 +102,7 @@ def build(generated: str | Path, config: AuditConfig, index_dir: str | Path | No
     `expect`: embedding settings the caller asked for; with 'add' one that differs from the index's is refused
     (the index's own are used, so a --model given with --add would otherwise be silently ignored)."""
     timings = timings or Timings()
+    engine = engine_for(config.run)          # stages run here or on a Ray cluster (fpindex/engine/)
     generated = Path(generated)
     index_dir = Path(index_dir) if index_dir is not None else None
     bar = progress_bar(config.run.quiet)
@@ -132,13 +134,14 @@ def build(generated: str | Path, config: AuditConfig, index_dir: str | Path | No
         store.manifest["embedder"] = embed_identity(embed_cfg, embedder) | {"training": training}
         store.attachments[SELFSUP_FILE] = weights
     fresh = store.ntotal == 0
-    emb = embed_folder(generated, files, embedder, embed_cfg, timings, bar, "embed generated", pixels=pixels,
-                       skip_sha=None if fresh else store.hashes(), cache=vector_cache(embed_cfg, embedder))
+    emb = engine.embed_folder(generated, files, embedder, embed_cfg, timings, bar, "embed generated",
+                              pixels=pixels, skip_sha=None if fresh else store.hashes(),
+                              cache=vector_cache(embed_cfg, embedder))
     emb.bad[:0] = skipped                       # files that are not images count as bad files too
     if fresh and not emb.paths:
         raise FpindexError(f"generated-image folder {generated}: none of its {len(files)} images could be read")
     with timings.stage("index"):
-        store.add(emb.vectors, emb.rows())
+        engine.add(store, emb.vectors, emb.rows())
         store.files(np.arange(store.ntotal - len(emb.paths), store.ntotal))   # a link out of the folder: refused now
     if emb.paths:
         fit_features(store, pixels, embed_cfg, timings)
@@ -200,6 +203,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
           build_summary: dict[str, Any] | None = None) -> AuditResult:
     """Score the real images against the index; labelled folders calibrate the decision (decide.py)."""
     timings = timings or Timings()
+    engine = engine_for(config.run)
     built = index if isinstance(index, Built) else None
     store = built.store if built else index
     if config.evidence.k < 1:
@@ -223,8 +227,8 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
     bar = progress_bar(config.run.quiet)
     results: dict[str, tuple[Embedded, Any, dict[str, np.ndarray], Evidence]] = {}
     for name, (root, files) in listed.items():
-        emb = embed_folder(root, files, embedder, embed_cfg, timings, bar, f"embed {name}", pixels=pixels,
-                           cache=cache)
+        emb = engine.embed_folder(root, files, embedder, embed_cfg, timings, bar, f"embed {name}", pixels=pixels,
+                                  cache=cache)
         emb.bad[:0] = found[name][2]            # files that are not images count as bad files too
         if name == "real" and not emb.paths:
             raise FpindexError(f"real-image folder {root}: none of its {len(files)} images could be read")
@@ -236,7 +240,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
                   attachments=store.attachments, where=str(store.directory or "in memory"))
         run = Run(wanted=wanted, cache_dir=cache_root(embed_cfg),
                   stage=timings.stage, progress=bar, desc=f"re-rank {name}")
-        pair, ev = compute_evidence(q, run, names)
+        pair, ev = engine.evidence(q, run, names)
         results[name] = (emb, nb, pair, ev)
 
     with timings.stage("decide"):

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fpindex"
 # Stages in pipeline order; a module may import its own stage, earlier stages and the support modules.
 STAGES = ["load", "pixels", "enhance", "embed", "index", "search", "evidence", "decide", "report"]
 SUPPORT = {"errors", "registry", "utils", "safeio", "config", "cache", "devices", "metrics", "plants"}
-ABOVE = {"pipeline", "api", "cli", "demo", "evaluate", "presets", "canaries", "simulator", "sweep",
+ABOVE = {"pipeline", "api", "cli", "demo", "evaluate", "presets", "canaries", "simulator", "sweep", "engine",
          "__init__"}   # compose the stages
 
 

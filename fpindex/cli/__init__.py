@@ -20,8 +20,8 @@ from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION,
                       O_ENHANCE, O_FACTORY, O_K, O_MAX_MEMORY, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE,
                       O_PRECISION, O_PRESET, O_QUIET, O_REFERENCE, O_SCORE, O_SEED, O_SIZE, O_TARGET, O_THRESHOLD,
                       O_TRAIN_STEPS, O_USED, O_VERBOSE, O_VERIFY, O_WEIGHTS, O_WINDOW, O_WORKERS, Device, Method,
-                      Model, O_HTML, O_JSON, O_MAX_PIXELS, O_TOP, PresetName, Precision, Score, config_from,
-                      typed_embedding, O_CANARIES, O_CANARY_KINDS, Kind)
+                      Model, O_ADDRESS, O_ENGINE, O_HTML, O_JSON, O_MAX_PIXELS, O_TOP, Engine, PresetName, Precision,
+                      Score, config_from, typed_embedding, O_CANARIES, O_CANARY_KINDS, Kind)
 
 app = typer.Typer(
     name="fpindex",
@@ -123,8 +123,8 @@ def build(
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
     train_steps: Optional[int] = O_TRAIN_STEPS, window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
-    max_pixels: int = O_MAX_PIXELS, preset: PresetName = O_PRESET, quiet: bool = O_QUIET,
-    verbose: bool = O_VERBOSE, verify: bool = O_VERIFY,
+    max_pixels: int = O_MAX_PIXELS, preset: PresetName = O_PRESET, engine: Engine = O_ENGINE,
+    address: Optional[str] = O_ADDRESS, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, verify: bool = O_VERIFY,
 ) -> None:
     """Embed a folder of generated images and write a FAISS index of them."""
     from ..api import build_index
@@ -171,7 +171,8 @@ def query(
                                             "efSearch for this query.", rich_help_panel="Index"),
     seed: int = O_SEED, batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
-    max_pixels: int = O_MAX_PIXELS, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON,
+    max_pixels: int = O_MAX_PIXELS, engine: Engine = O_ENGINE, address: Optional[str] = O_ADDRESS,
+    quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON,
     html: bool = O_HTML, report_top: int = O_TOP, verify: bool = O_VERIFY,
 ) -> None:
     """Score real images against an index: membership score and used/not-used label per image.
@@ -207,8 +208,9 @@ def audit(
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
     train_steps: Optional[int] = O_TRAIN_STEPS, window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
-    max_pixels: int = O_MAX_PIXELS, preset: PresetName = O_PRESET, quiet: bool = O_QUIET,
-    verbose: bool = O_VERBOSE, as_json: bool = O_JSON, html: bool = O_HTML, report_top: int = O_TOP,
+    max_pixels: int = O_MAX_PIXELS, preset: PresetName = O_PRESET, engine: Engine = O_ENGINE,
+    address: Optional[str] = O_ADDRESS, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON,
+    html: bool = O_HTML, report_top: int = O_TOP,
 ) -> None:
     """Build an index of the generated images, then query it with the real ones, in one go."""
     from ..api import audit as run_audit

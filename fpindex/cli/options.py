@@ -26,6 +26,7 @@ PresetName = Enum("PresetName", {n: n for n in PRESETS.names()}, type=str)  # ty
 Kind = Enum("Kind", {n: n for n in PLANTS.names()}, type=str)  # type: ignore[misc]
 Device = Enum("Device", {n: n for n in ("auto", "cpu", "cuda")}, type=str)  # type: ignore[misc]
 Precision = Enum("Precision", {n: n for n in ("fp32", "bf16", "fp16")}, type=str)  # type: ignore[misc]
+Engine = Enum("Engine", {n: n for n in ("local", "ray")}, type=str)  # type: ignore[misc]
 
 ENHANCE_HELP = ("Enhancement filter(s), stacked as channels in the order given; repeat the option or use "
                 "commas. Choices: " + "; ".join(f"{n} ({ENHANCERS.help(n)})" for n in ENHANCERS.names()))
@@ -112,6 +113,11 @@ O_CANARIES = typer.Option(20, "--canaries", min=0, help="Known-unused images (fr
                           "caught of each kind of copy; no other output changes. 0: none.", rich_help_panel="Decision")
 O_CANARY_KINDS = typer.Option(None, "--canary-kinds", help="Plant kinds for the canaries (repeat the option). "
                               "Default: all. " + KINDS_HELP, rich_help_panel="Decision")
+O_ENGINE = typer.Option(Engine("local"), "--engine", help="local: this process (and --workers). ray: embed, "
+                        "index and re-rank on a Ray cluster (pip install 'fpindex[ray]'; docs/scale-out.md); the "
+                        "answers are the same.", rich_help_panel="Scale-out")
+O_ADDRESS = typer.Option(None, "--address", help="--engine ray: the cluster to join, auto or HOST:PORT. Default: "
+                         "$RAY_ADDRESS, else a Ray cluster started on this machine.", rich_help_panel="Scale-out")
 O_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or report; errors only.")
 O_VERIFY = typer.Option(False, "--verify", help="Hash every file of the index against its manifest's checksums "
                         "before using it. Default: only files whose size or modification time changed.",
@@ -169,6 +175,8 @@ FIELDS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "alpha": [("decide", "alpha", _value)],
     "canaries": [("canaries", "n", _value)],
     "canary_kinds": [("canaries", "kinds", lambda v: tuple(_value(k) for k in v) if v else None)],
+    "engine": [("run", "engine", _value)],
+    "address": [("run", "address", _value)],
     "quiet": [("run", "quiet", _value)],
     "verbose": [("run", "verbose", _value)],
     "verify": [("run", "verify", _value)],
