@@ -28,7 +28,27 @@ class _Part:
     gen_ids: np.ndarray               # sorted distinct neighbour ids
     gen_sha256: list[str]
     gen_vectors: np.ndarray
-    gen_paths: list[str]
+    gen_paths: list[str]              # checked to stay inside their root on the driver
+    gen_sizes: list[int]
+
+
+class _PartFiles:
+    """pixels.IndexedFiles over one task's neighbours, so re-ranking checks their hashes as it does locally."""
+
+    def __init__(self, part: _Part) -> None:
+        self.part = part
+
+    def _at(self, ids: np.ndarray) -> list[int]:
+        return np.searchsorted(self.part.gen_ids, np.asarray(ids).ravel()).tolist()
+
+    def files(self, ids: np.ndarray) -> list[str]:
+        return [self.part.gen_paths[i] for i in self._at(ids)]
+
+    def sha256(self, ids: np.ndarray) -> list[str]:
+        return [self.part.gen_sha256[i] for i in self._at(ids)]
+
+    def sizes(self, ids: np.ndarray) -> list[int]:
+        return [self.part.gen_sizes[i] for i in self._at(ids)]
 
 
 def _task(part: _Part, attachments: dict[str, bytes], where: str, size: int, read: ReadOptions,
@@ -37,14 +57,10 @@ def _task(part: _Part, attachments: dict[str, bytes], where: str, size: int, rea
 
     crash_once_for_tests()
 
-    def at(ids: np.ndarray) -> np.ndarray:
-        return np.searchsorted(part.gen_ids, ids)
-
-    pixels = PixelStore(size, read=read)
-    images = QueryImages(pixels, part.real_paths, lambda ids: [part.gen_paths[i] for i in at(ids).tolist()])
-    q = Query(sha256=part.sha256, vectors=part.vectors, nb=part.nb,
-              gen_sha256=lambda ids: [part.gen_sha256[i] for i in at(ids).tolist()],
-              gen_vectors=lambda ids: part.gen_vectors[at(ids)], images=images, attachments=attachments,
+    files = _PartFiles(part)
+    images = QueryImages(PixelStore(size, read=read), part.real_paths, files)
+    q = Query(sha256=part.sha256, vectors=part.vectors, nb=part.nb, gen_sha256=files.sha256,
+              gen_vectors=lambda ids: part.gen_vectors[files._at(ids)], images=images, attachments=attachments,
               where=where)
     pair, ev = compute_local(q, Run(wanted=wanted, cache_dir=cache_dir), names)
     return pair, ev.scores
@@ -73,7 +89,7 @@ def compute_evidence(q: Query, run: Run, features: Sequence[str] | None = None
             part = _Part(sha256=[q.sha256[r] for r in rows.tolist()], vectors=q.vectors[rows],
                          nb=Neighbours(ids, cos), real_paths=[str(images.real_paths[r]) for r in rows.tolist()],
                          gen_ids=u, gen_sha256=q.gen_sha256(u), gen_vectors=q.gen_vectors(u),
-                         gen_paths=list(images.generated_paths(u)))
+                         gen_paths=images.index.files(u), gen_sizes=images.index.sizes(u))
             refs.append(task.remote(part, shared[0], q.where, images.size, images.store.reader.read,
                                     run.wanted, run.cache_dir, names))
         done = []
