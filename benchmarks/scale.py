@@ -148,7 +148,7 @@ def run_audit(real: Path, generated: Path, out: Path, extra: list[str], code: Pa
         cmd = [sys.executable, "-m", "fpindex.cli", "audit", "-g", str(generated), "-r", str(real / "test"),
                "--used", str(real / "train" / "used"), "--not-used", str(real / "train" / "not_used"),
                "-o", str(out), "-q", *extra]
-        t = time.perf_counter()
+        t, load = time.perf_counter(), os.getloadavg()[0]
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t
@@ -157,12 +157,16 @@ def run_audit(real: Path, generated: Path, out: Path, extra: list[str], code: Pa
     if rc != 0:
         raise SystemExit(f"audit of {generated} failed (exit {rc}):\n{err[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
-    return {"wall_s": wall, "peak_rss_gib": usage.ru_maxrss / 2 ** 20, "summary": summary}
+    return {"wall_s": wall, "peak_rss_gib": usage.ru_maxrss / 2 ** 20, "summary": summary,
+            "load_avg_1min": [round(load, 2), round(os.getloadavg()[0], 2)]}
 
 
 def _commit(code: Path) -> str:
+    """The checkout's commit (or, for an exported copy, what its COMMIT file says)."""
     r = subprocess.run(["git", "-C", str(code), "describe", "--always", "--dirty"], capture_output=True, text=True)
-    return r.stdout.strip() or "unknown"
+    if r.returncode == 0 and r.stdout.strip():
+        return r.stdout.strip()
+    return (code / "COMMIT").read_text().strip() if (code / "COMMIT").is_file() else "unknown"
 
 
 def row_of(n: int, runs: list[dict]) -> dict:
@@ -172,10 +176,10 @@ def row_of(n: int, runs: list[dict]) -> dict:
     real = sum(counts[k]["embedded"] for k in ("real", "used", "not_used") if k in counts)
     t = s["timings"]
     return {"generated": n, "real": real, "wall_s": round(statistics.median(r["wall_s"] for r in runs), 2),
-            "stages_s": {k: round(t.get(k, 0.0), 2) for k in STAGES},
+            "stages_s": {k: round(t.get(k, 0.0), 2) for k in STAGES}, "audit_total_s": round(t["total"], 2),
             "peak_rss_gib": round(best["peak_rss_gib"], 3),
             "ms_per_generated": round(1e3 * statistics.median(r["wall_s"] for r in runs) / n, 3),
-            "repeats": len(runs), "all_wall_s": [round(r["wall_s"], 2) for r in runs],
+            "load_avg_1min_start_end": best["load_avg_1min"], "repeats": len(runs), "all_wall_s": [round(r["wall_s"], 2) for r in runs],
             "index": s["settings"]["index"]["factory"], "leakage": s["verdict"].get("leakage"), "auc": s["verdict"].get("auc"),
             "predicted_used": counts["predicted_used"]}
 
@@ -185,13 +189,14 @@ def markdown(rows: list[dict], info: dict) -> str:
     lines = [f"Machine: {info['cpu']} ({info['cores']} cores, {info['torch_threads']} torch threads), "
              f"GPU: {info['gpu'] or 'none'}. Default audit, calibrated; {first['real']} real images.", "",
              "| generated | wall (s) | " + " | ".join(STAGES) + " | peak RSS (GiB) | ms / generated | "
-             "× per-image cost vs first | index |",
-             "|---:|---:|" + "---:|" * len(STAGES) + "---:|---:|---:|---|"]
+             "× per-image cost vs first | index | load avg |",
+             "|---:|---:|" + "---:|" * len(STAGES) + "---:|---:|---:|---|---|"]
     for r in rows:
         lines.append(f"| {r['generated']:,} | {r['wall_s']:.1f} | "
                      + " | ".join(f"{r['stages_s'][k]:.1f}" for k in STAGES)
                      + f" | {r['peak_rss_gib']:.2f} | {r['ms_per_generated']:.2f} | "
-                     f"{r['ms_per_generated'] / first['ms_per_generated']:.2f} | {r['index']} |")
+                     f"{r['ms_per_generated'] / first['ms_per_generated']:.2f} | {r['index']} | "
+                     + " / ".join(f"{x:.1f}" for x in r.get("load_avg_1min_start_end", [])) + " |")
     return "\n".join(lines) + "\n"
 
 
