@@ -15,7 +15,8 @@ the first size, a small audit warms the page cache and Python's bytecode; `--rep
 than once and keeps the median wall time (and that run's stages and RSS). Rows are saved after every size.
 
     nice -n 5 python benchmarks/scale.py                                   # 10k, 30k, 100k generated; 10k real
-    python benchmarks/scale.py --sizes 2000,6000,20000 --real 2000 --label dev
+    python benchmarks/scale.py --sizes 1000,3000 --real 400 --label dev
+    python benchmarks/scale.py --sizes 10000 --real 400 --label dev --append      # add a size to those rows
 
 Writes benchmarks/results/scale[-LABEL].json (a list of rows, one per size) and scale[-LABEL].md.
 """
@@ -212,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--label", default="")
     ap.add_argument("--code", default=str(ROOT), help="the fpindex checkout whose audit runs (default: this one), "
                                                       "to compare commits on the same set")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows already in the results file for other sizes (same --real, seed, audit args)")
     ap.add_argument("--audit-args", default="", help="extra `fpindex audit` options, e.g. '--preset zoq-cnn-cosine'")
     args = ap.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -233,6 +236,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="fpindex-scale-out-") as out:
         run_audit(warm / "real", warm / "gen", Path(out) / "warm", extra, Path(args.code))
     rows: list[dict] = []
+    results = HERE / "results" / f"{stem}.json"
+    if args.append and results.is_file():
+        rows = [r for r in json.loads(results.read_text()) if r["generated"] not in sizes and r["real"] == args.real
+                and r["seed"] == args.seed and r["audit_args"] == extra]
     for n in sizes:
         runs = []
         for rep in range(args.repeats):
@@ -242,7 +249,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {runs[-1]['wall_s']:.1f} s, peak RSS {runs[-1]['peak_rss_gib']:.2f} GiB", flush=True)
         rows.append(row_of(n, runs) | {"machine": info, "audit_args": extra, "seed": args.seed,
                               "code": _commit(Path(args.code))})
-        write_json_atomic(HERE / "results" / f"{stem}.json", rows)      # after every size: nothing lost on a crash
+        rows.sort(key=lambda r: r["generated"])
+        write_json_atomic(results, rows)      # after every size: nothing lost on a crash
         write_text_atomic(HERE / "results" / f"{stem}.md", markdown(rows, info))
     print(markdown(rows, info))
 
