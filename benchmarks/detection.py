@@ -7,6 +7,7 @@ benchmarks/results/detection.json and detection.md.
     python benchmarks/detection.py [--root ../shared/bench-dev] [--preset default|zoq-...|all]
     python benchmarks/detection.py --model pixels --label "pixels baseline"      # any embedding settings
     python benchmarks/detection.py --preset default --seed 1                    # the spread from the seed alone
+    python benchmarks/detection.py --preset default --labels none --decision pu  # no labels: train/not_used only
 """
 
 from __future__ import annotations
@@ -35,17 +36,21 @@ from fpindex.utils import write_json_atomic, write_text_atomic  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
-def run_scenario(scenario: Path, embed: EmbedConfig, decide: DecideConfig, k: int, work: Path) -> dict:
+def run_scenario(scenario: Path, embed: EmbedConfig, decide: DecideConfig, k: int, work: Path,
+                 labels: str = "train") -> dict:
+    """labels 'train': calibrated on train/used + train/not_used; 'none': train/not_used as a reference only."""
     out = work / scenario.name
     t = time.perf_counter()
     config = AuditConfig(embed=embed, evidence=EvidenceConfig(k=k), decide=decide, run=RunConfig(quiet=True))
-    summary = audit(scenario / "generated", scenario / "test", used=scenario / "train" / "used",
-                    not_used=scenario / "train" / "not_used", config=config, out=out).summary
+    given = ({"used": scenario / "train" / "used", "not_used": scenario / "train" / "not_used"} if labels == "train"
+             else {"reference": scenario / "train" / "not_used"})
+    summary = audit(scenario / "generated", scenario / "test", config=config, out=out, **given).summary
     wall = time.perf_counter() - t
     ev = evaluate_files(out / "predictions.csv", scenario / "test_labels.csv")
     m = ev["method"]
     return {"scenario": scenario.name, "auc": m["auc"], "kappa": m["kappa"], "f1": m["f1"],
-            "tpr_at_5fpr": m["tpr_at_5fpr"], "accuracy": m["accuracy"],
+            "tpr_at_5fpr": m["tpr_at_5fpr"], "tpr_at_1fpr": m["tpr_at_1fpr"], "accuracy": m["accuracy"],
+            "decision": summary["decision"]["method"], "used_share": summary["decision"].get("used_share"),
             "flag_rate": summary["counts"]["predicted_used"] / summary["counts"]["real"]["embedded"],
             "calibration_cv_auc": summary["decision"].get("cross_validation", {}).get("auc"),
             "verdict": summary["verdict"]["text"],
@@ -68,6 +73,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the embedding (random weights, self-supervised "
                     "training, samples); rows of other seeds are labelled 'seed N' and kept beside seed 0's")
     ap.add_argument("--label", default=None, help="row label (default: model+enhance)")
+    ap.add_argument("--labels", choices=("train", "none"), default="train",
+                    help="train: calibrate on train/used + train/not_used; none: train/not_used as --reference only")
+    ap.add_argument("--decision", default=None, help="decision method (default: the preset's, usually auto)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     if not args.root.is_dir():
@@ -81,6 +89,11 @@ def main() -> None:
         embed = EmbedConfig(model=args.model, weights=args.weights, enhance=parse_enhance(args.enhance),
                             image_size=args.image_size, seed=args.seed)
         configs = [(args.label or f"{args.model}/{'+'.join(embed.enhance)}", embed, DecideConfig())]
+    if args.decision:
+        configs = [(f"{label}, {args.decision}", embed, replace(decide, method=args.decision))
+                   for label, embed, decide in configs]
+    if args.labels == "none":
+        configs = [(f"{label}, no labels", embed, decide) for label, embed, decide in configs]
     if args.seed:
         configs = [(f"{label}, seed {args.seed}", embed, decide) for label, embed, decide in configs]
     rows = []
@@ -88,12 +101,12 @@ def main() -> None:
         for label, embed, decide in configs:
             for sc in scenarios:
                 try:
-                    r = {"config": label, **run_scenario(sc, embed, decide, args.k, Path(tmp))}
+                    r = {"config": label, **run_scenario(sc, embed, decide, args.k, Path(tmp), args.labels)}
                 except FpindexError as e:
                     print(f"{label:24s} {sc.name:12s} skipped: {e}", flush=True)
                     continue
                 print(f"{label:24s} {r['scenario']:12s} AUC {_f(r['auc'])} kappa {_f(r['kappa'])} F1 {_f(r['f1'])} "
-                      f"TPR@5%FPR {_f(r['tpr_at_5fpr'])} flagged {r['flag_rate']:.1%} wall {r['wall_s']:.1f}s "
+                      f"TPR@5%FPR {_f(r['tpr_at_5fpr'])} TPR@1%FPR {_f(r['tpr_at_1fpr'])} flagged {r['flag_rate']:.1%} wall {r['wall_s']:.1f}s "
                       f"| {r['verdict']}", flush=True)
                 rows.append(r)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -101,10 +114,10 @@ def main() -> None:
     old = json.loads(path.read_text())["rows"] if path.is_file() else []
     rows = [r for r in old if r["config"] not in {c[0] for c in configs}] + rows
     write_json_atomic(path, {"machine": machine(), "root": str(args.root), "rows": rows})
-    lines = ["| config | scenario | AUC | kappa | F1 | TPR@5%FPR | flagged | verdict | wall (s) |",
-             "|---|---|---:|---:|---:|---:|---:|---|---:|"]
+    lines = ["| config | scenario | AUC | kappa | F1 | TPR@5%FPR | TPR@1%FPR | flagged | verdict | wall (s) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     lines += [f"| {r['config']} | {r['scenario']} | {_f(r['auc'])} | {_f(r['kappa'])} | {_f(r['f1'])} | "
-              f"{_f(r['tpr_at_5fpr'])} | {r['flag_rate']:.1%} | {r.get('verdict', '').split(':')[0]} | "
+              f"{_f(r['tpr_at_5fpr'])} | {_f(r.get('tpr_at_1fpr'))} | {r['flag_rate']:.1%} | {r.get('verdict', '').split(':')[0]} | "
               f"{r['wall_s']:.1f} |" for r in rows]
     write_text_atomic(args.out / "detection.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -6,14 +6,15 @@ decide → report, composed by `pipeline`. The public API is below; the command 
 
 __version__ = "0.1.0"
 
-from .errors import FpindexError  # noqa: E402
-from .config import (AuditConfig, DecideConfig, EmbedConfig, EvidenceConfig, IndexConfig,  # noqa: E402
-                     RunConfig)
-from .api import Index, audit, build_index, open_index  # noqa: E402
+from .errors import FpindexError, FpindexWarning  # noqa: E402
+from .config import (AuditConfig, CanaryConfig, DecideConfig, EmbedConfig, EvidenceConfig,  # noqa: E402
+                     IndexConfig, RunConfig)
+from .api import Index, audit, build_index, open_index, sensitivity, simulate  # noqa: E402
 from .report import AuditResult  # noqa: E402
 from .presets import PRESETS  # noqa: E402
+from .plants import PLANTS  # noqa: E402
 from .evidence import FEATURES, Feature, feature  # noqa: E402
 
-__all__ = ["audit", "build_index", "open_index", "Index", "AuditResult", "AuditConfig", "EmbedConfig",
-           "IndexConfig", "EvidenceConfig", "DecideConfig", "RunConfig", "PRESETS", "FEATURES", "Feature",
-           "feature", "FpindexError", "__version__"]
+__all__ = ["audit", "build_index", "open_index", "simulate", "sensitivity", "Index", "AuditResult", "AuditConfig",
+           "EmbedConfig", "IndexConfig", "EvidenceConfig", "DecideConfig", "CanaryConfig", "RunConfig", "PRESETS",
+           "PLANTS", "FEATURES", "Feature", "feature", "FpindexError", "FpindexWarning", "__version__"]

@@ -22,6 +22,7 @@ from .devices import faiss_device
 from .errors import FpindexError
 from .index import IndexStore, search_overrides
 from .report import AuditResult
+from .report.outputs import check_folder as check_output_folder
 from .search import Neighbours, search as search_vectors
 
 PathLike = str | Path
@@ -66,6 +67,8 @@ class Index:
         """Score the real images against this index (see `audit` for the labelled folders); `k` neighbours
         per image (default: the config's, 10)."""
         cfg = config or self.config
+        if out is not None:
+            check_output_folder(out)              # before the work, not after it
         if k is not None:
             cfg = cfg.override(evidence={"k": k})
         target = self._built if self._built is not None else self.store
@@ -96,22 +99,29 @@ class Index:
 
 
 def build_index(generated: PathLike, index_dir: PathLike | None = None, config: AuditConfig | None = None, *,
-                add: bool = False, overwrite: bool = False) -> Index:
-    """Embed a folder of generated images into an index; saved to `index_dir` when given."""
+                add: bool = False, overwrite: bool = False, expect: dict[str, Any] | None = None) -> Index:
+    """Embed a folder of generated images into an index; saved to `index_dir` when given. `expect`: embedding
+    settings the caller asserts (e.g. {"model": "cnn"}); with `add`, one the index was not built with is
+    refused, since appending always embeds like the index did."""
     if add and overwrite:
         raise FpindexError("--add and --overwrite exclude each other")
     cfg = config or AuditConfig()
-    built = pipeline.build(generated, cfg, index_dir, mode="add" if add else "overwrite" if overwrite else "new")
+    built = pipeline.build(generated, cfg, index_dir, mode="add" if add else "overwrite" if overwrite else "new",
+                           expect=expect)
     return Index(built.store, built, cfg)
 
 
 def open_index(index_dir: PathLike, config: AuditConfig | None = None, *, nprobe: int | None = None,
-               ef_search: int | None = None, expect: dict[str, Any] | None = None) -> Index:
+               ef_search: int | None = None, expect: dict[str, Any] | None = None,
+               verify: bool | None = None) -> Index:
     """Open a saved index; `config` says how to run (device, batch size, cache), the index says how to embed.
     `expect`: embedding settings the caller asserts (e.g. {"model": "cnn"}); a mismatch is refused rather than
-    silently ignored. nprobe / ef_search override the stored search parameters for this session."""
+    silently ignored. nprobe / ef_search override the stored search parameters for this session. Files whose
+    size or mtime changed since the build are hashed against the manifest's checksums; `verify` (default
+    `config.run.verify`) hashes every file."""
     cfg = config or AuditConfig()
-    store = IndexStore.load(index_dir, device=faiss_device(cfg.index.device))
+    verify = cfg.run.verify if verify is None else verify
+    store = IndexStore.load(index_dir, device=faiss_device(cfg.index.device), verify=verify)
     own = store.manifest["embedder"]
     for key, value in (expect or {}).items():
         if value is not None and value != own.get(key):
@@ -129,6 +139,8 @@ def audit(generated: PathLike, real: PathLike, *, used: PathLike | None = None, 
     else the fixed thresholds. `out`: also write the output files there (the index goes to `index_dir`, by
     default `out/index`; an existing index is replaced only with `overwrite`)."""
     cfg = config or AuditConfig()
+    if out is not None:
+        check_output_folder(out)                  # before the build, which may write OUT/index
     if index_dir is None and out is not None:
         index_dir, overwrite = Path(out) / "index", True     # the output folder's own index is fpindex's to replace
     result = pipeline.audit(generated, real, cfg, index_dir=index_dir, overwrite=overwrite, used=used,
@@ -136,3 +148,26 @@ def audit(generated: PathLike, real: PathLike, *, used: PathLike | None = None, 
     if out is not None:
         result.save(out)
     return result
+
+
+def simulate(real: PathLike, out: PathLike, generated: PathLike | None = None, *, members: int | None = None,
+             kinds=None, strengths=None, rate: float = 1.0, seed: int = 0, manifest: PathLike | None = None,
+             size: int = 128, fresh: int | None = None):
+    """Write a simulated leak scenario (ImageCLEF layout plus planted.json) from real images; see
+    fpindex/simulator.py. Returns a `Simulated` (root, planted, record)."""
+    from .simulator import simulate as run
+
+    return run(real, out, generated, members=members, kinds=kinds, strengths=strengths, rate=rate, seed=seed,
+               manifest=manifest, size=size, fresh=fresh)
+
+
+def sensitivity(real: PathLike, out: PathLike, generated: PathLike | None = None, *, kinds=None, strengths=None,
+                members: int | None = None, rate: float = 1.0, seed: int = 0, manifest: PathLike | None = None,
+                size: int = 128, fresh: int | None = None, fpr: float = 0.05,
+                config: AuditConfig | None = None) -> dict[str, Any]:
+    """Simulate and audit a grid of plant kinds and strengths; recall at `fpr` per cell, written to
+    OUT/sensitivity.{json,csv,png} (fpindex/sweep.py). Returns the table with its parameters."""
+    from .sweep import sensitivity as run
+
+    return run(real, out, generated, kinds=kinds, strengths=strengths, members=members, rate=rate, seed=seed,
+               manifest=manifest, size=size, fresh=fresh, fpr=fpr, config=config)

@@ -19,12 +19,14 @@ import hashlib
 import json
 import os
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import FpindexError
+from .errors import FpindexError, FpindexWarning
+from .safeio import WriteError, clean_temps
 from .utils import atomic_path, write_json_atomic
 
 FORMAT = 2
@@ -39,8 +41,23 @@ def default_cache_dir() -> Path:
 
 
 def cache_root(cfg: Any) -> str | None:
-    """Where an embedding config's caches live (vectors, evidence, trained weights); None when caching is off."""
-    return (cfg.cache_dir or str(default_cache_dir())) if cfg.cache else None
+    """Where an embedding config's caches live (vectors, evidence, trained weights); None when caching is off.
+    A root that is a file (or lies below one) is refused here, before any work, not when the first write fails."""
+    if not cfg.cache:
+        return None
+    root = cfg.cache_dir or str(default_cache_dir())
+    p = Path(root).expanduser()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise FpindexError(f"cache folder {root}: {p} is a file, not a folder; pass --cache-dir elsewhere or "
+                           "--no-cache")
+    return root
+
+
+def damaged(what: Path, why: str, action: str) -> None:
+    """A cache entry that fpindex wrote but cannot trust: a miss, said once per entry."""
+    warnings.warn(f"cache entry {what} is damaged ({why}); {action}", FpindexWarning, stacklevel=3)
 
 
 def identity_key(identity: dict[str, Any]) -> str:
@@ -53,8 +70,9 @@ def pair_keys(a: Iterable[str], b: Iterable[str]) -> list[str]:
     return [f"{x}:{y}" for x, y in zip(a, b, strict=True)]
 
 
-def _write_error(kind: str, where: Path, e: OSError) -> FpindexError:
-    return FpindexError(f"{kind} cache {where}: cannot write ({e.strerror or e}); "
+def _write_error(kind: str, where: Path, e: OSError | WriteError) -> FpindexError:
+    why = e.reason if isinstance(e, WriteError) else e.strerror or e
+    return FpindexError(f"{kind} cache {where}: cannot write ({why}); "
                         f"pass --cache-dir elsewhere or --no-cache")
 
 
@@ -72,12 +90,24 @@ class ContentCache:
         try:
             with open(shard, "rb") as f, np.load(f, allow_pickle=False) as z:   # closed even when np.load fails
                 keys, rows = z["keys"], z["vectors"]
-        except Exception:
+        except FileNotFoundError:
             return {}
+        except Exception as e:
+            return self._drop(shard, f"{type(e).__name__}: {e}")
         if keys.ndim != 1 or keys.dtype.kind != "U" or rows.dtype.kind != "f" \
                 or rows.shape != (len(keys), self.width):
-            return {}
+            return self._drop(shard, f"arrays of shape {keys.shape} and {rows.shape}")
         return dict(zip(keys.tolist(), rows.astype(np.float32, copy=False)))
+
+    def _drop(self, shard: Path, why: str) -> dict[str, np.ndarray]:
+        """A shard is written whole and renamed, so a damaged one stays damaged: removed (it is fpindex's own),
+        its rows recomputed and written again by the run."""
+        damaged(shard, why, "its values are recomputed and the shard removed")
+        try:
+            shard.unlink(missing_ok=True)
+        except OSError:
+            pass
+        return {}
 
     def _shards(self) -> list[Path]:
         return sorted(self.dir.glob("shard-*.npz"))
@@ -125,6 +155,7 @@ class ContentCache:
     def _write(self, rows: dict[str, np.ndarray]) -> None:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
+            clean_temps(self.dir)                       # shards a killed run was writing
             meta = self.dir / "identity.json"
             if not meta.exists():
                 write_json_atomic(meta, {"format": FORMAT, **self.identity})
@@ -132,7 +163,7 @@ class ContentCache:
                 with open(tmp, "wb") as f:
                     np.savez(f, keys=np.array(list(rows), dtype=str),
                              vectors=np.stack(list(rows.values())).astype(np.float32, copy=False))
-        except OSError as e:
+        except (OSError, WriteError) as e:
             raise _write_error(self.kind, self.dir, e) from None
 
     def _compact(self) -> None:
@@ -164,14 +195,19 @@ def _sidecar(path: Path) -> Path:
 
 
 def read_blob(path: str | Path) -> bytes | None:
-    """The blob's bytes, or None if it is absent, partial or damaged (its hash is not the recorded one)."""
+    """The blob's bytes, or None if it is absent, partial or damaged (its hash is not the recorded one).
+    Absent or half-written (no sidecar yet) is a plain miss; damaged is a miss with a warning."""
     path = Path(path)
+    if not _sidecar(path).exists():
+        return None
     try:
         side = json.loads(_sidecar(path).read_text())
         data = path.read_bytes()
-    except (OSError, ValueError):
+    except (OSError, ValueError) as e:
+        damaged(path, f"{type(e).__name__}: {e}", "computed again and rewritten")
         return None
     if not isinstance(side, dict) or side.get("sha256") != hashlib.sha256(data).hexdigest():
+        damaged(path, f"its {len(data):,} bytes do not match the recorded hash", "computed again and rewritten")
         return None
     return data
 
@@ -195,7 +231,7 @@ def write_blob(path: str | Path, data: bytes, meta: dict[str, Any] | None = None
             tmp.write_bytes(data)
         write_json_atomic(_sidecar(path), {"format": FORMAT, "sha256": hashlib.sha256(data).hexdigest(),
                                            "bytes": len(data), "meta": meta})
-    except OSError as e:
+    except (OSError, WriteError) as e:
         raise _write_error(path.parent.name, path.parent, e) from None
 
 

@@ -1,4 +1,4 @@
-"""Typed options, one nested object for a whole audit: `AuditConfig(embed, index, evidence, decide, run)`.
+"""Typed options, one nested object for a whole audit: `AuditConfig(embed, index, evidence, decide, canaries, run)`.
 
 It is recorded whole in `summary.json` and in the index manifest, and rebuilt from them with `from_dict`
 (no hand mapping); presets are named `AuditConfig`s (presets.py).
@@ -7,10 +7,36 @@ It is recorded whole in `summary.json` and in the index manifest, and rebuilt fr
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any, ClassVar
 
 from .errors import FpindexError
+
+MAX_SEED = 2 ** 32 - 1          # numpy, torch and scikit-learn all take seeds in [0, 2^32)
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024   # a batch of 64 at 1024² with 3 filters is already 0.8 GB
+
+
+def _check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None, none: bool = False) -> None:
+    """Settings arrive from the CLI, a preset, a saved manifest or a Python caller: one check for all of them."""
+    if value is None and none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FpindexError(f"{name} must be a whole number, not {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        if hi is None:
+            raise FpindexError(f"{name} must be at least {lo}")
+        raise FpindexError(f"{name} must be from {lo} to {hi}, not {value}")
+
+
+def _check_float(name: str, value: Any, lo: float | None = None, hi: float | None = None,
+                 none: bool = False) -> None:
+    if value is None and none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise FpindexError(f"{name} must be a finite number, not {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise FpindexError(f"{name} must be between {lo:g} and {hi:g}, not {value:g}")
 
 
 @dataclass(frozen=True)
@@ -31,9 +57,17 @@ class EmbedConfig:
     cache_dir: str | None = None     # None: $FPINDEX_CACHE or ~/.cache/fpindex
     window: str | None = None        # DICOM/NIfTI intensity window 'C,W' or a name (load.WINDOWS); None: the file's
     axis: int = 2                    # NIfTI: the array axis volumes are sliced along
+    max_pixels: int = 1 << 27        # decoded pixels per file, at most (fpindex/load/limits.py); larger files are bad
 
     # How a run executes, not what it computes: a query takes these from its caller, the rest from the index.
-    RUNTIME: ClassVar[tuple[str, ...]] = ("batch_size", "device", "workers", "cache", "cache_dir")
+    RUNTIME: ClassVar[tuple[str, ...]] = ("batch_size", "device", "workers", "cache", "cache_dir", "max_pixels")
+
+    def __post_init__(self) -> None:
+        _check_int("--seed", self.seed, 0, MAX_SEED)
+        _check_int("--image-size", self.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, none=True)
+        _check_int("--batch-size", self.batch_size, 1, none=True)
+        _check_int("--train-steps", self.train_steps, 1, none=True)
+        _check_int("--max-pixels", self.max_pixels, 1)
 
 
 @dataclass(frozen=True)
@@ -48,11 +82,20 @@ class IndexConfig:
     device: str = "auto"             # auto | cpu | cuda — where FAISS builds and searches
     seed: int = 0                    # training and tuning samples
 
+    def __post_init__(self) -> None:
+        _check_int("--seed", self.seed, 0, MAX_SEED)
+        _check_float("--target-recall", self.target_recall, 0.0, 1.0)
+        _check_int("--nprobe", self.nprobe, 1, none=True)
+        _check_int("--ef-search", self.ef_search, 1, none=True)
+
 
 @dataclass(frozen=True)
 class EvidenceConfig:
     k: int = 10                      # neighbours retrieved per real image
     features: tuple[str, ...] | None = None   # None: every registered feature (fpindex/evidence/)
+
+    def __post_init__(self) -> None:
+        _check_int("--k", self.k, 1)
 
 
 @dataclass(frozen=True)
@@ -65,11 +108,30 @@ class DecideConfig:
     permutations: int = 199          # label permutations for the calibrated verdict's p-value
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        _check_float("--threshold", self.threshold, none=True)      # NaN would label every image 0
+        _check_float("--alpha", self.alpha, 0.0, 1.0)
+        _check_int("cv_folds", self.cv_folds, 2)
+        _check_int("permutations", self.permutations, 1)
+        _check_int("--seed", self.seed, 0, MAX_SEED)
+
+
+@dataclass(frozen=True)
+class CanaryConfig:
+    """Planted copies of known-unused images that measure what this audit can see (canaries.py)."""
+
+    n: int = 20                      # canary sources drawn from the known-unused images; 0: no canaries
+    kinds: tuple[str, ...] | None = None   # plant kinds (plants.PLANTS); None: every kind at its default grid
+    seed: int = 0
+
 
 @dataclass(frozen=True)
 class RunConfig:
     quiet: bool = False
     verbose: bool = False
+    verify: bool = False             # hash every file of an index opened, not only those whose size/mtime changed
+    engine: str = "local"            # local | ray (fpindex/engine/: the same stages, spread over a Ray cluster)
+    address: str | None = None       # ray: 'auto', HOST:PORT or ray://HOST:PORT; None: $RAY_ADDRESS or a local cluster
 
 
 @dataclass(frozen=True)
@@ -78,6 +140,7 @@ class AuditConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     decide: DecideConfig = field(default_factory=DecideConfig)
+    canaries: CanaryConfig = field(default_factory=CanaryConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,4 +186,5 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default
 
 
-__all__ = ["AuditConfig", "EmbedConfig", "IndexConfig", "EvidenceConfig", "DecideConfig", "RunConfig", "replace"]
+__all__ = ["AuditConfig", "EmbedConfig", "IndexConfig", "EvidenceConfig", "DecideConfig", "CanaryConfig", "RunConfig",
+           "replace"]

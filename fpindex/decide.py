@@ -66,6 +66,8 @@ class Decision:
     verdict: Verdict
     details: dict[str, Any] = field(default_factory=dict)
     p_value: np.ndarray | None = None
+    # The fitted decision applied to other evidence (the canaries' what-if): score and p-value (None: no null).
+    rescore: Callable[[Evidence], tuple[np.ndarray, np.ndarray | None]] | None = field(default=None, repr=False)
 
 
 def empirical_p(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
@@ -130,7 +132,8 @@ def fixed(cfg: DecideConfig, target: Evidence, data: Labelled,
     thr = table[name] if cfg.threshold is None else float(cfg.threshold)
     s = target.scores[name].astype(np.float64)
     return Decision(score=s, label=(s >= thr).astype(np.int8), method="fixed",
-                    verdict=Verdict(leakage=None, alpha=cfg.alpha), details={"score": name, "threshold": thr})
+                    verdict=Verdict(leakage=None, alpha=cfg.alpha), details={"score": name, "threshold": thr},
+                    rescore=lambda ev: (ev.scores[name].astype(np.float64), None))
 
 
 @DECIDERS.register("reference", "p-value against known-unused real images; label = p ≤ alpha")
@@ -150,8 +153,12 @@ def reference(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
     verdict = Verdict(leakage=bool(test.pvalue <= cfg.alpha), alpha=cfg.alpha, basis="real images vs the reference",
                       auc=round(auc, 4), ci=bootstrap_auc_ci(s, null, cfg.seed), p_value=float(test.pvalue))
     label = (p <= cfg.alpha) if verdict.leakage else np.zeros(len(s), bool)
+    def rescore(ev: Evidence) -> tuple[np.ndarray, np.ndarray]:
+        v = ev.scores[name].astype(np.float64)
+        return v, empirical_p(v, null)
+
     return Decision(score=s, label=label.astype(np.int8), method="reference", p_value=p, verdict=verdict,
-                    details={"score": name, "alpha": cfg.alpha, "n_reference": int(len(null)),
+                    rescore=rescore, details={"score": name, "alpha": cfg.alpha, "n_reference": int(len(null)),
                              "min_possible_p": 1.0 / (1.0 + len(null))})
 
 
@@ -239,8 +246,78 @@ def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
     details["weights"] = dict(zip(features, np.round(clf.w, 6).tolist()))
     p = clf.predict_proba(target.matrix(features))
     label = (p >= 0.5) if verdict.leakage else np.zeros(len(p), bool)
+    def rescore(ev: Evidence) -> tuple[np.ndarray, np.ndarray]:
+        q = clf.predict_proba(ev.matrix(features))
+        return q, empirical_p(q, p_cv[y == 0])
+
     return Decision(score=p, label=label.astype(np.int8), method="calibrated", verdict=verdict,
-                    p_value=empirical_p(p, p_cv[y == 0]), details=details)
+                    p_value=empirical_p(p, p_cv[y == 0]), details=details, rescore=rescore)
+
+
+def storey_share(p: np.ndarray, lam: float = 0.5) -> float:
+    """Share of non-null p-values, 1 − π0 with Storey's π0 = #{p > λ} / ((1 − λ) n): how many candidates carry
+    a membership signal, read from their p-values alone."""
+    p = np.asarray(p, dtype=np.float64)
+    return float(np.clip(1.0 - np.mean(p > lam) / (1.0 - lam), 0.0, 1.0)) if len(p) else 0.0
+
+
+@DECIDERS.register("pu", "no labels: every feature fused by telling the real images from known-unused ones "
+                         "(positive-unlabelled, cross-fitted, non-negative weights)")
+def positive_unlabelled(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
+    """The real images are a mix of used and unused ones, the reference only unused: a monotone fusion that
+    tells the two apart can only do so by what the used ones add, so it ranks the real images by membership.
+    Every image is scored by a fold model that never saw it, so no image vouches for itself; the verdict is the
+    permutation test of that cross-fitted separation, as for `calibrated`."""
+    from sklearn.model_selection import StratifiedKFold
+
+    ref = data.reference if data.reference is not None else data.not_used
+    if ref is None or len(ref) == 0:
+        raise FpindexError("decision 'pu' needs known-unused real images: pass --reference DIR or --not-used DIR")
+    features = _features(target, ref, ref)
+    n_t, n_r = len(target), len(ref)
+    folds = min(cfg.cv_folds, n_t, n_r)
+    if folds < 2:
+        raise FpindexError("decision 'pu' needs at least 2 real images and 2 known-unused ones")
+    x = np.vstack([target.matrix(features), ref.matrix(features)])
+    y = np.r_[np.ones(n_t, np.int8), np.zeros(n_r, np.int8)]
+    splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed).split(x, y))
+    p_cv, s_cv = np.empty(len(y)), np.empty(len(y))
+    weights = []
+    for tr, te in splits:
+        fold = MonotoneScore().fit(x[tr], y[tr])
+        p_cv[te], s_cv[te] = fold.predict_proba(x[te]), fold.score(x[te])
+        weights.append(fold.w)
+    observed = rank_auc(y, s_cv)
+    rng = np.random.default_rng(cfg.seed)
+    null = [rank_auc(yp, _oof_scores(x, yp, splits)) for yp in (rng.permutation(y) for _ in range(cfg.permutations))]
+    perm_p = (1.0 + np.sum(np.asarray(null) >= observed)) / (1.0 + cfg.permutations)
+    score, null_score = p_cv[:n_t], p_cv[n_t:]
+    verdict = Verdict(leakage=bool(perm_p <= cfg.alpha and observed > 0.5), alpha=cfg.alpha,
+                      basis="real images vs the reference (cross-fitted)", auc=round(rank_auc(y, p_cv), 4),
+                      ci=bootstrap_auc_ci(score, null_score, cfg.seed), p_value=float(perm_p))
+    p = empirical_p(score, null_score)
+    label = (p <= cfg.alpha) if verdict.leakage else np.zeros(n_t, bool)
+    share = storey_share(p)
+    boot = np.random.default_rng(cfg.seed)
+    shares = [storey_share(empirical_p(boot.choice(score, n_t), boot.choice(null_score, n_r))) for _ in range(200)]
+    details = {"features": list(features), "n_reference": n_r, "folds": folds,
+               "model": "non-negative weights on standardised scores (NNLS), Platt-scaled, per fold",
+               "weights": dict(zip(features, np.round(np.mean(weights, 0), 6).tolist())),
+               "used_share": {"estimate": round(share, 4), "ci95": [round(float(v), 4) for v in
+                                                                    np.percentile(shares, [2.5, 97.5])],
+                              "method": "Storey's pi0 at lambda 0.5 on the per-image p-values, bootstrap interval"},
+               "min_possible_p": 1.0 / (1.0 + n_r)}
+    clf = MonotoneScore().fit(x, y)     # as for `calibrated`: what-if evidence is scored by the fit on all images
+
+    def rescore(ev: Evidence) -> tuple[np.ndarray, np.ndarray]:
+        q = clf.predict_proba(ev.matrix(features))
+        return q, empirical_p(q, null_score)
+
+    return Decision(score=score, label=label.astype(np.int8), method="pu", p_value=p, verdict=verdict,
+                    details=details, rescore=rescore)
+
+
+FUSING = frozenset({"calibrated", "pu"})   # methods that read every evidence feature, not one score
 
 
 def choose_method(cfg: DecideConfig, data: Labelled) -> str:

@@ -2,14 +2,15 @@
 
 Images are CT-like 128 × 128 slices: a body outline, two lungs, vessels and nodules, noise. Each "patient"
 has its own anatomy; their slices differ a little. The "generator" replays images of member patients with
-small shifts, rotations, intensity changes and noise (the fingerprints fpindex looks for), and adds fresh
-images of patients no real set contains. Layout:
+small rotations and shifts, intensity changes and noise (the fingerprints fpindex looks for; made with the
+simulator's plant kinds, plants.py), and adds fresh images of patients no real set contains. Layout:
 
     generated/             synthetic images
     train/used/            labelled member images (calibration)
     train/not_used/        labelled non-member images (calibration)
     test/                  members and non-members, unlabelled, from other patients than train/
     test_labels.csv        image,label for test/
+    planted.json           which generated images replay which member, and how (plants.py kinds)
 
 `run_demo` writes a scenario, audits it with calibration and evaluates the result against the test labels.
 """
@@ -17,7 +18,7 @@ images of patients no real set contains. Layout:
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -25,7 +26,7 @@ import cv2
 import numpy as np
 
 from .config import AuditConfig, DecideConfig, EmbedConfig, RunConfig
-from .utils import write_text_atomic
+from .utils import write_json_atomic, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -66,15 +67,16 @@ def _slice(p: dict, z: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(cv2.GaussianBlur(img, (3, 3), 0), 0, 1)
 
 
-def _replay(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """What a memorising generator does to a training image: small geometric and intensity changes."""
-    size = img.shape[0]
-    m = cv2.getRotationMatrix2D((size / 2, size / 2), rng.uniform(-5, 5), rng.uniform(0.96, 1.04))
-    m[:, 2] += rng.uniform(-3, 3, size=2)
-    out = cv2.warpAffine(img, m, (size, size), borderMode=cv2.BORDER_REFLECT)
-    out = np.clip(out, 0, 1) ** rng.uniform(0.9, 1.1) * rng.uniform(0.92, 1.08)
-    out = out + 0.02 * rng.standard_normal(out.shape)
-    return np.clip(out, 0, 1).astype(np.float32)
+def _replay(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
+    """What a memorising generator does to a training image: the simulator's plant kinds (plants.py) at small
+    strengths, one after the other: a rigid move, an intensity change, noise. Returns the image and the steps."""
+    from .plants import PLANTS
+
+    steps = [("rigid", float(rng.uniform(0, 5))), ("intensity", float(rng.uniform(0, 0.1))), ("noise", 0.02)]
+    out = img
+    for kind, strength in steps:
+        out = PLANTS.get(kind)(out, strength, rng)
+    return out, [{"kind": k, "strength": round(s, 6)} for k, s in steps]
 
 
 def _save(path: Path, img: np.ndarray) -> None:
@@ -110,16 +112,30 @@ def make_scenario(root: str | Path, seed: int = 0, size: ScenarioSize = Scenario
     test = [(img, 1) for img in test_used] + [(img, 0) for img in test_not]
     order = rng.permutation(len(test))
     rows = []
+    test_name = {}
     for j, t in enumerate(order):
         img, label = test[t]
         name = f"real_{j:05d}.png"
         _save(root / "test" / name, img)
         rows.append((name, label))
+        test_name[int(t)] = name
+    rows_by_member = [(test_name[i], 1) for i in range(len(test_used))]   # test members, in `members` order
     n_replay = int(round(size.replay_fraction * size.n_generated))
     fresh = patients_images(size.n_generated - n_replay)
-    gen = [_replay(members[int(rng.integers(len(members)))], rng) for _ in range(n_replay)] + fresh
+    member_names = [f"train/used/used_{i:05d}.png" for i in range(len(train_used))]
+    member_names += [f"test/{n}" for n, lab in rows_by_member]
+    replays = []
+    for _ in range(n_replay):
+        m = int(rng.integers(len(members)))
+        img, steps = _replay(members[m], rng)
+        replays.append((img, {"source": member_names[m], "steps": steps}))
+    gen = replays + [(img, None) for img in fresh]
+    planted = []
     for j, t in enumerate(rng.permutation(len(gen))):
-        _save(root / "generated" / f"gen_{j:05d}.png", gen[t])
+        _save(root / "generated" / f"gen_{j:05d}.png", gen[t][0])
+        if gen[t][1] is not None:
+            planted.append({"generated": f"generated/gen_{j:05d}.png", **gen[t][1]})
+    write_json_atomic(root / "planted.json", {"planted": planted, "seed": seed, "size": asdict(size)})
     lines = ["image,label"] + [f"{n},{lab}" for n, lab in rows]
     write_text_atomic(root / "test_labels.csv", "\n".join(lines) + "\n")
     return root
@@ -151,8 +167,6 @@ def run_demo(out: str | Path, seed: int = 0, small: bool = False, run: Optional[
     before the audit starts. `small`: the quick version (SMALL_SIZE, SMALL_TRAIN_STEPS)."""
     from .api import audit
     from .evaluate import evaluate_files
-    from .utils import write_json_atomic
-
     out, run = Path(out), run or RunConfig()
     data = make_scenario(out / "data", seed=seed, size=SMALL_SIZE if small else ScenarioSize())
     if on_scenario is not None:

@@ -3,3 +3,7 @@
 
 class FpindexError(Exception):
     """A problem with the user's input or environment (not a bug): the message is shown as is."""
+
+
+class FpindexWarning(UserWarning):
+    """Something the user should know that does not stop the run (the CLI prints it as one line)."""

@@ -6,6 +6,7 @@ Reading and joining the files happens here; the metrics themselves live in metri
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +18,52 @@ __all__ = ["METRICS", "evaluate_files", "format_table", "metrics", "read_csv_col
 
 
 def read_csv_columns(path: str | Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of a CSV with at least the `required` columns. Excel's byte-order mark and CRLF line ends are
+    read like plain UTF-8; a row with fewer or more fields than the header is refused with its line number."""
     p = Path(path)
     if not p.is_file():
         raise FpindexError(f"{p}: no such file")
     try:
-        with open(p, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-            fields = rows and list(rows[0].keys())
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows, lines = [], []
+            for row in reader:
+                rows.append(row)
+                lines.append(reader.line_num)
+            fields = reader.fieldnames or []
     except (UnicodeDecodeError, csv.Error) as e:
         raise FpindexError(f"{p}: not a readable CSV ({e})") from None
+    except OSError as e:
+        raise FpindexError(f"{p}: cannot read ({e.strerror or e})") from None
     if not rows:
         raise FpindexError(f"{p}: no rows")
+    fields = [f.strip() for f in fields]
     missing = [c for c in required if c not in fields]
     if missing:
         raise FpindexError(f"{p}: missing column(s) {', '.join(missing)} (has {', '.join(fields)})")
-    return rows
+    out = []
+    for row, line in zip(rows, lines):
+        if None in row:
+            raise FpindexError(f"{p}:{line}: {len(fields) + len(row[None])} fields, but the header has "
+                               f"{len(fields)}")
+        if any(v is None for v in row.values()):
+            have = sum(v is not None for v in row.values())
+            raise FpindexError(f"{p}:{line}: {have} field(s), but the header has {len(fields)}")
+        clean = {k.strip(): v for k, v in row.items()}
+        if "image" in clean and not clean["image"].strip():
+            raise FpindexError(f"{p}:{line}: empty image name")
+        out.append(clean | {"_line": line})
+    return out
+
+
+def _score(value: str, path, line: int) -> float:
+    try:
+        score = float(value)
+    except ValueError:
+        raise FpindexError(f"{path}:{line}: score {value!r} is not a number") from None
+    if not math.isfinite(score):
+        raise FpindexError(f"{path}:{line}: score {value!r} is not finite")
+    return score
 
 
 def _key(name: str) -> str:
@@ -62,23 +94,23 @@ def evaluate_files(predictions: str | Path, labels: str | Path) -> dict[str, Any
     preds = read_csv_columns(predictions, ("image", "score", "label"))
     labs = read_csv_columns(labels, ("image", "label"))
     truth, seen = {}, {}
-    for i, r in enumerate(labs, start=2):
+    for r in labs:
+        i = r["_line"]
         _claim(seen, _key(r["image"]), labels, i, r["image"], "label of")
         truth[_key(r["image"])] = _as_label(r["label"], Path(labels), i)
     y_true, y_pred, y_score, unmatched = [], [], [], []
     seen = {}
-    for i, r in enumerate(preds, start=2):
+    for r in preds:
+        i = r["_line"]
         key = _key(r["image"])
         _claim(seen, key, predictions, i, r["image"], "prediction for")
+        score = _score(r["score"], predictions, i)
+        label = _as_label(r["label"], Path(predictions), i)
         if key not in truth:
             unmatched.append(r["image"])
             continue
-        try:
-            score = float(r["score"])
-        except ValueError:
-            raise FpindexError(f"{predictions}:{i}: score {r['score']!r} is not a number") from None
         y_true.append(truth[key])
-        y_pred.append(_as_label(r["label"], Path(predictions), i))
+        y_pred.append(label)
         y_score.append(score)
     if not y_true:
         raise FpindexError(f"no image of {predictions} appears in {labels} (images are matched by file stem)")

@@ -1,15 +1,15 @@
 """Scores of a binary membership answer against the truth, shared by decide (verdicts) and evaluate (reports).
 
 A low-level module: it imports no stage, so the decision stage can use it without importing evaluation.
-All reported metrics come from scikit-learn. TPR at 5% FPR is read off the ROC curve (the best TPR whose
-FPR ≤ 0.05). `rank_auc` is the resampling loops' AUC (see its docstring).
+All reported metrics come from scikit-learn. TPR at 5% and at 1% FPR are read off the ROC curve (the best TPR
+whose FPR ≤ 0.05, resp. 0.01). `rank_auc` is the resampling loops' AUC (see its docstring).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-METRICS = ("accuracy", "precision", "recall", "f1", "kappa", "auc", "tpr_at_5fpr")
+METRICS = ("accuracy", "precision", "recall", "f1", "kappa", "auc", "tpr_at_5fpr", "tpr_at_1fpr")
 
 
 def metrics(y_true, y_pred, y_score) -> dict[str, float]:
@@ -29,10 +29,12 @@ def metrics(y_true, y_pred, y_score) -> dict[str, float]:
         "kappa": cohen_kappa_score(y_true, y_pred) if len(np.unique(np.r_[y_true, y_pred])) > 1 else 0.0,
         "auc": roc_auc_score(y_true, y_score) if both else float("nan"),
         "tpr_at_5fpr": float("nan"),
+        "tpr_at_1fpr": float("nan"),
     }
     if both:
         fpr, tpr, _ = roc_curve(y_true, y_score)
         out["tpr_at_5fpr"] = float(tpr[fpr <= 0.05].max())
+        out["tpr_at_1fpr"] = float(tpr[fpr <= 0.01].max())
     # NaN (undefined, e.g. AUC with one class) becomes None, so the JSON written stays standard JSON.
     return {k: (None if np.isnan(v) else round(float(v), 6)) for k, v in out.items()}
 

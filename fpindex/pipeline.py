@@ -7,6 +7,7 @@ output files are written by `AuditResult.save` (report.py). Stage work lives in 
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,17 +17,20 @@ import numpy as np
 from tqdm import tqdm
 
 from .cache import cache_root
+from .canaries import Folder, run_canaries, source_folder
 from .config import AuditConfig, EmbedConfig
-from .decide import Labelled, choose_method, decide
+from .decide import FUSING, Labelled, choose_method, decide
 from .devices import faiss_device
-from .embed import (SELFSUP, SELFSUP_FILE, Embedded, Embedder, embed_folder, embed_identity, make_embedder,
-                    resolved, train_on_generated, vector_cache)
+from .embed import (SELFSUP, SELFSUP_FILE, Embedded, Embedder, embed_identity, make_embedder, resolved,
+                    train_on_generated, vector_cache)
+from .engine import engine_for
 from .errors import FpindexError
-from .evidence import FEATURES, Evidence, FitInput, Query, Run, compute_evidence
-from .index import MANIFEST_FILE, IndexStore, create_store, finish_in_memory
-from .load import ReadOptions, list_images
+from .evidence import FEATURES, Evidence, FitInput, Query, Run
+from .index import MANIFEST_FILE, IndexStore, create_store, finish_in_memory, is_index_dir
+from .load import ReadOptions, check_distinct, list_folder, list_images
 from .pixels import PixelStore, QueryImages
 from .report import AuditResult, submission_ids
+from .safeio import recover_dir, refuse_special, shown
 from .search import search
 from .utils import Timings, versions
 
@@ -57,15 +61,18 @@ class Built:
 # ---- build --------------------------------------------------------------------------------------
 
 def check_target(index_dir: Path, mode: str) -> None:
-    """Only an fpindex index is ever replaced, and only when asked."""
-    if not index_dir.exists():
+    """Only an fpindex index is ever replaced, and only when asked; a swap a kill cut short is finished first."""
+    recover_dir(index_dir)
+    if not index_dir.exists() and not index_dir.is_symlink():
         return
+    refuse_special(index_dir, "folder")
     if mode == "new":
-        raise FpindexError(f"index {index_dir} already exists; pass --add to append to it or --overwrite to "
-                           "replace it")
-    if not (index_dir / MANIFEST_FILE).is_file():
-        raise FpindexError(f"{index_dir} exists and is not an fpindex index (no {MANIFEST_FILE}); refusing to "
-                           "replace it: choose another --index")
+        raise FpindexError(f"index {shown(index_dir)} already exists; pass --add to append to it or --overwrite "
+                           "to replace it")
+    if not is_index_dir(index_dir):
+        why = "no" if not (index_dir / MANIFEST_FILE).exists() else "no valid fpindex"
+        raise FpindexError(f"{shown(index_dir)} exists and is not an fpindex index ({why} {MANIFEST_FILE}); "
+                           "refusing to replace it: choose another --index")
 
 
 def embed_config_of(store: IndexStore, given: EmbedConfig | None = None, in_memory: bool = False) -> EmbedConfig:
@@ -88,15 +95,19 @@ def embed_config_of(store: IndexStore, given: EmbedConfig | None = None, in_memo
 
 
 def build(generated: str | Path, config: AuditConfig, index_dir: str | Path | None = None, mode: str = "new",
-          timings: Timings | None = None, pixels: PixelStore | None = None) -> Built:
+          timings: Timings | None = None, pixels: PixelStore | None = None,
+          expect: dict[str, Any] | None = None) -> Built:
     """mode: 'new' (refuse an existing index), 'overwrite' (replace an fpindex index), or 'add' (append the
-    images not yet in it, then refit what was fitted on the generated set and retune the search)."""
+    images not yet in it, then refit what was fitted on the generated set and retune the search).
+    `expect`: embedding settings the caller asked for; with 'add' one that differs from the index's is refused
+    (the index's own are used, so a --model given with --add would otherwise be silently ignored)."""
     timings = timings or Timings()
+    engine = engine_for(config.run)          # stages run here or on a Ray cluster (fpindex/engine/)
     generated = Path(generated)
     index_dir = Path(index_dir) if index_dir is not None else None
     bar = progress_bar(config.run.quiet)
     read = ReadOptions.of(config.embed)
-    files = list_images(generated, "generated-image folder", read)
+    files, skipped = list_folder(generated, "generated-image folder", read)
     store: IndexStore | None = None
     embed_cfg = config.embed
     if index_dir is not None:
@@ -104,11 +115,12 @@ def build(generated: str | Path, config: AuditConfig, index_dir: str | Path | No
     if mode == "add" and (index_dir is None or not index_dir.exists()):
         mode = "new"                        # adding to an index that is not there yet makes it
     if mode == "add":
-        store = IndexStore.load(index_dir, device=faiss_device(config.index.device))
+        store = IndexStore.load(index_dir, device=faiss_device(config.index.device), verify=config.run.verify)
+        check_expected(store, index_dir, expect or {})
         embed_cfg = embed_config_of(store, config.embed)
         if ReadOptions.of(embed_cfg) != read:      # --add reads like the index did
             read = ReadOptions.of(embed_cfg)
-            files = list_images(generated, "generated-image folder", read)
+            files, skipped = list_folder(generated, "generated-image folder", read)
     embedder = make_embedder(embed_cfg)
     identity = embed_identity(embed_cfg, embedder)
     if store is None:   # choose/check the index against the memory budget before training or embedding anything
@@ -122,12 +134,15 @@ def build(generated: str | Path, config: AuditConfig, index_dir: str | Path | No
         store.manifest["embedder"] = embed_identity(embed_cfg, embedder) | {"training": training}
         store.attachments[SELFSUP_FILE] = weights
     fresh = store.ntotal == 0
-    emb = embed_folder(generated, files, embedder, embed_cfg, timings, bar, "embed generated", pixels=pixels,
-                       skip_sha=None if fresh else store.hashes(), cache=vector_cache(embed_cfg, embedder))
+    emb = engine.embed_folder(generated, files, embedder, embed_cfg, timings, bar, "embed generated",
+                              pixels=pixels, skip_sha=None if fresh else store.hashes(),
+                              cache=vector_cache(embed_cfg, embedder))
+    emb.bad[:0] = skipped                       # files that are not images count as bad files too
     if fresh and not emb.paths:
         raise FpindexError(f"generated-image folder {generated}: none of its {len(files)} images could be read")
     with timings.stage("index"):
-        store.add(emb.vectors, emb.rows())
+        engine.add(store, emb.vectors, emb.rows())
+        store.files(np.arange(store.ntotal - len(emb.paths), store.ntotal))   # a link out of the folder: refused now
     if emb.paths:
         fit_features(store, pixels, embed_cfg, timings)
         with timings.stage("index"):
@@ -135,15 +150,26 @@ def build(generated: str | Path, config: AuditConfig, index_dir: str | Path | No
                 finish_in_memory(store, config.index, emb.vectors)
             elif not store.manifest.get("tuning", {}).get("given"):   # retune on everything now stored
                 finish_in_memory(store, config.index, store.reconstruct(np.arange(store.ntotal)))
-    store.manifest["last_build"] = {"folder": str(generated.resolve()), "files": len(files),
+    store.manifest["last_build"] = {"folder": str(generated.resolve()), "files": len(files) + len(skipped),
                                     "added": len(emb.paths), "bad_files": [b.__dict__ for b in emb.bad]}
     if index_dir is not None:
         with timings.stage("index"):
             store.save(index_dir)
     summary = {"index": str(index_dir) if index_dir else None, "ntotal": store.ntotal, "added": len(emb.paths),
-               "cached": emb.cached, "skipped_known": 0 if fresh else len(files) - len(emb.paths) - len(emb.bad),
+               "cached": emb.cached,
+               "skipped_known": 0 if fresh else len(files) + len(skipped) - len(emb.paths) - len(emb.bad),
                "bad_files": [b.__dict__ for b in emb.bad], "manifest": store.manifest}
     return Built(store, embedder, emb, pixels, timings, summary)
+
+
+def check_expected(store: IndexStore, index_dir: Path | None, expect: dict[str, Any]) -> None:
+    stored = embed_config_of(store, in_memory=True)
+    for key, value in expect.items():
+        if value is not None and value != getattr(stored, key):
+            option = "--" + key.replace("_", "-")
+            raise FpindexError(f"index {index_dir} was built with {key}={getattr(stored, key)!r}; --add embeds "
+                               f"with the index's own settings, so {option} {value!r} is refused: drop it or "
+                               "build a new index")
 
 
 def fit_features(store: IndexStore, pixels: PixelStore, cfg: EmbedConfig, timings: Timings) -> None:
@@ -153,8 +179,9 @@ def fit_features(store: IndexStore, pixels: PixelStore, cfg: EmbedConfig, timing
 
     def rows_pixels(rows: np.ndarray) -> np.ndarray:
         with timings.stage("load"):
-            return pixels.stack(store.paths(rows), lambda p, e: f"generated image {p} is needed to fit the "
-                                                               f"index's evidence but {e}; restore the file")
+            return pixels.stack(store.files(rows), lambda p, e: f"generated image {p} is needed to fit the "
+                                                               f"index's evidence but {e}; restore the file",
+                                store.sha256(rows))
 
     data = FitInput(sha256=sha, pixels=rows_pixels, size=pixels.size, seed=cfg.seed,
                     cache_dir=cache_root(cfg))
@@ -176,6 +203,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
           build_summary: dict[str, Any] | None = None) -> AuditResult:
     """Score the real images against the index; labelled folders calibrate the decision (decide.py)."""
     timings = timings or Timings()
+    engine = engine_for(config.run)
     built = index if isinstance(index, Built) else None
     store = built.store if built else index
     if config.evidence.k < 1:
@@ -183,8 +211,10 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
     folders = {"real": Path(real), "used": used, "not_used": not_used, "reference": reference}
     embed_cfg = embed_config_of(store, config.embed, in_memory=built is not None)
     read = ReadOptions.of(embed_cfg)                   # the index's: queries are read like the generated images
-    listed = {name: (Path(p), list_images(p, f"{name.replace('_', '-')} folder", read))
-              for name, p in folders.items() if p is not None}
+    check_distinct(folders)
+    found = {name: (Path(p), *list_folder(p, f"{name.replace('_', '-')} folder", read))
+             for name, p in folders.items() if p is not None}
+    listed = {name: (root, files) for name, (root, files, _) in found.items()}
     submission_ids([f.relative_to(listed["real"][0]).as_posix() for f in listed["real"][1]])
     method = choose_method(config.decide, Labelled(**{n: _EMPTY for n, p in folders.items() if n != "real" and p}))
     embedder = built.embedder if built is not None else make_embedder(embed_cfg)
@@ -192,24 +222,25 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
     pixels = pixels or PixelStore(embedder.spec.size, read=read)
     cache = vector_cache(embed_cfg, embedder)
     names = list(config.evidence.features) if config.evidence.features is not None else FEATURES.names()
-    # Calibrated decisions fuse every feature; fixed and reference ones read one score only.
-    wanted = frozenset(names) if method == "calibrated" else frozenset({config.decide.score})
+    # Fusing decisions read every feature; fixed and reference ones read one score only.
+    wanted = frozenset(names) if method in FUSING else frozenset({config.decide.score})
     bar = progress_bar(config.run.quiet)
     results: dict[str, tuple[Embedded, Any, dict[str, np.ndarray], Evidence]] = {}
     for name, (root, files) in listed.items():
-        emb = embed_folder(root, files, embedder, embed_cfg, timings, bar, f"embed {name}", pixels=pixels,
-                           cache=cache)
+        emb = engine.embed_folder(root, files, embedder, embed_cfg, timings, bar, f"embed {name}", pixels=pixels,
+                                  cache=cache)
+        emb.bad[:0] = found[name][2]            # files that are not images count as bad files too
         if name == "real" and not emb.paths:
             raise FpindexError(f"real-image folder {root}: none of its {len(files)} images could be read")
         with timings.stage("search"):
             nb = search(store, emb.vectors, config.evidence.k)
         q = Query(sha256=emb.sha256, vectors=emb.vectors, nb=nb,
                   gen_sha256=lambda ids: store.items.column("sha256").take(ids).to_pylist(),
-                  gen_vectors=store.reconstruct, images=QueryImages(pixels, emb.files(), store.paths),
+                  gen_vectors=store.reconstruct, images=QueryImages(pixels, emb.files(), store),
                   attachments=store.attachments, where=str(store.directory or "in memory"))
         run = Run(wanted=wanted, cache_dir=cache_root(embed_cfg),
                   stage=timings.stage, progress=bar, desc=f"re-rank {name}")
-        pair, ev = compute_evidence(q, run, names)
+        pair, ev = engine.evidence(q, run, names)
         results[name] = (emb, nb, pair, ev)
 
     with timings.stage("decide"):
@@ -218,7 +249,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
 
     emb, nb, pair, ev = results["real"]
     summary = {
-        "counts": {name: {"files": len(listed[name][1]), "embedded": len(r[0].paths), "bad": len(r[0].bad)}
+        "counts": {name: {"files": len(listed[name][1]) + len(found[name][2]), "embedded": len(r[0].paths), "bad": len(r[0].bad)}
                    for name, r in results.items()} | {"generated_indexed": store.ntotal,
                                                       "predicted_used": int(decision.label.sum())},
         "verdict": decision.verdict.as_dict(),
@@ -234,6 +265,11 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
         "bad_files": {name: [b.__dict__ for b in r[0].bad] for name, r in results.items() if r[0].bad},
         "versions": versions(),
     }
+    canary_from = source_folder(method, set(results)) if config.canaries.n > 0 else None
+    if canary_from is not None:        # beside the index, never in it: nothing above changes (canaries.py)
+        summary["canaries"] = run_canaries(config, decision, Folder(canary_from, *results[canary_from]), embedder,
+                                           pixels, store.attachments, wanted, names, cache_root(embed_cfg),
+                                           timings, bar)
     if build_summary is not None:
         summary["build"] = {k: v for k, v in build_summary.items() if k != "manifest"}
     return AuditResult.of(emb.paths, decision, nb, pair, np.array(store.paths(nb.ids), dtype=object), summary,
@@ -246,10 +282,13 @@ def audit(generated: str | Path, real: str | Path, config: AuditConfig, index_di
     replaced only with `overwrite`)."""
     timings = Timings()
     # Check every input folder before the expensive build, so a typo fails in a second, not after it.
+    check_distinct({"real": real, "used": used, "not_used": not_used, "reference": reference})
     for name, p in {"real-image": real, "used": used, "not-used": not_used, "reference": reference}.items():
         if p is not None:
             list_images(p, f"{name} folder", ReadOptions.of(config.embed))
-    if index_dir is not None and Path(index_dir).exists() and not overwrite:
+    if index_dir is not None:
+        recover_dir(index_dir)
+    if index_dir is not None and os.path.lexists(index_dir) and not overwrite:
         raise FpindexError(f"index {index_dir} already exists; pass --overwrite to replace it or choose another "
                            "--index")
     built = build(generated, config, index_dir, mode="overwrite" if overwrite else "new", timings=timings)

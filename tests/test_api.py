@@ -27,8 +27,9 @@ def test_the_readme_python_example_runs(scenario, tmp_path, monkeypatch):
         shutil.copytree(scenario / src, tmp_path / name)
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
-    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["neighbours.parquet", "predictions.csv",
-                                                                        "submission.csv", "summary.json"]
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["fpindex-run.json", "neighbours.parquet",
+                                                                        "predictions.csv", "submission.csv",
+                                                                        "summary.json"]
 
 
 def test_audit_in_memory_writes_nothing(leak, helpers, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import pytest
 
 import fpindex.cache as cache
 from fpindex.cache import ContentCache, blob_meta, blob_path, pair_keys, read_blob, write_blob
-from fpindex.errors import FpindexError
+from fpindex.errors import FpindexError, FpindexWarning
 
 IDENT = {"model": "cnn", "weights_id": "random:seed=0", "dim": 4}
 
@@ -151,12 +151,16 @@ def test_damaged_shards_are_ignored_and_never_executed(tmp_path):
             np.savez(f, keys=k, vectors=v)
     with open(c.dir / "shard-names.npz", "wb") as f:
         np.savez(f, a=np.array([key(8)]), values=np.ones(1, np.float32))
+    pickled = (c.dir / "shard-pickle.npz").read_bytes()
     fresh = ContentCache(tmp_path, "embedding", IDENT, 4)
-    assert fresh.keys() == {key(0)}
+    with pytest.warns(FpindexWarning, match=r"shard-pickle\.npz is damaged .*recomputed and the shard removed"):
+        assert fresh.keys() == {key(0)}
     assert np.isnan(fresh.get([key(1), key(2), key(3)])).all()
     assert not marker.exists()
+    assert shards(c) == [good]                  # damaged shards are fpindex's own: removed, warned about once
     # The test is meaningful: that shard does run code when pickles are allowed.
-    with np.load(c.dir / "shard-pickle.npz", allow_pickle=True) as z:
+    (tmp_path / "pickle.npz").write_bytes(pickled)
+    with np.load(tmp_path / "pickle.npz", allow_pickle=True) as z:
         z["keys"]
     assert marker.exists()
 
@@ -185,11 +189,14 @@ def test_blobs_round_trip_and_partial_ones_read_as_absent(tmp_path):
     write_blob(path, data, {"loss": 0.5, "steps": 10})
     assert read_blob(path) == data and blob_meta(path) == {"loss": 0.5, "steps": 10}
     path.write_bytes(data[:-1])                                  # truncated
-    assert read_blob(path) is None
+    with pytest.warns(FpindexWarning, match=r"do not match the recorded hash\); computed again and rewritten"):
+        assert read_blob(path) is None
     write_blob(path, data)                                       # rewritten, without meta
     assert read_blob(path) == data and blob_meta(path) is None
     path.with_name(path.name + ".json").write_text("{")          # damaged sidecar
-    assert read_blob(path) is None and blob_meta(path) is None
+    with pytest.warns(FpindexWarning, match="JSONDecodeError"):
+        assert read_blob(path) is None
+    assert blob_meta(path) is None
     write_blob(path, data, {"a": 1})
     path.with_name(path.name + ".json").unlink()                 # blob without its sidecar
     assert read_blob(path) is None

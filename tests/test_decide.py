@@ -234,9 +234,9 @@ def test_explicit_method_wins_and_unknown_refused():
     data = Labelled(used=synthetic(6, True, 0), not_used=synthetic(6, False, 1))
     assert choose_method(DecideConfig(method="fixed"), data) == "fixed"
     assert choose_method(DecideConfig(method="reference"), data) == "reference"
-    with pytest.raises(FpindexError, match="^unknown decision method 'vote'; choose one of: fixed, reference, calibrated$"):
+    with pytest.raises(FpindexError, match="^unknown decision method 'vote'; choose one of: fixed, reference, calibrated, pu$"):
         choose_method(DecideConfig(method="vote"), data)
-    assert DECIDERS.names() == ["fixed", "reference", "calibrated"]
+    assert DECIDERS.names() == ["fixed", "reference", "calibrated", "pu"]
 
 
 def test_decide_takes_the_chosen_method_and_does_not_choose_again(monkeypatch):

@@ -47,6 +47,7 @@ def test_metrics_tiny_example_by_hand():
     assert m["kappa"] == 0.5                 # (0.75 − 0.5) / (1 − 0.5)
     assert m["auc"] == 0.875                 # 14 of 16 (member, non-member) pairs ordered right
     assert m["tpr_at_5fpr"] == 0.75          # thresholds 0.9, 0.8, 0.7 catch 3 members before any non-member
+    assert m["tpr_at_1fpr"] == 0.75          # the same three: no false positive at all is allowed at 1 % of 4
     for k, v in by_hand(Y_TRUE, Y_PRED, Y_SCORE).items():
         assert m[k] == pytest.approx(v, abs=1e-6), k
     assert set(m) == set(METRICS)
@@ -76,7 +77,7 @@ def test_metrics_constant_answers():
     assert none["precision"] == 0.0 and none["recall"] == 0.0 and none["f1"] == 0.0 and none["kappa"] == 0.0
     # Only one class in the truth: AUC and TPR@5%FPR are undefined; kappa of two identical constants is 0.
     one = metrics([1, 1, 1], [1, 1, 1], [0.9, 0.8, 0.7])
-    assert undefined(one["auc"]) and undefined(one["tpr_at_5fpr"])
+    assert undefined(one["auc"]) and undefined(one["tpr_at_5fpr"]) and undefined(one["tpr_at_1fpr"])
     assert one["accuracy"] == 1.0 and one["kappa"] == 0.0
 
 

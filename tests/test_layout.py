@@ -10,8 +10,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fpindex"
 
 # Stages in pipeline order; a module may import its own stage, earlier stages and the support modules.
 STAGES = ["load", "pixels", "enhance", "embed", "index", "search", "evidence", "decide", "report"]
-SUPPORT = {"errors", "registry", "utils", "config", "cache", "devices", "metrics"}
-ABOVE = {"pipeline", "api", "cli", "demo", "evaluate", "presets", "__init__"}   # compose the stages
+SUPPORT = {"errors", "registry", "utils", "safeio", "config", "cache", "devices", "metrics", "plants"}
+ABOVE = {"pipeline", "api", "cli", "demo", "evaluate", "presets", "canaries", "simulator", "sweep", "engine",
+         "__init__"}   # compose the stages
 
 
 def _module(path: Path) -> str:

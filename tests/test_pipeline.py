@@ -128,21 +128,30 @@ def test_index_keeps_the_generated_subspace_and_old_indexes_still_query(leak, he
     space = subspace.Subspace.from_bytes(store.attachments[subspace.FILE])
     assert store.manifest["subspace"] == space.describe() and 1 <= len(space.basis) <= store.ntotal
     assert "subspace" in leak.audit_summary["decision"]["weights"]
+    def format_2(name: str) -> Path:
+        """A copy as fpindex wrote it before checksums (format 3) existed: nothing verifies its files."""
+        d = tmp_path / name
+        shutil.copytree(leak.audit_out / "index", d)
+        manifest = json.loads((d / "manifest.json").read_text())
+        manifest["format_version"] = 2
+        del manifest["files"], manifest["digest"]
+        (d / "manifest.json").write_text(json.dumps(manifest))
+        return d
+
     # An index made before the subspace existed: the evidence is absent (0 for all), the query still works.
-    old = tmp_path / "old"
-    shutil.copytree(leak.audit_out / "index", old)
+    old = format_2("old")
     (old / subspace.FILE).unlink()
     manifest = json.loads((old / "manifest.json").read_text())
     manifest["attachments"].remove(subspace.FILE)
     (old / "manifest.json").write_text(json.dumps(manifest))
-    summary = open_index(old, helpers.CFG).query(leak.real, used=leak.used, not_used=leak.not_used).summary
+    with pytest.warns(fpindex.FpindexWarning, match="records no checksums"):
+        summary = open_index(old, helpers.CFG).query(leak.real, used=leak.used, not_used=leak.not_used).summary
     assert summary["decision"]["weights"]["subspace"] == 0.0
-    # A damaged subspace file is refused with its name, not a traceback.
-    bad = tmp_path / "bad"
-    shutil.copytree(leak.audit_out / "index", bad)
+    # A damaged subspace file (that no checksum guards) is refused with its name, not a traceback.
+    bad = format_2("bad")
     (bad / subspace.FILE).write_bytes(b"not an npz")
     with pytest.raises(FpindexError, match=rf"^index {re.escape(str(bad))}: subspace.npz is damaged \(.*\); "
-                                           r"rebuild the index$"):
+                                           r"rebuild the index$"), pytest.warns(fpindex.FpindexWarning):
         open_index(bad, helpers.CFG).query(leak.real, out=tmp_path / "out2")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,8 @@ import torch
 from fpindex import open_index
 from fpindex.embed import SELFSUP_FILE, CompactCNN
 from fpindex.embed.selfsup import SelfSupConfig, corrupt, train
-from fpindex.errors import FpindexError
-from fpindex.index import IndexStore
+from fpindex.errors import FpindexError, FpindexWarning
+from fpindex.index import MANIFEST_FILE, IndexStore
 from fpindex.pipeline import build
 
 
@@ -59,10 +61,17 @@ def test_selfsup_index_stores_weights_and_queries_reuse_them(leak, helpers, tmp_
     exact = [c for img, r, c in zip(nb["image"], nb["rank"], nb["cosine"]) if img == leak.exact_real and r == 1]
     assert exact == [pytest.approx(1.0, abs=1e-5)]                # the planted copy is still found exactly
     assert s["settings"]["embedder"]["weights_id"] == e["weights_id"]
-    # A tampered weights file is refused rather than silently giving other vectors.
+    # A tampered weights file is refused rather than silently giving other vectors: by the manifest's checksum,
     (idx / SELFSUP_FILE).write_bytes((idx / SELFSUP_FILE).read_bytes() + b"x")
+    with pytest.raises(FpindexError, match=rf"^index {idx}/{SELFSUP_FILE}: its content does not match the checksum"):
+        open_index(idx, helpers.CFG)
+    # and, in an index from before checksums (format 2), by the weights id the embedder is checked against.
+    manifest = json.loads((idx / MANIFEST_FILE).read_text())
+    del manifest["files"], manifest["digest"]
+    (idx / MANIFEST_FILE).write_text(json.dumps(dict(manifest, format_version=2)))
     with pytest.raises(FpindexError, match=f"^the index was built with weights_id='{e['weights_id']}' but the query "
-                                           r"uses weights_id='file:sha256=[0-9a-f]{16}'; query with the index's"):
+                                           r"uses weights_id='file:sha256=[0-9a-f]{16}'; query with the index's"), \
+            pytest.warns(FpindexWarning, match="records no checksums"):
         open_index(idx, helpers.CFG).query(leak.real, out=tmp_path / "out2")
 
 

@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from .. import __version__
-from ..errors import FpindexError
-from . import index_commands
+from ..errors import FpindexError, FpindexWarning
+from ..safeio import shown
+from . import index_commands, simulate_commands
 from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION, O_DEVICE, O_EF_SEARCH,
                       O_ENHANCE, O_FACTORY, O_K, O_MAX_MEMORY, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE,
                       O_PRECISION, O_PRESET, O_QUIET, O_REFERENCE, O_SCORE, O_SEED, O_SIZE, O_TARGET, O_THRESHOLD,
-                      O_TRAIN_STEPS, O_USED, O_VERBOSE, O_WEIGHTS, O_WINDOW, O_WORKERS, Device, Method, Model,
-                      O_HTML, O_JSON, O_TOP, PresetName, Precision, Score, config_from)
+                      O_TRAIN_STEPS, O_USED, O_VERBOSE, O_VERIFY, O_WEIGHTS, O_WINDOW, O_WORKERS, Device, Method,
+                      Model, O_ADDRESS, O_ENGINE, O_HTML, O_JSON, O_MAX_PIXELS, O_TOP, Engine, PresetName, Precision,
+                      Score, config_from, typed_embedding, O_CANARIES, O_CANARY_KINDS, Kind)
 
 app = typer.Typer(
     name="fpindex",
@@ -73,6 +76,7 @@ def _report(quiet: bool, verbose: bool, out: Path, summary: dict[str, Any]) -> N
         _say(quiet, f"calibration ({cv['folds']}-fold CV on the labelled images): AUC {cv['auc']:.3f}, "
                     f"kappa {cv['kappa']:.3f}, F1 {cv['f1']:.3f}")
     _say(quiet, f"verdict: {summary['verdict']['text']}")
+    _canaries(quiet, summary.get("canaries"))
     for name, bad in summary.get("bad_files", {}).items():
         for b in bad[:5]:
             typer.echo(f"warning: skipped unreadable {name} image {b['path']}: {b['reason']}", err=True)
@@ -81,6 +85,21 @@ def _report(quiet: bool, verbose: bool, out: Path, summary: dict[str, Any]) -> N
     if verbose:
         _say(quiet, "timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in summary["timings"].items()))
     _say(quiet, f"wrote {out}/predictions.csv, submission.csv, neighbours.parquet, summary.json")
+
+
+def _canaries(quiet: bool, c: Optional[dict[str, Any]]) -> None:
+    """One line per plant kind: how many of its canaries the audit would have flagged, per strength."""
+    if not c or not c.get("table"):
+        return
+    folder = c["source_folder"].replace("_", "-")
+    _say(quiet, f"canaries ({c['n_sources']} {folder} images; found = {c['criterion']}):")
+    by: dict[str, list[str]] = {}
+    for t in c["table"]:
+        at = "" if t["kind"] == "exact" else f"{t['strength']:g}: "
+        by.setdefault(t["kind"], []).append(f"{at}{t['found']}/{t['planted']}")
+    for kind, cells in by.items():
+        unit = c["kinds"][kind]["unit"]
+        _say(quiet, f"  would have flagged {kind}{'' if kind == 'exact' else f' ({unit})'}: {', '.join(cells)}")
 
 
 @app.command(epilog="Example: fpindex build data/generated --index indexes/gan-v1 --model cnn --enhance gaussian")
@@ -104,7 +123,8 @@ def build(
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
     train_steps: Optional[int] = O_TRAIN_STEPS, window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
-    preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE,
+    max_pixels: int = O_MAX_PIXELS, preset: PresetName = O_PRESET, engine: Engine = O_ENGINE,
+    address: Optional[str] = O_ADDRESS, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, verify: bool = O_VERIFY,
 ) -> None:
     """Embed a folder of generated images and write a FAISS index of them."""
     from ..api import build_index
@@ -113,8 +133,9 @@ def build(
     index = index or Path("indexes") / generated.resolve().name
     if save_embeddings is not None:
         embeddings_kind(save_embeddings)     # a bad file name fails now, not after embedding
-    built = build_index(generated, index, config_from(ctx, preset, **_params(locals())), add=add,
-                        overwrite=overwrite)
+    params = _params(locals())
+    built = build_index(generated, index, config_from(ctx, preset, **params), add=add, overwrite=overwrite,
+                        expect=typed_embedding(ctx, **params) if add else None)
     summary = built.build_summary
     if save_embeddings is not None:
         emb = built.embedded
@@ -138,7 +159,8 @@ def query(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     k: int = O_K, decision: Method = O_DECISION, score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD,
     alpha: float = O_ALPHA, used: Optional[Path] = O_USED, not_used: Optional[Path] = O_NOT_USED,
-    reference: Optional[Path] = O_REFERENCE,
+    reference: Optional[Path] = O_REFERENCE, canaries: int = O_CANARIES,
+    canary_kinds: Optional[list[Kind]] = O_CANARY_KINDS,
     model: Optional[Model] = typer.Option(None, "--model", "-m", help="Only to assert the index's model; a "
                                           "different one is refused.", rich_help_panel="Embedding"),
     enhance: Optional[list[str]] = typer.Option(None, "--enhance", "-e", help="Only to assert the index's "
@@ -149,8 +171,9 @@ def query(
                                             "efSearch for this query.", rich_help_panel="Index"),
     seed: int = O_SEED, batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
-    quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON, html: bool = O_HTML,
-    report_top: int = O_TOP,
+    max_pixels: int = O_MAX_PIXELS, engine: Engine = O_ENGINE, address: Optional[str] = O_ADDRESS,
+    quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON,
+    html: bool = O_HTML, report_top: int = O_TOP, verify: bool = O_VERIFY,
 ) -> None:
     """Score real images against an index: membership score and used/not-used label per image.
 
@@ -180,11 +203,13 @@ def audit(
     model: Model = O_MODEL, weights: Optional[str] = O_WEIGHTS, enhance: Optional[list[str]] = O_ENHANCE,
     image_size: Optional[int] = O_SIZE, factory: str = O_FACTORY, max_memory: Optional[str] = O_MAX_MEMORY,
     k: int = O_K, decision: Method = O_DECISION,
-    score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD, alpha: float = O_ALPHA, seed: int = O_SEED,
+    score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD, alpha: float = O_ALPHA,
+    canaries: int = O_CANARIES, canary_kinds: Optional[list[Kind]] = O_CANARY_KINDS, seed: int = O_SEED,
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
     train_steps: Optional[int] = O_TRAIN_STEPS, window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
-    preset: PresetName = O_PRESET, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON,
+    max_pixels: int = O_MAX_PIXELS, preset: PresetName = O_PRESET, engine: Engine = O_ENGINE,
+    address: Optional[str] = O_ADDRESS, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON,
     html: bool = O_HTML, report_top: int = O_TOP,
 ) -> None:
     """Build an index of the generated images, then query it with the real ones, in one go."""
@@ -205,11 +230,11 @@ def evaluate(
 ) -> None:
     """Accuracy, precision, recall, F1, kappa, ROC-AUC and TPR at 5% FPR, beside the all-used and all-not-used answers."""
     from ..evaluate import evaluate_files, format_table
-    from ..utils import write_json_atomic
+    from ..safeio import same_json_keys, write_json_atomic
 
     result = evaluate_files(predictions, labels)
-    if save:
-        write_json_atomic(save, result)
+    if save:        # replaces only an earlier evaluation: a file of the same shape
+        write_json_atomic(save, result, owned=same_json_keys(result))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -264,6 +289,7 @@ def report(
 
 
 index_commands.register(app)
+simulate_commands.register(app)
 
 
 def _version(value: bool) -> None:
@@ -278,15 +304,49 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
+def _warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """fpindex's own warnings as one line, like its errors; others keep Python's format."""
+    if issubclass(category, FpindexWarning):
+        typer.echo(shown(f"fpindex: warning: {message}"), err=True)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
+
+
 def main() -> None:
+    """Every failure ends in one line on stderr and a non-zero exit: fpindex's own errors, click's usage errors
+    (which it would otherwise draw as a box), and errors of the system (a disk full, a file that vanished)."""
+    click = sys.modules[typer.BadParameter.__module__]   # click's exceptions, whether typer vendors click or not
+    no_args = getattr(click, "NoArgsIsHelpError", ())
+
+    with warnings.catch_warnings():          # restores Python's hook on the way out (tests call main() in-process)
+        warnings.showwarning = _warning
+        _run(click, no_args)
+
+
+def _run(click, no_args) -> None:
     try:
-        app()
+        code = app(standalone_mode=False)
+    except no_args as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        where = f" (see {e.ctx.command_path} --help)" if isinstance(e, click.UsageError) and e.ctx else ""
+        typer.echo(shown(f"fpindex: error: {e.format_message()}{where}"), err=True)
+        sys.exit(e.exit_code)
     except FpindexError as e:
-        typer.echo(f"fpindex: error: {e}", err=True)
+        typer.echo(shown(f"fpindex: error: {e}"), err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except OSError as e:
+        what = f"{e.filename}: " if e.filename else ""
+        typer.echo(shown(f"fpindex: error: {what}{e.strerror or e}"), err=True)
+        sys.exit(1)
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("fpindex: interrupted", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -121,13 +121,13 @@ def bench(
     """Build an index on seeded synthetic (or real) vectors; time it and measure recall against exact search."""
     from ..index import run_bench
     from ..index import format_bytes, parse_bytes
-    from ..utils import write_json_atomic
+    from ..safeio import same_json_keys, write_json_atomic
 
     r = run_bench(n, dim, factory, k=k, budget=parse_bytes(max_memory), n_eval=queries, n_tune=tune_queries,
                   seed=seed, embeddings=embeddings, repeats=repeats, n_single=single, device=device.value,
                   nprobe=nprobe, ef_search=ef_search, target=target_recall)
     if save:
-        write_json_atomic(save, r)
+        write_json_atomic(save, r, owned=same_json_keys(r))
     if as_json:
         typer.echo(json.dumps(r))
         return

@@ -10,20 +10,23 @@ from typing import Any, Callable
 
 import typer
 
-from ..config import AuditConfig
+from ..config import MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE, AuditConfig, EmbedConfig
 from ..decide import DECIDERS
 from ..embed import EMBEDDERS
 from ..enhance import ENHANCERS, parse_enhance
 from ..evidence import FEATURES
 from ..index import parse_bytes
+from ..plants import PLANTS
 from ..presets import PRESETS
 
 Model = Enum("Model", {n: n for n in EMBEDDERS.names()}, type=str)  # type: ignore[misc]
 Method = Enum("Method", {n: n for n in ["auto", *DECIDERS.names()]}, type=str)  # type: ignore[misc]
 Score = Enum("Score", {n: n for n in FEATURES.names()}, type=str)  # type: ignore[misc]
 PresetName = Enum("PresetName", {n: n for n in PRESETS.names()}, type=str)  # type: ignore[misc]
+Kind = Enum("Kind", {n: n for n in PLANTS.names()}, type=str)  # type: ignore[misc]
 Device = Enum("Device", {n: n for n in ("auto", "cpu", "cuda")}, type=str)  # type: ignore[misc]
 Precision = Enum("Precision", {n: n for n in ("fp32", "bf16", "fp16")}, type=str)  # type: ignore[misc]
+Engine = Enum("Engine", {n: n for n in ("local", "ray")}, type=str)  # type: ignore[misc]
 
 ENHANCE_HELP = ("Enhancement filter(s), stacked as channels in the order given; repeat the option or use "
                 "commas. Choices: " + "; ".join(f"{n} ({ENHANCERS.help(n)})" for n in ENHANCERS.names()))
@@ -39,9 +42,9 @@ O_WEIGHTS = typer.Option(None, "--weights", "-w", help="selfsup (cnn: trained on
                          "or a checkpoint path. Default: the model's own (cnn: selfsup, resnet50: imagenet).",
                          rich_help_panel="Embedding")
 O_ENHANCE = typer.Option(None, "--enhance", "-e", help=ENHANCE_HELP + ". Default: none.", rich_help_panel="Embedding")
-O_SIZE = typer.Option(None, "--image-size", min=32, help="Side of the square model input in px. Default: the "
+O_SIZE = typer.Option(None, "--image-size", min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE, help="Side of the square model input in px. Default: the "
                       "model's (64 for cnn, 128 for pixels, 224 for resnet50).", rich_help_panel="Embedding")
-O_SEED = typer.Option(0, "--seed", help="Seed for random weights and every random choice.", rich_help_panel="Embedding")
+O_SEED = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed for random weights and every random choice.", rich_help_panel="Embedding")
 O_BATCH = typer.Option(None, "--batch-size", min=1, help="Images per forward pass. Default: 256 on a GPU, 64 on "
                        "a CPU.", rich_help_panel="Embedding")
 O_PRECISION = typer.Option(Precision("fp32"), "--precision", help="Arithmetic of the forward pass: bf16/fp16 "
@@ -63,6 +66,10 @@ O_WINDOW = typer.Option(None, "--window", help="DICOM and NIfTI intensity window
                         "brain (40,80); [C-W/2, C+W/2] becomes [0, 1]. Default: DICOM's WindowCenter/WindowWidth "
                         "tags, else the stored bits' full range; NIfTI's 0.5-99.5 percentile range. PNG/TIFF "
                         "ignore it.", rich_help_panel="Embedding")
+O_MAX_PIXELS = typer.Option(EmbedConfig.max_pixels, "--max-pixels", min=1, help="Decoded pixels per file, at "
+                            "most (width × height, × frames or slices): a larger file, or one whose header "
+                            "claims more, is skipped as unreadable and listed, never decoded.",
+                            rich_help_panel="Embedding")
 O_AXIS = typer.Option(2, "--axis", min=0, max=2, help="NIfTI volumes: the array axis they are sliced along, one "
                       "image per slice (named file.nii.gz#k).", rich_help_panel="Embedding")
 O_DEVICE = typer.Option(Device("auto"), "--device", help="Where the model runs; auto picks cuda when torch sees a "
@@ -99,7 +106,22 @@ O_NOT_USED = typer.Option(None, "--not-used", help="Real images known not to be 
                           rich_help_panel="Decision")
 O_REFERENCE = typer.Option(None, "--reference", help="Real images known not to be used, to model the null when "
                            "no labelled pair is given.", rich_help_panel="Decision")
+KINDS_HELP = "; ".join(f"{n} ({PLANTS.help(n)}; default strengths "
+                       f"{', '.join(f'{s:g}' for s in PLANTS.get(n).strengths)})" for n in PLANTS.names())
+O_CANARIES = typer.Option(20, "--canaries", min=0, help="Known-unused images (from --not-used or --reference) "
+                          "planted as transformed copies beside the index, to report what this audit would have "
+                          "caught of each kind of copy; no other output changes. 0: none.", rich_help_panel="Decision")
+O_CANARY_KINDS = typer.Option(None, "--canary-kinds", help="Plant kinds for the canaries (repeat the option). "
+                              "Default: all. " + KINDS_HELP, rich_help_panel="Decision")
+O_ENGINE = typer.Option(Engine("local"), "--engine", help="local: this process (and --workers). ray: embed, "
+                        "index and re-rank on a Ray cluster (pip install 'fpindex[ray]'; docs/scale-out.md); the "
+                        "answers are the same.", rich_help_panel="Scale-out")
+O_ADDRESS = typer.Option(None, "--address", help="--engine ray: the cluster to join, auto or HOST:PORT. Default: "
+                         "$RAY_ADDRESS, else a Ray cluster started on this machine.", rich_help_panel="Scale-out")
 O_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or report; errors only.")
+O_VERIFY = typer.Option(False, "--verify", help="Hash every file of the index against its manifest's checksums "
+                        "before using it. Default: only files whose size or modification time changed.",
+                        rich_help_panel="Index")
 O_VERBOSE = typer.Option(False, "--verbose", "-v", help="Also print per-stage timings.")
 
 O_PRESET = typer.Option(PresetName("default"), "--preset", help="Named settings; options given explicitly "
@@ -129,7 +151,8 @@ FIELDS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "weights": [("embed", "weights", _value)],
     "enhance": [("embed", "enhance", parse_enhance)],
     "image_size": [("embed", "image_size", _value)],
-    "seed": [("embed", "seed", _value), ("index", "seed", _value), ("decide", "seed", _value)],
+    "seed": [("embed", "seed", _value), ("index", "seed", _value), ("decide", "seed", _value),
+             ("canaries", "seed", _value)],
     "batch_size": [("embed", "batch_size", _value)],
     "device": [("embed", "device", _value), ("index", "device", _cuda_means_auto)],
     "precision": [("embed", "precision", _value)],
@@ -139,6 +162,7 @@ FIELDS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "train_steps": [("embed", "train_steps", _value)],
     "window": [("embed", "window", _value)],
     "axis": [("embed", "axis", _value)],
+    "max_pixels": [("embed", "max_pixels", _value)],
     "factory": [("index", "factory", _value)],
     "max_memory": [("index", "max_memory", parse_bytes)],
     "nprobe": [("index", "nprobe", _value)],
@@ -149,9 +173,30 @@ FIELDS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "score": [("decide", "score", _value)],
     "threshold": [("decide", "threshold", _value)],
     "alpha": [("decide", "alpha", _value)],
+    "canaries": [("canaries", "n", _value)],
+    "canary_kinds": [("canaries", "kinds", lambda v: tuple(_value(k) for k in v) if v else None)],
+    "engine": [("run", "engine", _value)],
+    "address": [("run", "address", _value)],
     "quiet": [("run", "quiet", _value)],
     "verbose": [("run", "verbose", _value)],
+    "verify": [("run", "verify", _value)],
 }
+
+
+def _typed(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def typed_embedding(ctx: typer.Context, **params: Any) -> dict[str, Any]:
+    """The embedding settings (not how to run) that the user typed, as config values: what `build --add`
+    must find in the index it appends to."""
+    out = {}
+    for name, value in params.items():
+        for section, field, convert in FIELDS.get(name, []):
+            if section == "embed" and field not in EmbedConfig.RUNTIME and _typed(ctx, name):
+                out[field] = convert(value)
+    return out
 
 
 def config_from(ctx: typer.Context, preset: Any = None, **params: Any) -> AuditConfig:
@@ -160,9 +205,7 @@ def config_from(ctx: typer.Context, preset: Any = None, **params: Any) -> AuditC
     cfg = PRESETS.get(_value(preset)) if preset is not None else AuditConfig()
     sections: dict[str, dict[str, Any]] = {}
     for name, value in params.items():
-        source = ctx.get_parameter_source(name)
-        typed = source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
-        if typed:
+        if _typed(ctx, name):
             for section, field, convert in FIELDS[name]:
                 sections.setdefault(section, {})[field] = convert(value)
     return cfg.override(**sections)

@@ -7,6 +7,7 @@ into the run's pixel store, so the embedding pass that follows does not decode t
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,7 +17,7 @@ from .. import __version__
 from ..cache import blob_meta, blob_path, cache_root, read_blob, write_blob
 from ..config import EmbedConfig
 from ..enhance import REVISION as ENHANCE_REVISION, enhance_batch
-from ..errors import FpindexError
+from ..errors import FpindexError, FpindexWarning
 from ..load import ReadOptions, Reader, decode, fit_size
 from ..pixels import PixelStore
 from ..utils import Timings, seeded_sample, sha256_bytes
@@ -26,6 +27,18 @@ from .selfsup import SelfSupConfig
 
 SELFSUP = "selfsup"
 SELFSUP_FILE = "selfsup.pt"
+
+
+def check_training_memory(n: int, size: int, channels: int, free: int | None = None) -> None:
+    """Training holds its whole sample at once (pixels, then the enhanced stacks, float32): refused before
+    decoding when the machine cannot hold it, naming what to lower, rather than swapping or being killed."""
+    from ..utils import available_memory
+
+    need, free = 4 * n * size * size * (1 + 2 * channels), free or available_memory()
+    if free is not None and need > free:
+        raise FpindexError(f"training on {n:,} generated images at --image-size {size} needs about "
+                           f"{need / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB of memory is available; lower "
+                           "--image-size or train on fewer images (or pass --weights random)")
 
 
 def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, cfg: EmbedConfig, timings: Timings,
@@ -54,16 +67,19 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
         data = read_blob(cached)
         meta = blob_meta(cached) if data is not None else None
         if data is not None and meta is not None:
-            try:
+            before = {k: v.clone() for k, v in embedder.trainable().state_dict().items()}
+            try:               # a hash-valid blob that is not this network's state dict: train again, rewrite
                 state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-                report = {**meta, "from_cache": True}
-            except Exception:          # not a state dict after all: train again
-                state = None
-            if state is not None:
                 embedder.trainable().load_state_dict(state)
+            except Exception as e:
+                embedder.trainable().load_state_dict(before)      # a failed load may have copied some tensors
+                warnings.warn(f"cached trained weights {cached} do not load ({type(e).__name__}); training "
+                              "again and rewriting them", FpindexWarning, stacklevel=2)
+            else:
                 embedder.trainable().to(embedder.spec.device)
                 embedder.weights_id = f"file:sha256={sha256_bytes(data)[:16]}"
-                return report, data
+                return {**meta, "from_cache": True}, data
+    check_training_memory(len(raw), embedder.spec.size, len(cfg.enhance))
     with timings.stage("load"):
         decoded = []
         for f, _, d in raw:

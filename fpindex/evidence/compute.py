@@ -102,6 +102,12 @@ def compute_evidence(q: Query, run: Run,
     return pair, Evidence(scores)
 
 
+def pool(name: str, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """A pair-level feature's per-image value from its n × k values, as `compute_evidence` pools them (for
+    neighbour lists merged after the fact, e.g. the canaries' what-if pass)."""
+    return _pool(FEATURES.get(name), values, valid)
+
+
 def _pool(f: Feature, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     n = len(values)
     if not n or np.isnan(values).all():

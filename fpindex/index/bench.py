@@ -30,7 +30,8 @@ import numpy as np
 from ..devices import faiss_device
 from ..errors import FpindexError
 from .base import make_faiss_index
-from .factory import Selection, select, train_sample, train_size
+from ..utils import available_memory
+from .factory import Selection, format_bytes, select, train_sample, train_size
 from .gpu import to_cpu, to_device
 from .store import IndexStore
 from .tuning import apply_params, param_values, recall_at, tunable, tune
@@ -38,6 +39,7 @@ from .vectors import read_embeddings
 
 CHUNK = 65_536
 STREAM_DB, STREAM_TUNE, STREAM_EVAL = 0, 1, 2
+MAX_DIM = 2**31 - 1               # FAISS's dimension is a C int
 FLAT_TIMING_LIMIT = 4 << 30      # keep an exact Flat copy for timing only below this many bytes
 
 
@@ -167,16 +169,41 @@ def serialized_bytes(index: faiss.Index) -> int:
 
 # ---- the benchmark --------------------------------------------------------------------------------
 
+def bench_bytes(sel: Selection, n: int, dim: int, n_queries: int, k: int, synthetic: bool) -> int:
+    """What a bench run holds at its peak, beyond the interpreter: the index and its build (the selection's
+    estimate), the exact Flat copy kept for timing, the query sets and their result heap, and for synthetic
+    vectors the generator's model and one chunk being made (float64 temporaries included)."""
+    flat = 4 * n * dim if sel.factory != "Flat" and 4 * n * dim <= FLAT_TIMING_LIMIT else 0
+    queries = 4 * n_queries * dim + 12 * n_queries * k
+    made = (Synthetic.clusters + Synthetic.groups) * dim * 12 + 3 * 8 * min(n, CHUNK) * dim if synthetic else 0
+    return sel.estimate.total + flat + queries + made
+
+
+def check_memory(sel: Selection, n: int, dim: int, n_queries: int, k: int, synthetic: bool,
+                 free: int | None = None) -> None:
+    """Refuse, before allocating anything, a run the machine cannot hold now (a typo in --n or --dim would
+    otherwise end in the OOM killer or swap). `free`: bytes available (default: what the system says)."""
+    need, free = bench_bytes(sel, n, dim, n_queries, k, synthetic), free or available_memory()
+    if free is not None and need > free:
+        raise FpindexError(f"bench of {n:,} × {dim}-d vectors ({sel.factory}) needs about {format_bytes(need)}, "
+                           f"but {format_bytes(free)} of memory is available; lower --n, --dim or --queries")
+
+
 def run_bench(n: int, dim: int, index_type: str = "auto", k: int = 10, budget: int | None = None,
               n_eval: int = 1000, n_tune: int = 500, seed: int = 0, embeddings: str | Path | None = None,
               repeats: int = 5, n_single: int = 200, device: str = "cpu", nprobe: int | None = None,
               ef_search: int | None = None, target: float = 0.95) -> dict[str, Any]:
     t_all = time.perf_counter()
     rss_start = rss_bytes()[0]          # the interpreter, numpy, FAISS (and torch, through the CLI)
-    src = (file_source(embeddings, n_eval, n_tune, seed, n) if embeddings else
-           synthetic_source(n, dim, n_eval, n_tune, seed))
-    n, dim = src.n, src.dim
+    if not embeddings and not 2 <= dim <= MAX_DIM:
+        raise FpindexError(f"--dim must be from 2 to {MAX_DIM:,}, not {dim:,}")
+    if embeddings:                      # the file's own size is what it is; its vectors are read first
+        src = file_source(embeddings, n_eval, n_tune, seed, n)
+        n, dim = src.n, src.dim
     sel: Selection = select(index_type, n, dim, budget)
+    check_memory(sel, n, dim, n_eval + n_tune, k, synthetic=not embeddings)
+    if not embeddings:
+        src = synthetic_source(n, dim, n_eval, n_tune, seed)
     device = faiss_device(device)
     index = make_faiss_index(sel.factory, dim)
     is_flat = sel.factory == "Flat"

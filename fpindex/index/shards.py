@@ -85,10 +85,24 @@ def shard_train(path: str | Path, work: str | Path, cfg: IndexConfig) -> dict[st
     return plan
 
 
+PLAN_SHAPE = {"embeddings": str, "n": int, "dim": int, "embedder": dict, "selection": dict, "factory": str,
+              "config": dict}
+
+
 def _plan(work: Path) -> dict[str, Any]:
+    """The plan `shard train` wrote; damaged or of the wrong shape, it is refused in one line."""
     if not (work / PLAN_FILE).is_file() or not (work / TRAINED_FILE).is_file():
         raise FpindexError(f"shard folder {work}: no {PLAN_FILE}/{TRAINED_FILE}; run `fpindex shard train` first")
-    return json.loads((work / PLAN_FILE).read_text(encoding="utf-8"))
+    again = "run `fpindex shard train` again"
+    try:
+        plan = json.loads((work / PLAN_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FpindexError(f"shard folder {work}: {PLAN_FILE} is unreadable ({e}); {again}") from None
+    for key, t in PLAN_SHAPE.items():
+        value = plan.get(key) if isinstance(plan, dict) else None
+        if not isinstance(value, t) or isinstance(value, bool):
+            raise FpindexError(f"shard folder {work}: {PLAN_FILE} has no valid {key!r}; {again}")
+    return plan
 
 
 def shard_add(work: str | Path, part: int, parts: int, path: str | Path | None = None) -> Path:

@@ -5,7 +5,8 @@ On disk an index is a directory:
 - `items.parquet` row i describes FAISS id i: root, path (relative to root), sha256 of the file, bytes;
 - `manifest.json` what made it: fpindex and library versions, embedder identity, dimension, metric,
                   FAISS factory string, creation time; since format 2 also the search parameters (nprobe,
-                  efSearch), how they were tuned, and how the factory was chosen;
+                  efSearch), how they were tuned, and how the factory was chosen; since format 3 the sha256,
+                  size and mtime of every other file and a digest of itself (integrity.py);
 - `lists.ivfdata` only for an index merged from shards: FAISS on-disk inverted lists, memory-mapped.
 The directory is written under a temporary name and swapped in whole, so a crash never leaves half an index.
 """
@@ -26,18 +27,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import FpindexError
-from ..utils import atomic_dir, versions, write_json_atomic
+from ..safeio import WriteError, atomic_dir, read_json, recover_dir
+from ..utils import versions, write_json_atomic
 from .base import faiss_reason, has_ondisk_lists, make_faiss_index
 from .factory import train_sample
 from .gpu import gpu_clustering, to_cpu, to_device
+from .integrity import Contained, check_attachment, check_items, check_manifest, check_sealed, seal
 from .tuning import apply_params
 
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.parquet"
 MANIFEST_FILE = "manifest.json"
 LISTS_FILE = "lists.ivfdata"     # on-disk inverted lists of a merged sharded index, beside index.faiss
-FORMAT_VERSION = 2               # 2: search parameters in the manifest, optional on-disk inverted lists
-READABLE_VERSIONS = (1, 2)       # format 1 is format 2 without the new manifest fields
+FORMAT_VERSION = 3               # 2: search parameters, optional on-disk inverted lists; 3: checksums
+READABLE_VERSIONS = (1, 2, 3)    # 1 and 2 are read without checksums, with a warning (integrity.py)
 
 ITEM_SCHEMA = pa.schema([("root", pa.string()), ("path", pa.string()), ("sha256", pa.string()),
                          ("bytes", pa.int64())])
@@ -106,8 +109,10 @@ class IndexStore:
             self.train(x)
         self.index, self.device = to_device(self.index, self.device)
         self._cpu_copy = None
+        rows = rows.select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA)
+        check_items(rows, "new index items", "refusing to index it")
         self.index.add(x)
-        self.items = pa.concat_tables([self.items, rows.select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA)])
+        self.items = pa.concat_tables([self.items, rows])
         self.manifest["ntotal"] = self.ntotal
         self.manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -168,6 +173,22 @@ class IndexStore:
     def hashes(self) -> set[str]:
         return set(self.items.column("sha256").to_pylist())
 
+    # The generated files behind ids, for the stages that read their pixels (pixels.IndexedFiles).
+    def files(self, ids: np.ndarray) -> list[str]:
+        """Paths of the stored files, refused when one resolves (symlinks followed) outside its root."""
+        inside = Contained(self.directory)
+        roots, paths = self._column("root", ids), self._column("path", ids)
+        return [inside(r, p, i) for r, p, i in zip(roots, paths, np.asarray(ids).ravel().tolist())]
+
+    def sha256(self, ids: np.ndarray) -> list[str]:
+        return self._column("sha256", ids)
+
+    def sizes(self, ids: np.ndarray) -> list[int]:
+        return self._column("bytes", ids)
+
+    def _column(self, name: str, ids: np.ndarray) -> list:
+        return self.items.column(name).take(pa.array(np.asarray(ids, dtype=np.int64).ravel())).to_pylist()
+
     # ---- compatibility ------------------------------------------------------------------------------
     def check_compatible(self, identity: dict[str, Any], dim: int) -> None:
         """Refuse queries embedded differently from the index: their similarities would mean nothing."""
@@ -183,8 +204,13 @@ class IndexStore:
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
         index = to_cpu(self.index)
-        with atomic_dir(directory) as tmp:
-            faiss.write_index(index, str(tmp / INDEX_FILE))
+        with atomic_dir(directory, owned=is_index_dir) as tmp:
+            # Through a Python file: FAISS's own writer only prints a failed final flush (disk full) and goes on.
+            with open(tmp / INDEX_FILE, "wb") as f:
+                try:
+                    faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+                except RuntimeError as e:
+                    raise WriteError(directory, faiss_reason(e)) from None
             if has_ondisk_lists(index):
                 ivf = faiss.extract_index_ivf(index)
                 copy_lists(Path(faiss.downcast_InvertedLists(ivf.invlists).filename), tmp / LISTS_FILE)
@@ -192,14 +218,19 @@ class IndexStore:
             for name, data in self.attachments.items():
                 (tmp / name).write_bytes(data)
             self.manifest["attachments"] = sorted(self.attachments)
+            self.manifest["format_version"] = FORMAT_VERSION     # an older index re-saved (build --add) is sealed
+            seal(tmp, self.manifest, MANIFEST_FILE)
             write_json_atomic(tmp / MANIFEST_FILE, self.manifest)
         self.directory = directory
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, device: str = "cpu") -> "IndexStore":
-        """Read an index directory; `device` 'cuda' moves it to the GPU (see fpindex.devices.faiss_device)."""
+    def load(cls, directory: str | Path, device: str = "cpu", verify: bool = False) -> "IndexStore":
+        """Read an index directory; `device` 'cuda' moves it to the GPU (see fpindex.devices.faiss_device).
+        Its files are checked against the manifest's checksums first: those whose size or mtime changed are
+        hashed, and with `verify` all of them (integrity.py)."""
         d = Path(directory)
+        recover_dir(d)                   # a swap cut short by a kill is finished first
         if not d.is_dir():
             raise FpindexError(f"index {d} does not exist (build one with `fpindex build`)")
         for name in (INDEX_FILE, ITEMS_FILE, MANIFEST_FILE):
@@ -207,35 +238,46 @@ class IndexStore:
                 raise FpindexError(f"index {d} is incomplete: {name} is missing")
         try:
             manifest = json.loads((d / MANIFEST_FILE).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise FpindexError(f"index {d / MANIFEST_FILE}: unreadable manifest ({e})") from None
-        if manifest.get("format_version") not in READABLE_VERSIONS:
-            raise FpindexError(f"index {d}: format version {manifest.get('format_version')!r}, "
-                               f"this fpindex reads {', '.join(map(str, READABLE_VERSIONS))}; rebuild the index")
+        version = check_manifest(manifest, d / MANIFEST_FILE, FORMAT_VERSION, READABLE_VERSIONS)
+        names = manifest.get("attachments", [])
+        for name in names:
+            if Path(name).name != name or name in (MANIFEST_FILE, "", ".", "..") or not (d / name).is_file():
+                raise FpindexError(f"index {d} is incomplete: {name} is missing")
         # A merged sharded index keeps its inverted lists in lists.ivfdata beside index.faiss.
-        flags = faiss.IO_FLAG_ONDISK_SAME_DIR if (d / LISTS_FILE).is_file() else 0
+        lists = LISTS_FILE in manifest["files"] if version >= 3 else (d / LISTS_FILE).is_file()
+        check_sealed(d, d / MANIFEST_FILE, manifest, version, [INDEX_FILE, ITEMS_FILE] + [LISTS_FILE] * lists,
+                     verify)
         try:
-            index = faiss.read_index(str(d / INDEX_FILE), flags)
+            index = faiss.read_index(str(d / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR if lists else 0)
         except RuntimeError:
             raise FpindexError(f"index {d / INDEX_FILE}: not a readable FAISS index") from None
         try:
             items = pq.read_table(d / ITEMS_FILE)
-        except Exception as e:  # pyarrow raises ArrowInvalid/OSError variants
+            items = items.select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA)
+        except Exception as e:  # pyarrow raises ArrowInvalid/OSError/KeyError variants
             raise FpindexError(f"index {d / ITEMS_FILE}: unreadable ({type(e).__name__})") from None
-        if index.ntotal != len(items) or index.ntotal != manifest.get("ntotal") or index.d != manifest.get("dim"):
+        if index.ntotal != len(items) or index.ntotal != manifest["ntotal"] or index.d != manifest["dim"]:
             raise FpindexError(f"index {d}: files disagree (faiss: {index.ntotal} × {index.d}, items: {len(items)}, "
-                               f"manifest: {manifest.get('ntotal')} × {manifest.get('dim')}); rebuild it")
+                               f"manifest: {manifest['ntotal']} × {manifest['dim']}); rebuild it")
+        check_items(items, f"index {d / ITEMS_FILE}")
         attachments = {}
-        for name in manifest.get("attachments", []):
-            if Path(name).name != name or not (d / name).is_file():
-                raise FpindexError(f"index {d} is incomplete: {name} is missing")
+        for name in names:
             attachments[name] = (d / name).read_bytes()
+            check_attachment(d / name, attachments[name], manifest.get("files"))
         manifest.setdefault("search_params", {})
         store = cls(index=index, manifest=manifest, items=items, attachments=attachments, directory=d)
         store.set_search_params(manifest["search_params"], save=False)
         store.index, store.device = to_device(store.index, device)
         store.set_search_params(manifest["search_params"], save=False)   # GPU copies take them separately
         return store
+
+
+def is_index_dir(path: str | Path) -> bool:
+    """A folder fpindex may replace as an index: it holds a manifest.json that an fpindex build wrote."""
+    m = read_json(Path(path) / MANIFEST_FILE)
+    return isinstance(m, dict) and isinstance(m.get("format_version"), int) and "factory" in m and "dim" in m
 
 
 def copy_lists(src: Path, dst: Path) -> None:

@@ -41,7 +41,7 @@ def write_embeddings(path: str | Path, vectors: np.ndarray, rows: pa.Table | Non
     path = Path(path)
     x = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
     if embeddings_kind(path) == "npy":
-        with atomic_path(path) as tmp:
+        with atomic_path(path, owned=_is_npy) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, x)
         return path
@@ -52,9 +52,23 @@ def write_embeddings(path: str | Path, vectors: np.ndarray, rows: pa.Table | Non
     table = rows.select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA).append_column("vector", col)
     meta = {"embedder": identity or dict(EXTERNAL, dim=x.shape[1]), "dim": x.shape[1], "versions": versions()}
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
-    with atomic_path(path) as tmp:
+    with atomic_path(path, owned=_is_embeddings_parquet) as tmp:
         pq.write_table(table, tmp, row_group_size=65_536)
     return path
+
+
+def _is_npy(path: Path) -> bool:
+    """An existing .npy is replaced only if it is one (a file of another kind under that name is kept)."""
+    with open(path, "rb") as f:
+        return f.read(6) == b"\x93NUMPY"
+
+
+def _is_embeddings_parquet(path: Path) -> bool:
+    """An existing .parquet is replaced only if fpindex wrote it (its schema carries fpindex's metadata)."""
+    try:
+        return META_KEY in (pq.read_schema(path).metadata or {})
+    except Exception:          # not Parquet at all
+        return False
 
 
 def _row_names(lo: int, hi: int) -> pa.Table:

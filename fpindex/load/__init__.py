@@ -8,8 +8,13 @@ Canonical form: a float32 grayscale array in [0, 1], `size` × `size`.
   type's full range; floats are clipped to [0, 1].
 - Colour: alpha is dropped, then ITU-R BT.601 luma (0.299 R + 0.587 G + 0.114 B), OpenCV's rule.
 - Size: the shorter side is resized to `size` (area interpolation when shrinking, bicubic when enlarging),
-  then the centre `size` × `size` square is kept, so aspect ratio is never distorted.
-Files that cannot be decoded are reported as `BadFile`s, never fatal.
+  then the centre `size` × `size` square is kept, so aspect ratio is never distorted. An image longer than
+  `MAX_ASPECT` times its width (or the reverse) is first cut to its centre `MAX_ASPECT`:1 part, which the
+  crop would mostly drop anyway, so a 1 × 10^6 strip cannot become a 64 × 6.4·10^7 array.
+- Limits (limits.py): a file whose header claims more than `max_pixels` decoded pixels (--max-pixels) is not
+  decoded; any error of a decoder (OpenCV, pydicom, nibabel), memory included, fails that file only.
+Files that cannot be decoded, and files that are not images (listing.py), are reported as `BadFile`s, never
+fatal.
 
 Medical formats. Intensities are windowed: [C − W/2, C + W/2] → [0, 1], clipped (the plain linear ramp, without
 DICOM's half-value offset), from `--window C,W` or a preset name (`WINDOWS`), which win over anything in a file.
@@ -41,19 +46,15 @@ import numpy as np
 from ..config import EmbedConfig
 from ..errors import FpindexError
 from ..utils import sha256_bytes
+from .limits import DEFAULT_MAX_PIXELS, check_header, decoder_error
+from .listing import (DICOM_SUFFIXES, IMAGE_SUFFIXES, NIFTI_SUFFIXES, SUPPORTED, BadFile, check_distinct, kind,
+                      list_files, printable, unsupported_reason)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-DICOM_SUFFIXES = (".dcm", ".dicom")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MAX_ASPECT = 4
+
 # Named windows (centre, width), in Hounsfield units for CT.
 WINDOWS = {"lung": (-600.0, 1500.0), "mediastinum": (40.0, 400.0), "bone": (400.0, 1800.0), "brain": (40.0, 80.0)}
 AXES = (0, 1, 2)
-
-
-@dataclass(frozen=True)
-class BadFile:
-    path: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,11 @@ class ReadOptions:
 
     window: tuple[float, float] | None = None   # (centre, width); None: the file's own (module docstring)
     axis: int = 2
+    max_pixels: int = DEFAULT_MAX_PIXELS        # decoded pixels per file, at most; never part of the identity
 
     @classmethod
     def of(cls, cfg: EmbedConfig) -> "ReadOptions":
-        return cls(parse_window(cfg.window), check_axis(cfg.axis))
+        return cls(parse_window(cfg.window), check_axis(cfg.axis), cfg.max_pixels)
 
     def identity(self) -> dict:
         """What of these settings shapes pixels, only where not the default: indexes and caches made without
@@ -95,26 +97,6 @@ def check_axis(axis: int) -> int:
     if axis not in AXES:
         raise FpindexError(f"--axis must be 0, 1 or 2, not {axis}")
     return axis
-
-
-def kind(path: Path) -> str:
-    """'image', 'dicom', 'nifti', or '' for files that are none of these."""
-    name = path.name.lower()
-    if name.endswith(NIFTI_SUFFIXES):
-        return "nifti"
-    suffix = path.suffix.lower()
-    if suffix in DICOM_SUFFIXES:
-        return "dicom"
-    if suffix in IMAGE_SUFFIXES:
-        return "image"
-    if suffix == "":
-        try:
-            with open(path, "rb") as f:
-                head = f.read(132)
-        except OSError:
-            return ""
-        return "dicom" if head[128:132] == b"DICM" else ""
-    return ""
 
 
 def frame_path(path: Path, k: int) -> Path:
@@ -153,21 +135,18 @@ def frame_id(file_sha256: str, k: int) -> str:
 def list_images(root: str | Path, what: str = "image folder", read: ReadOptions = ReadOptions()) -> list[Path]:
     """All image files below `root`, sorted, so ids are stable across runs and machines; a multi-image file
     (multi-frame DICOM, NIfTI volume) is listed once per image, as `file#k`."""
-    root = Path(root)
-    if not root.exists():
-        raise FpindexError(f"{what} {root} does not exist")
-    if root.is_file():
-        raise FpindexError(f"{what} {root} is a file, expected a folder of images")
-    files = sorted(p for p in root.rglob("*") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts) and kind(p))
-    if not files:
-        suffixes = IMAGE_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES
-        raise FpindexError(f"{what} {root} holds no images ({', '.join(suffixes)})")
+    return list_folder(root, what, read)[0]
+
+
+def list_folder(root: str | Path, what: str = "image folder",
+                read: ReadOptions = ReadOptions()) -> tuple[list[Path], list[BadFile]]:
+    """`list_images`, and the files passed over (not images, broken links, ...), which a run counts as bad."""
+    files, skipped = list_files(root, what)
     out: list[Path] = []
     for p in files:
         n = image_count(p, read)
         out += [p] if n == 1 else [frame_path(p, k) for k in range(n)]
-    return out
+    return out, skipped
 
 
 def image_count(path: Path, read: ReadOptions) -> int:
@@ -199,18 +178,19 @@ def _volume_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 def decode(data: bytes) -> np.ndarray:
     """Bytes → float32 grayscale in [0, 1], original size. Raises ValueError when undecodable."""
     buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH) if buf.size else None
-    if img is None:
-        raise ValueError("not a decodable image")
-    if img.ndim == 3:
-        if img.shape[2] == 4:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-        if img.shape[2] == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-        elif img.shape[2] == 1:
-            img = img[:, :, 0]
-        else:
-            raise ValueError(f"unsupported channel count {img.shape[2]}")
+    with decoder_error():
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH) if buf.size else None
+        if img is None:
+            raise ValueError("not a decodable image")
+        if img.ndim == 3:
+            if img.shape[2] == 4:
+                img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+            if img.shape[2] == 3:
+                img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+            elif img.shape[2] == 1:
+                img = img[:, :, 0]
+            else:
+                raise ValueError(f"unsupported channel count {img.shape[2]}")
     if img.ndim != 2 or min(img.shape) < 1:
         raise ValueError(f"unsupported image shape {img.shape}")
     if np.issubdtype(img.dtype, np.unsignedinteger):
@@ -232,16 +212,24 @@ def fit_size(img: np.ndarray, size: int) -> np.ndarray:
     h, w = img.shape
     if (h, w) == (size, size):
         return np.ascontiguousarray(img, dtype=np.float32)
+    if max(h, w) > MAX_ASPECT * min(h, w):          # centre MAX_ASPECT:1 part first (module docstring)
+        keep = MAX_ASPECT * min(h, w)
+        top, left = max(0, (h - keep) // 2), max(0, (w - keep) // 2)
+        img = img[top:top + keep, left:left + keep]
+        h, w = img.shape
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    img = cv2.resize(img, (nw, nh), interpolation=interp)
+    with decoder_error():
+        img = cv2.resize(img, (nw, nh), interpolation=interp)
     top, left = (nh - size) // 2, (nw - size) // 2
     out = img[top:top + size, left:left + size]
     return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
 
 
 def _read(path: Path) -> bytes:
+    if not kind(path):                  # before reading: an unsupported file may be any size
+        raise ValueError(unsupported_reason(path))
     try:
         return path.read_bytes()
     except OSError as e:
@@ -253,15 +241,19 @@ def decode_file(path: Path, data: bytes, read: ReadOptions = ReadOptions(),
     """A file's bytes → its images, float32 in [0, 1], original size. Raises ValueError with the reason.
     `plain`: the decoder for ordinary images (default `decode`; each stage passes the one it imports)."""
     k = kind(path)
-    if k == "dicom":
-        from .medical import dicom_images
+    if not k:
+        raise ValueError(unsupported_reason(path))
+    with decoder_error():
+        if k == "dicom":
+            from .medical import dicom_images
 
-        return dicom_images(data, read.window)
-    if k == "nifti":
-        from .medical import nifti_images
+            return dicom_images(data, read.window, read.max_pixels)
+        if k == "nifti":
+            from .medical import nifti_images
 
-        return nifti_images(data, read.window, read.axis)
-    return [(plain or decode)(data)]
+            return nifti_images(data, read.window, read.axis, read.max_pixels)
+        check_header(data, read.max_pixels)
+        return [(plain or decode)(data)]
 
 
 class Reader:

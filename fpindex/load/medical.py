@@ -10,6 +10,8 @@ import io
 
 import numpy as np
 
+from .limits import DEFAULT_MAX_PIXELS, over_limit
+
 Window = tuple[float, float] | None
 LIBJPEG_HINT = "pip install pylibjpeg pylibjpeg-libjpeg"
 
@@ -38,7 +40,7 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def dicom_images(data: bytes, window: Window) -> list[np.ndarray]:
+def dicom_images(data: bytes, window: Window, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[np.ndarray]:
     import pydicom
 
     try:
@@ -48,6 +50,14 @@ def dicom_images(data: bytes, window: Window) -> list[np.ndarray]:
         raise ValueError(f"not a readable DICOM file ({type(e).__name__}: {e})") from None
     if not has_pixels:
         raise ValueError("a DICOM file without pixel data")
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"a DICOM file with an unreadable image size ({e})") from None
+    if rows * cols * frames * samples > max_pixels:
+        raise over_limit(rows * cols * frames * samples, max_pixels,
+                         f"Rows × Columns × frames × samples = {rows} × {cols} × {frames} × {samples}")
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         arr = np.asarray(ds.pixel_array)
@@ -84,16 +94,24 @@ def dicom_images(data: bytes, window: Window) -> list[np.ndarray]:
     return list(out)
 
 
-def nifti_images(data: bytes, window: Window, axis: int) -> list[np.ndarray]:
+def nifti_images(data: bytes, window: Window, axis: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[np.ndarray]:
     if not _has("nibabel"):
         raise ValueError("NIfTI needs nibabel: pip install 'fpindex[nifti]' (or pip install nibabel)")
     import nibabel
 
-    raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    raw = _gunzip(data, 16 * max_pixels + (1 << 20)) if data[:2] == b"\x1f\x8b" else data
     vol = None
     for cls in (nibabel.Nifti1Image, nibabel.Nifti2Image):
         try:
-            vol = np.asarray(cls.from_bytes(raw).get_fdata(dtype=np.float32))
+            img = cls.from_bytes(raw)
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}"
+            continue
+        n = int(np.prod(img.shape, dtype=np.int64))
+        if n > max_pixels:
+            raise over_limit(n, max_pixels, f"a volume of shape {' × '.join(map(str, img.shape))}")
+        try:
+            vol = np.asarray(img.get_fdata(dtype=np.float32))
             break
         except Exception as e:
             reason = f"{type(e).__name__}: {e}"
@@ -112,3 +130,14 @@ def nifti_images(data: bytes, window: Window, axis: int) -> list[np.ndarray]:
     if out.ndim == 2:
         return [out]
     return [np.ascontiguousarray(np.take(out, k, axis=axis)) for k in range(out.shape[axis])]
+
+
+def _gunzip(data: bytes, cap: int) -> bytes:
+    """At most `cap` bytes of a gzip stream (16 per allowed voxel, the widest NIfTI type, plus the header):
+    a gzip bomb stops there instead of filling memory."""
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+        raw = f.read(cap + 1)
+    if len(raw) > cap:
+        raise ValueError(f"decompresses to more than {cap:,} bytes, more than a volume within the limit of "
+                         f"decoded pixels per file (--max-pixels) can hold")
+    return raw

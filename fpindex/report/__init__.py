@@ -6,13 +6,16 @@ OUT/submission.csv      <image id>,<0|1>           (ImageCLEF format, no header;
 OUT/neighbours.parquet  image, rank, generated_id, generated, cosine, then every other pair-level evidence
                         feature (one row per real image × neighbour; NaN where the feature was not computed
                         because the decision does not read it)
-OUT/summary.json        counts, verdict, decision, settings and config, versions, timings per stage, bad files
+OUT/summary.json        counts, verdict, decision, settings and config, versions, timings per stage, bad files,
+                        run_id
+OUT/fpindex-run.json    the run id and the sha256 of each file above, written last (outputs.py)
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +29,11 @@ from ..decide import Decision, Verdict
 from ..errors import FpindexError
 from ..load import image_id
 from ..search import Neighbours
-from ..utils import Timings, atomic_path, write_json_atomic, write_text_atomic
+from ..safeio import WriteError, _json_default, reason, pause_for_tests
+from ..utils import Timings
+from . import outputs
 
-OUTPUTS = ("predictions.csv", "submission.csv", "neighbours.parquet", "summary.json")
+OUTPUTS = outputs.OUTPUTS
 
 
 def submission_ids(images: list[str]) -> list[str]:
@@ -73,28 +78,46 @@ class AuditResult:
         summary = {**summary, "timings": timings.as_dict()}
         return cls(predictions, neighbours, decision.verdict, summary, decision, timings)
 
-    def save(self, out: str | Path) -> Path:
-        """Write the four output files into `out` (created if needed); summary.json last, with its timings
-        including the writing."""
+    def save(self, out: str | Path, run_id: str | None = None) -> Path:
+        """Write the four output files into `out` (created if needed) as one run (outputs.py): all or none of
+        them replace the previous run's; summary.json last, with its timings including the writing."""
         out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise FpindexError(f"output folder {out} is a file")
+        outputs.check_folder(out)
         ids = submission_ids(list(self.predictions["image"]))   # first: a shared stem leaves nothing half-written
-        with self.timings.stage("write"):
-            out.mkdir(parents=True, exist_ok=True)
-            has_p = self.decision.p_value is not None
-            p = self.predictions
-            write_text_atomic(out / "predictions.csv", _csv(
-                ((img, f"{s:.6f}", int(lab), f"{pv:.6g}" if has_p else "")
-                 for img, s, lab, pv in zip(p["image"], p["score"], p["label"], p["p_value"])),
-                header=["image", "score", "label", "p_value"]))
-            write_text_atomic(out / "submission.csv", _csv(zip(ids, p["label"].astype(int))))
-            with atomic_path(out / "neighbours.parquet") as tmp:
+        self.summary["run_id"] = run_id = run_id or outputs.new_run_id()
+        staged: dict[str, Path] = {}
+        try:
+            with self.timings.stage("write"):
+                out.mkdir(parents=True, exist_ok=True)
+                outputs.recover(out)
+                has_p = self.decision.p_value is not None
+                p = self.predictions
+                self._text(out, staged, "predictions.csv", _csv(
+                    ((img, f"{s:.6f}", int(lab), f"{pv:.6g}" if has_p else "")
+                     for img, s, lab, pv in zip(p["image"], p["score"], p["label"], p["p_value"])),
+                    header=["image", "score", "label", "p_value"]))
+                self._text(out, staged, "submission.csv", _csv(zip(ids, p["label"].astype(int))))
+                staged["neighbours.parquet"] = tmp = outputs.stage(out, "neighbours.parquet")
                 # Column by column from numpy: pandas conversion would turn NaN ("not computed") into null.
                 pq.write_table(pa.table({c: self.neighbours[c].to_numpy() for c in self.neighbours.columns}), tmp)
-        self.summary["timings"] = self.timings.as_dict()
-        write_json_atomic(out / "summary.json", self.summary)
+            self.summary["timings"] = self.timings.as_dict()
+            self._text(out, staged, "summary.json", json.dumps(self.summary, indent=2, default=_json_default) + "\n")
+            pause_for_tests("outputs-staged")
+            outputs.commit(out, run_id, staged)
+        except OSError as e:
+            raise WriteError(out, reason(e)) from None
+        finally:
+            for tmp in staged.values():
+                tmp.unlink(missing_ok=True)
         return out
+
+    @staticmethod
+    def _text(out: Path, staged: dict[str, Path], name: str, text: str) -> None:
+        staged[name] = tmp = outputs.stage(out, name)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise WriteError(out / name, reason(e)) from None
 
 
 def _csv(rows, header: list[str] | None = None) -> str:

@@ -25,9 +25,8 @@ from .. import __version__
 from ..errors import FpindexError
 from ..metrics import METRICS
 from ..utils import atomic_dir, write_text_atomic
+from .outputs import FILES, GENERATOR, MARK, REPORT, recover, verify
 
-REPORT, FILES, MARK = "report.html", "report_files", ".written-by-fpindex"
-GENERATOR = "fpindex report"
 META = ("image", "rank", "generated_id", "generated")    # neighbours.parquet columns that are not evidence
 LABEL_WORDS = {"1": 1, "used": 1, "true": 1, "yes": 1, "0": 0, "not_used": 0, "not used": 0, "unused": 0,
                "false": 0, "no": 0}
@@ -44,11 +43,12 @@ class Outputs:
 
 
 def read_outputs(out: str | Path) -> Outputs:
-    """Read OUT's summary.json, predictions.csv and neighbours.parquet; anything missing or damaged is one
-    FpindexError naming the file."""
+    """Read OUT's summary.json, predictions.csv and neighbours.parquet; anything missing or damaged, or files
+    of two runs together, is one FpindexError naming the file."""
     out = Path(out)
     if not out.is_dir():
         raise FpindexError(f"{out}: no such output folder (run `fpindex audit --out {out}` first)")
+    recover(out)                    # a save a kill cut short after its commit point is finished first
     path = out / "summary.json"
     if not path.is_file():
         raise FpindexError(f"{path}: no such file (is {out} an audit's output folder?)")
@@ -80,6 +80,7 @@ def read_outputs(out: str | Path) -> Outputs:
     lack = [c for c in META if c not in neighbours.columns]
     if lack:
         raise FpindexError(f"{path}: missing column(s) {', '.join(lack)}")
+    verify(out, summary)
     return Outputs(out, summary, predictions, neighbours)
 
 
@@ -192,6 +193,19 @@ def _galleries(o: Outputs, images: _Images, top: int, evidence: list[str]) -> li
     return out
 
 
+def _sensitivity(out: Path, files: Path) -> Optional[dict[str, Any]]:
+    """OUT/sensitivity.json and .png, when `fpindex sensitivity` wrote them there: shown in the report."""
+    table, png = out / "sensitivity.json", out / "sensitivity.png"
+    if not (table.is_file() and png.is_file()):
+        return None
+    try:
+        data = json.loads(table.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FpindexError(f"{table}: not valid JSON ({e})") from None
+    (files / "sensitivity.png").write_bytes(png.read_bytes())
+    return data
+
+
 def _owned(out: Path) -> None:
     """Refuse to replace a report.html or report_files/ that fpindex did not write."""
     page, files = out / REPORT, out / FILES
@@ -238,6 +252,7 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
         roc = bool(truth) and len(set(known[known >= 0].tolist())) == 2
         if roc:
             (tmp / "roc.png").write_bytes(plots.roc_curve(known[known >= 0], scores[known >= 0]))
+        sensitivity = _sensitivity(out, tmp)
         galleries = _galleries(o, images, top, evidence)
         anchors = {g["image"]: g["anchor"] for g in galleries}
         rows = [{"image": img, "score": float(sc), "score_text": _num(sc, ".4f"), "label": int(lab),
@@ -254,6 +269,7 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
             generator=f"{GENERATOR} {__version__}", s=s, verdict=s["verdict"], decision=s["decision"],
             threshold=threshold, evaluation=evaluation, metrics=METRICS, roc=roc, galleries=galleries,
             evidence=evidence, rows=rows, top=top, labelled=bool(truth), files=FILES,
+            canaries=s.get("canaries"), sensitivity=sensitivity,
             settings_json=json.dumps(s.get("settings", {}), indent=2, sort_keys=True),
             config_json=json.dumps(s.get("config", {}), indent=2, sort_keys=True),
             bad_files=[(name, b) for name, bad in (s.get("bad_files") or {}).items() for b in bad])

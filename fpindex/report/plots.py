@@ -68,3 +68,32 @@ def roc_curve(y_true: Sequence[int], score: Sequence[float]) -> bytes:
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8, loc="lower right")
     return _png(fig)
+
+
+def sensitivity_curves(rows: Sequence[dict], fpr: float) -> bytes:
+    """Recall at a fixed false-positive rate against strength: one panel and curve per plant kind, each in its
+    kind's own unit (a rotation in degrees and a blend's image count share no axis)."""
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    cols = min(4, len(kinds)) or 1
+    nrows = -(-len(kinds) // cols) or 1
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.0 * cols, 2.6 * nrows), layout="constrained", sharey=True,
+                             squeeze=False)
+    for ax, kind in zip(axes.ravel(), kinds):
+        mine = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["strength"])
+        x = [r["strength"] for r in mine]
+        y = [r["recall"] if r["recall"] is not None else np.nan for r in mine]
+        ax.plot(x, y, marker="o", color=COLOURS["used"])
+        ax.set_title(kind, fontsize=10)
+        ax.set_xlabel(mine[0].get("unit", "strength"), fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[len(kinds):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"recall at {fpr:.0%} FPR", fontsize=8)
+    return _png(fig)

@@ -10,7 +10,7 @@ import pytest
 from index_support import DIM, IDENTITY, built, rows
 
 from fpindex.config import IndexConfig
-from fpindex.errors import FpindexError
+from fpindex.errors import FpindexError, FpindexWarning
 from fpindex.index import (LISTS_FILE, MANIFEST_FILE, IndexStore, index_embeddings, read_embeddings, shard_add,
                            shard_merge, shard_train, write_embeddings)
 from fpindex.index.base import has_ondisk_lists
@@ -56,9 +56,10 @@ def test_format_1_index_still_loads(tmp_path, data):
     d = store.save(tmp_path / "old")
     m = json.loads((d / MANIFEST_FILE).read_text())
     m["format_version"] = 1
-    del m["search_params"]
+    del m["search_params"], m["files"], m["digest"]      # format 1 had neither search parameters nor checksums
     (d / MANIFEST_FILE).write_text(json.dumps(m))
-    loaded = IndexStore.load(d)
+    with pytest.warns(FpindexWarning, match="format version 1 records no checksums"):
+        loaded = IndexStore.load(d)
     assert loaded.ntotal == 100 and loaded.manifest["search_params"] == {}
 
 

@@ -1,0 +1,181 @@
+"""Canaries: what this audit would have caught, measured on this data in every audit with known-unused images.
+
+N known-unused real images are canary sources. Each gets transformed copies (plants.py: exact, rigid,
+elastic, noise, blur, intensity, crop, patch, blend, at a few strengths), embedded like the generated
+images. They are kept as marked rows beside the index, never in it: no other image ever sees them among its
+neighbours, so every other output is what it would be without canaries. The what-if pass re-scores each
+source with one planted copy at a time: its neighbours are its own k neighbours in the index merged with
+that copy (top k by cosine), pooled like any neighbours, then scored by the decision already fitted (the
+calibration still uses the sources' evidence without canaries). A canary is found when its p-value against
+the known-unused images is ≤ α (fixed thresholds, which have no null: when its label would be 1); the
+set-level verdict does not gate it, since the verdict is what canaries qualify.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .config import AuditConfig
+from .decide import Decision
+from .embed import Embedded, Embedder
+from .embed.stream import autocast, default_batch_size
+from .enhance import enhance_batch
+from .evidence import FEATURES, Evidence, Query, Run, compute_evidence
+from .evidence.compute import pool
+from .pixels import PixelStore
+from .plants import PLANTS, grid
+from .search import Neighbours
+from .utils import Timings, sha256_bytes
+
+
+@dataclass
+class Folder:
+    """The known-unused images the canaries come from, as the audit scored them (without canaries)."""
+
+    name: str                       # "not_used" or "reference"
+    emb: Embedded
+    nb: Neighbours
+    pair: dict[str, np.ndarray]     # per-neighbour values, n × k
+    evidence: Evidence
+
+
+def source_folder(method: str, available: set[str]) -> str | None:
+    """The folder whose images model the decision's null (and so can be canaries); None: none to use."""
+    order = ("reference", "not_used") if method == "reference" else ("not_used", "reference")
+    return next((n for n in order if n in available), None)
+
+
+class _Planted:
+    """The evidence runner's view of canary rows: 'real' = the sources, 'generated' = their planted copies."""
+
+    def __init__(self, real: np.ndarray, planted: np.ndarray) -> None:
+        self._real, self._planted = real, planted
+        self.size = real.shape[-1]
+
+    def real(self, rows: np.ndarray) -> np.ndarray:
+        return self._real[rows]
+
+    def generated(self, ids: np.ndarray) -> np.ndarray:
+        return self._planted[ids]
+
+    def check_generated(self, ids: np.ndarray) -> None:
+        pass
+
+
+def _embed(embedder: Embedder, cfg: AuditConfig, pixels: np.ndarray) -> np.ndarray:
+    bs = cfg.embed.batch_size or default_batch_size(embedder.spec.device)
+    out = [np.empty((0, embedder.dim), np.float32)]
+    for s in range(0, len(pixels), bs):
+        with autocast(embedder.spec.device, cfg.embed.precision):
+            out.append(embedder(enhance_batch(pixels[s:s + bs], cfg.embed.enhance)))
+    return np.concatenate(out)
+
+
+def run_canaries(cfg: AuditConfig, decision: Decision, folder: Folder, embedder: Embedder, pixels: PixelStore,
+                 attachments: dict[str, bytes], wanted: frozenset[str], names: list[str],
+                 cache_dir: str | None, timings: Timings | None = None,
+                 progress: Callable[[int, str], Any] | None = None) -> dict[str, Any]:
+    """Plant, embed and re-score the canaries; what summary.json's "canaries" holds."""
+    timings = timings or Timings()
+    c = cfg.canaries
+    emb, alpha = folder.emb, cfg.decide.alpha
+    n = min(c.n, len(emb.paths))
+    rng = np.random.default_rng([c.seed, 14])
+    order = rng.permutation(len(emb.paths))
+    cells = grid(c.kinds)
+    need = max(PLANTS.get(k).others(s) for k, s in cells)
+    pool_rows = order[:max(n, min(len(order), need + 1))]
+    files = emb.files()
+    with timings.stage("load"):
+        px = pixels.stack([files[r] for r in pool_rows.tolist()],
+                          lambda p, e: f"known-unused image {p} changed or vanished during the run ({e})")
+    rows: list[dict[str, Any]] = []
+    copies: list[np.ndarray] = []
+    skipped: dict[str, str] = {}
+    with timings.stage("enhance"):      # planting is a pixel transform, like enhancement
+        for i in range(n):
+            for j, (kind, strength) in enumerate(cells):
+                p = PLANTS.get(kind)
+                m = p.others(strength)
+                if m > len(pool_rows) - 1:
+                    skipped[f"{kind} {strength:g}"] = f"needs {m} other known-unused images, has {len(pool_rows) - 1}"
+                    continue
+                others = [px[(i + 1 + t) % len(pool_rows)] for t in range(m)]
+                copies.append(p(px[i], strength, np.random.default_rng([c.seed, i, j]), others))
+                rows.append({"source": emb.paths[int(pool_rows[i])], "row": int(pool_rows[i]), "slot": i,
+                             "kind": kind, "strength": strength})
+    if not rows:
+        return {"n_sources": 0, "skipped": skipped, "text": ["no canaries: no known-unused image to plant"]}
+    planted = np.stack(copies)
+    with timings.stage("embed"):
+        vec = _embed(embedder, cfg, planted)
+    src = np.array([r["row"] for r in rows])
+    slot = np.array([r["slot"] for r in rows])
+    cosine = np.einsum("ij,ij->i", emb.vectors[src], vec).astype(np.float32)
+    shas = [sha256_bytes(b"canary:" + x.tobytes()) for x in planted]
+    # The planted pair only: the sources' pairs with their own neighbours are the audit's, already computed.
+    pair_names = [f for f in names if FEATURES.get(f).level == "pair"]
+    q = Query(sha256=[emb.sha256[r] for r in src.tolist()], vectors=emb.vectors[src],
+              nb=Neighbours(np.arange(len(rows), dtype=np.int64)[:, None], cosine[:, None]),
+              gen_sha256=lambda ids: [shas[i] for i in ids.tolist()], gen_vectors=lambda ids: vec[ids],
+              images=_Planted(px[slot], planted), attachments=attachments, where="canaries")
+    run = Run(wanted=wanted, cache_dir=cache_dir, stage=timings.stage,
+              progress=progress or Run(wanted).progress, desc="re-rank canaries")
+    new_pair, _ = compute_evidence(q, run, pair_names)
+    evidence = _what_if(folder, src, cosine, new_pair, names)
+    with timings.stage("decide"):
+        score, p_value = decision.rescore(evidence)
+    if p_value is None:
+        found = score >= float(decision.details["threshold"])
+        criterion = f"{decision.details['score']} ≥ {decision.details['threshold']:g} (fixed threshold)"
+    else:
+        found = p_value <= alpha
+        criterion = f"p ≤ α = {alpha:g} against the {folder.name.replace('_', '-')} images"
+    for r, s, pv, f, cs, sha in zip(rows, score.tolist(), (p_value if p_value is not None else [None] * len(rows)),
+                                     found.tolist(), cosine.tolist(), shas):
+        r.pop("row"), r.pop("slot")
+        r.update(score=round(float(s), 6), p_value=None if pv is None else round(float(pv), 6), found=bool(f),
+                 cosine=round(float(cs), 6), sha256=sha)
+    table = _table(rows, n)
+    return {"n_sources": n, "requested": c.n, "source_folder": folder.name, "method": decision.method, "criterion": criterion,
+            "alpha": alpha, "kinds": {k: {"unit": PLANTS.get(k).unit, "help": PLANTS.help(k)}
+                                      for k in dict.fromkeys(k for k, _ in cells)},
+            "table": table, "text": [f"would have flagged {t['found']}/{t['planted']} {t['description']}"
+                                     for t in table],
+            "skipped": skipped, "planted": rows,
+            "note": "planted copies are kept beside the index, never in it; no other image's outputs change"}
+
+
+def _what_if(folder: Folder, src: np.ndarray, cosine: np.ndarray, new_pair: dict[str, np.ndarray],
+             names: list[str]) -> Evidence:
+    """Each canary row's evidence: its source's neighbours plus the planted copy, top k by cosine, pooled."""
+    ids, cos = folder.nb.ids[src], folder.nb.cosine[src].astype(np.float64)
+    k = ids.shape[1]
+    valid = np.c_[ids >= 0, np.ones(len(src), bool)]
+    key = np.where(valid, np.c_[cos, cosine], -np.inf)
+    order = np.argsort(-key, axis=1, kind="stable")[:, :k]
+    take = lambda a: np.take_along_axis(a, order, axis=1)   # noqa: E731
+    keep = take(valid)
+    scores = {}
+    for name in names:
+        if FEATURES.get(name).level == "pair":
+            scores[name] = pool(name, take(np.c_[folder.pair[name][src], new_pair[name]]), keep)
+        else:                               # fitted on the generated set: one planted image does not move it
+            scores[name] = folder.evidence.scores[name][src]
+    return Evidence(scores)
+
+
+def _table(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    out: dict[tuple[str, float], dict[str, Any]] = {}
+    for r in rows:
+        t = out.setdefault((r["kind"], r["strength"]), {
+            "kind": r["kind"], "strength": r["strength"], "unit": PLANTS.get(r["kind"]).unit,
+            "description": PLANTS.get(r["kind"]).describe(r["strength"]), "planted": 0, "found": 0})
+        t["planted"] += 1
+        t["found"] += int(r["found"])
+    for t in out.values():
+        t["rate"] = round(t["found"] / t["planted"], 4)
+    return list(out.values())
