@@ -85,7 +85,8 @@ def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedCo
                  skip_sha: set[str] | None = None, cache: ContentCache | None = None) -> Embedded:
     """Embed `files` (below `root`) in file order; unreadable files become `bad`, `skip_sha` ones are left out.
 
-    Images already in `pixels` are not decoded again; those decoded here are put there."""
+    Images already in `pixels` are not decoded again; those decoded here are put there. A preloaded image is
+    let go once its batch is done, so the ones the (bounded) store drops meanwhile are freed, not held here."""
     device = embedder.spec.device
     bs = cfg.batch_size or default_batch_size(device)
     workers = default_workers(len(files), bs) if cfg.workers is None else cfg.workers
@@ -103,6 +104,7 @@ def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedCo
         for batch in stream:
             embed_rows = []
             for it in batch.items:
+                was_preloaded = preloaded.pop(it.pos, None) is not None
                 timings.add("load", it.t_load)
                 timings.add("enhance", it.t_enhance)
                 if it.error is not None:
@@ -116,7 +118,7 @@ def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedCo
                 out.nbytes.append(it.nbytes)
                 if not it.cached:
                     embed_rows.append(row)
-                if pixels is not None and it.img is not None and it.pos not in preloaded:
+                if pixels is not None and it.img is not None and not was_preloaded:
                     pixels.put(files[it.pos], it.img)
             if batch.x is not None:
                 with timings.stage("embed"), autocast(device, cfg.precision):
