@@ -163,12 +163,18 @@ def test_copy_without_mtimes_is_hashed_and_loads(tmp_path):
     assert IndexStore.load(copy).ntotal == 12
 
 
-def test_build_add_updates_the_checksums(helpers, tmp_path):
+def built(helpers, tmp_path, n: int, seed: int):
+    """An index of n smooth generated images in tmp_path/idx; returns (generated folder, index folder)."""
     gen = tmp_path / "gen"
-    for i in range(4):
-        helpers.write_png(gen / f"g{i}.png", helpers.smooth_image(100 + i))
+    for i in range(n):
+        helpers.write_png(gen / f"g{i}.png", helpers.smooth_image(seed + i))
     d = tmp_path / "idx"
     build_index(gen, d, helpers.CFG)
+    return gen, d
+
+
+def test_build_add_updates_the_checksums(helpers, tmp_path):
+    gen, d = built(helpers, tmp_path, 4, 100)
     before = manifest_of(d)["files"]
     for i in range(4, 6):
         helpers.write_png(gen / f"g{i}.png", helpers.smooth_image(100 + i))
@@ -257,11 +263,7 @@ def test_old_format_number_with_checksums_is_refused(tmp_path):
 
 
 def test_old_index_re_saved_by_build_add_gets_checksums(helpers, tmp_path):
-    gen = tmp_path / "gen"
-    for i in range(3):
-        helpers.write_png(gen / f"g{i}.png", helpers.smooth_image(200 + i))
-    d = tmp_path / "idx"
-    build_index(gen, d, helpers.CFG)
+    gen, d = built(helpers, tmp_path, 3, 200)
     as_format_2(d)
     helpers.write_png(gen / "g3.png", helpers.smooth_image(203))
     with pytest.warns(FpindexWarning, match="records no checksums"):
