@@ -341,3 +341,11 @@ def test_report_errors_are_one_line_exit_2(monkeypatch, capsys, tmp_path, case, 
     lines = cap.err.strip().splitlines()
     assert len(lines) == 1 and re.fullmatch(rf"fpindex: error: {expected}", lines[0]), lines
     assert not (out / "report.html").exists()
+
+
+def test_python_dash_m_fpindex_is_the_command_line():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "fpindex", "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().startswith("fpindex")

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fpindex"
 STAGES = ["load", "pixels", "enhance", "embed", "index", "search", "evidence", "decide", "report"]
 SUPPORT = {"errors", "registry", "utils", "safeio", "config", "cache", "devices", "metrics", "plants"}
 ABOVE = {"pipeline", "api", "cli", "demo", "evaluate", "presets", "canaries", "simulator", "sweep", "engine",
-         "__init__"}   # compose the stages
+         "__main__", "__init__"}   # compose the stages
 
 
 def _module(path: Path) -> str:
