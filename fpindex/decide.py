@@ -246,12 +246,28 @@ def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
     details["weights"] = dict(zip(features, np.round(clf.w, 6).tolist()))
     p = clf.predict_proba(target.matrix(features))
     label = (p >= 0.5) if verdict.leakage else np.zeros(len(p), bool)
+    if clf.w.any():
+        def ranked(m: np.ndarray) -> np.ndarray:
+            return clf.predict_proba(m)
+        null = p_cv[y == 0]
+    else:
+        # No direction learnt (a clean generator's labelled split): every P is 0.5 and would rank nothing. The
+        # per-image p-values then read the monotone prior — every feature, standardised on the labelled images,
+        # with equal weight — against the not-used images, so an image far more similar than any unused one
+        # (a canary's exact copy) still stands out; labels stay 0 without a verdict.
+        mu, sd = x.mean(0), np.where(x.std(0) > 0, x.std(0), 1.0)
+
+        def ranked(m: np.ndarray) -> np.ndarray:
+            return ((m - mu) / sd).mean(1)
+        null = ranked(x[y == 0])
+        details["p_values"] = "monotone prior (equal weights on standardised features): the fit found no direction"
+
     def rescore(ev: Evidence) -> tuple[np.ndarray, np.ndarray]:
-        q = clf.predict_proba(ev.matrix(features))
-        return q, empirical_p(q, p_cv[y == 0])
+        m = ev.matrix(features)
+        return clf.predict_proba(m), empirical_p(ranked(m), null)
 
     return Decision(score=p, label=label.astype(np.int8), method="calibrated", verdict=verdict,
-                    p_value=empirical_p(p, p_cv[y == 0]), details=details, rescore=rescore)
+                    p_value=empirical_p(ranked(target.matrix(features)), null), details=details, rescore=rescore)
 
 
 def storey_share(p: np.ndarray, lam: float = 0.5) -> float:

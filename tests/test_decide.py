@@ -289,3 +289,19 @@ def test_calibrated_refuses_evidence_sets_with_other_features():
         decide(cfg, target, Labelled(used=used, not_used=Evidence({"cosine": not_used.scores["cosine"]})))
     with pytest.raises(FpindexError, match="^the real images' evidence lacks feature.s. toy that the fusion reads$"):
         decide(cfg, Evidence({"cosine": target.scores["cosine"]}), Labelled(used=used, not_used=not_used))
+
+
+def test_calibrated_without_a_direction_still_gives_p_values_from_the_monotone_prior():
+    """A labelled split where NNLS finds no direction (used images no more similar): every P is 0.5 and nothing
+    is labelled, but an image more similar than every not-used one on every feature (an exact copy) still gets
+    the smallest p-value, here and in rescore."""
+    rng = np.random.default_rng(7)
+    used = Evidence({f: rng.normal(-0.8, 1, 60) for f in FEATURES})
+    not_used = Evidence({f: rng.normal(0.0, 1, 60) for f in FEATURES})
+    target = Evidence({f: np.r_[rng.normal(0.0, 1, 30), 9.0] for f in FEATURES})
+    d = decide(DecideConfig(method="calibrated"), target, Labelled(used=used, not_used=not_used))
+    assert not any(d.details["weights"].values()) and "monotone prior" in d.details["p_values"]
+    assert np.all(d.score == 0.5) and not d.label.any() and d.verdict.leakage is False
+    assert d.p_value[-1] == pytest.approx(1 / 61) and np.median(d.p_value[:-1]) > 0.2
+    score, p = d.rescore(Evidence({f: np.array([9.0, 0.0]) for f in FEATURES}))
+    assert np.all(score == 0.5) and p[0] == pytest.approx(1 / 61) and p[1] > p[0]
