@@ -212,10 +212,36 @@ def _oof_scores(x: np.ndarray, y: np.ndarray, splits) -> np.ndarray:
     return out
 
 
-@DECIDERS.register("calibrated", "cosine, SSIM and Jaccard fused with non-negative weights fitted on labelled images")
-def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
+@dataclass(frozen=True)
+class CrossFit:
+    """Out-of-fold P and fused score of every image, the folds' weights, and the permutation test of the whole
+    cross-validated fit: how often do shuffled labels separate as well?"""
+
+    p: np.ndarray
+    score: np.ndarray
+    weights: list[np.ndarray]
+    observed_auc: float
+    perm_p: float
+
+
+def cross_fit(x: np.ndarray, y: np.ndarray, folds: int, cfg: DecideConfig) -> CrossFit:
     from sklearn.model_selection import StratifiedKFold
 
+    splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed).split(x, y))
+    p_cv, s_cv, weights = np.empty(len(y)), np.empty(len(y)), []
+    for tr, te in splits:
+        fold = MonotoneScore().fit(x[tr], y[tr])
+        p_cv[te], s_cv[te] = fold.predict_proba(x[te]), fold.score(x[te])
+        weights.append(fold.w)
+    observed = rank_auc(y, s_cv)
+    rng = np.random.default_rng(cfg.seed)
+    null = [rank_auc(yp, _oof_scores(x, yp, splits)) for yp in (rng.permutation(y) for _ in range(cfg.permutations))]
+    perm_p = (1.0 + np.sum(np.asarray(null) >= observed)) / (1.0 + cfg.permutations)
+    return CrossFit(p_cv, s_cv, weights, observed, float(perm_p))
+
+
+@DECIDERS.register("calibrated", "cosine, SSIM and Jaccard fused with non-negative weights fitted on labelled images")
+def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
     if data.used is None or data.not_used is None or len(data.used) == 0 or len(data.not_used) == 0:
         raise FpindexError("decision 'calibrated' needs labelled images: pass both --used DIR and --not-used DIR")
     features = _features(target, data.used, data.not_used)
@@ -226,21 +252,12 @@ def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
                                "n_not_used": len(data.not_used)}
     if folds < 2:
         raise FpindexError("decision 'calibrated' needs at least 2 used and 2 not-used images")
-    splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed).split(x, y))
-    p_cv, s_cv = np.empty(len(y)), np.empty(len(y))
-    for tr, te in splits:
-        fold = MonotoneScore().fit(x[tr], y[tr])
-        p_cv[te], s_cv[te] = fold.predict_proba(x[te]), fold.score(x[te])
+    cv = cross_fit(x, y, folds, cfg)
+    p_cv = cv.p
     details["cross_validation"] = {"folds": folds, **metrics(y, (p_cv >= 0.5).astype(int), p_cv)}
-    # Permutation test of the whole cross-validated fit: how often do shuffled labels separate as well?
-    observed = rank_auc(y, s_cv)
-    rng = np.random.default_rng(cfg.seed)
-    null = [rank_auc(yp, _oof_scores(x, yp, splits)) for yp in (rng.permutation(y) for _ in range(cfg.permutations))]
-    perm_p = (1.0 + np.sum(np.asarray(null) >= observed)) / (1.0 + cfg.permutations)
-    auc = details["cross_validation"]["auc"]
-    verdict = Verdict(leakage=bool(perm_p <= cfg.alpha and observed > 0.5), alpha=cfg.alpha,
-                      basis="labelled split (cross-validated)", auc=auc,
-                      ci=bootstrap_auc_ci(p_cv[y == 1], p_cv[y == 0], cfg.seed), p_value=float(perm_p))
+    verdict = Verdict(leakage=bool(cv.perm_p <= cfg.alpha and cv.observed_auc > 0.5), alpha=cfg.alpha,
+                      basis="labelled split (cross-validated)", auc=details["cross_validation"]["auc"],
+                      ci=bootstrap_auc_ci(p_cv[y == 1], p_cv[y == 0], cfg.seed), p_value=cv.perm_p)
     clf = MonotoneScore().fit(x, y)
     details["model"] = "non-negative weights on standardised scores (NNLS), Platt-scaled"
     details["weights"] = dict(zip(features, np.round(clf.w, 6).tolist()))
@@ -284,8 +301,6 @@ def positive_unlabelled(cfg: DecideConfig, target: Evidence, data: Labelled) -> 
     tells the two apart can only do so by what the used ones add, so it ranks the real images by membership.
     Every image is scored by a fold model that never saw it, so no image vouches for itself; the verdict is the
     permutation test of that cross-fitted separation, as for `calibrated`."""
-    from sklearn.model_selection import StratifiedKFold
-
     ref = data.reference if data.reference is not None else data.not_used
     if ref is None or len(ref) == 0:
         raise FpindexError("decision 'pu' needs known-unused real images: pass --reference DIR or --not-used DIR")
@@ -296,21 +311,11 @@ def positive_unlabelled(cfg: DecideConfig, target: Evidence, data: Labelled) -> 
         raise FpindexError("decision 'pu' needs at least 2 real images and 2 known-unused ones")
     x = np.vstack([target.matrix(features), ref.matrix(features)])
     y = np.r_[np.ones(n_t, np.int8), np.zeros(n_r, np.int8)]
-    splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed).split(x, y))
-    p_cv, s_cv = np.empty(len(y)), np.empty(len(y))
-    weights = []
-    for tr, te in splits:
-        fold = MonotoneScore().fit(x[tr], y[tr])
-        p_cv[te], s_cv[te] = fold.predict_proba(x[te]), fold.score(x[te])
-        weights.append(fold.w)
-    observed = rank_auc(y, s_cv)
-    rng = np.random.default_rng(cfg.seed)
-    null = [rank_auc(yp, _oof_scores(x, yp, splits)) for yp in (rng.permutation(y) for _ in range(cfg.permutations))]
-    perm_p = (1.0 + np.sum(np.asarray(null) >= observed)) / (1.0 + cfg.permutations)
-    score, null_score = p_cv[:n_t], p_cv[n_t:]
-    verdict = Verdict(leakage=bool(perm_p <= cfg.alpha and observed > 0.5), alpha=cfg.alpha,
-                      basis="real images vs the reference (cross-fitted)", auc=round(rank_auc(y, p_cv), 4),
-                      ci=bootstrap_auc_ci(score, null_score, cfg.seed), p_value=float(perm_p))
+    cv = cross_fit(x, y, folds, cfg)
+    score, null_score = cv.p[:n_t], cv.p[n_t:]
+    verdict = Verdict(leakage=bool(cv.perm_p <= cfg.alpha and cv.observed_auc > 0.5), alpha=cfg.alpha,
+                      basis="real images vs the reference (cross-fitted)", auc=round(rank_auc(y, cv.p), 4),
+                      ci=bootstrap_auc_ci(score, null_score, cfg.seed), p_value=cv.perm_p)
     p = empirical_p(score, null_score)
     label = (p <= cfg.alpha) if verdict.leakage else np.zeros(n_t, bool)
     share = storey_share(p)
@@ -318,7 +323,7 @@ def positive_unlabelled(cfg: DecideConfig, target: Evidence, data: Labelled) -> 
     shares = [storey_share(empirical_p(boot.choice(score, n_t), boot.choice(null_score, n_r))) for _ in range(200)]
     details = {"features": list(features), "n_reference": n_r, "folds": folds,
                "model": "non-negative weights on standardised scores (NNLS), Platt-scaled, per fold",
-               "weights": dict(zip(features, np.round(np.mean(weights, 0), 6).tolist())),
+               "weights": dict(zip(features, np.round(np.mean(cv.weights, 0), 6).tolist())),
                "used_share": {"estimate": round(share, 4), "ci95": [round(float(v), 4) for v in
                                                                     np.percentile(shares, [2.5, 97.5])],
                               "method": "Storey's pi0 at lambda 0.5 on the per-image p-values, bootstrap interval"},
