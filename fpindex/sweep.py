@@ -20,7 +20,7 @@ from .config import AuditConfig
 from .errors import FpindexError
 from .plants import PLANTS, grid
 from .simulator import simulate
-from .metrics import metrics
+from .metrics import metrics, tpr_at_fpr
 from .utils import atomic_path, versions, write_json_atomic, write_text_atomic
 
 COLUMNS = ("kind", "strength", "unit", "description", "recall", "auc", "n_used", "n_not_used", "flagged",
@@ -28,13 +28,12 @@ COLUMNS = ("kind", "strength", "unit", "description", "recall", "auc", "n_used",
 
 
 def recall_at_fpr(y: np.ndarray, s: np.ndarray, fpr: float) -> float | None:
-    """The best true-positive rate whose false-positive rate is at most `fpr` (from the ROC curve)."""
+    """Recall at a fixed false-positive rate (metrics.tpr_at_fpr); None with one class only."""
     from sklearn.metrics import roc_curve
 
     if len(set(y.tolist())) < 2:
         return None
-    f, t, _ = roc_curve(y, s)
-    return round(float(t[f <= fpr + 1e-12].max()), 6)
+    return round(tpr_at_fpr(roc_curve(y, s), fpr), 6)
 
 
 def sensitivity(real: str | Path, out: str | Path, generated: str | Path | None = None, *,
