@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from .config import AuditConfig, DecideConfig, EmbedConfig, RunConfig
+from .plants import write_png
 from .utils import write_json_atomic, write_text_atomic
 
 
@@ -79,13 +80,6 @@ def _replay(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list
     return out, [{"kind": k, "strength": round(s, 6)} for k, s in steps]
 
 
-def _save(path: Path, img: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(".png", np.clip(np.rint(img * 255), 0, 255).astype(np.uint8))
-    assert ok
-    path.write_bytes(buf.tobytes())
-
-
 def make_scenario(root: str | Path, seed: int = 0, size: ScenarioSize = ScenarioSize()) -> Path:
     """Write a scenario under `root`; deterministic for a given seed and size."""
     rng = np.random.default_rng(seed)
@@ -106,9 +100,9 @@ def make_scenario(root: str | Path, seed: int = 0, size: ScenarioSize = Scenario
     test_not = patients_images(size.n_test_each)
     members = train_used + test_used
     for i, img in enumerate(train_used):
-        _save(root / "train" / "used" / f"used_{i:05d}.png", img)
+        write_png(root / "train" / "used" / f"used_{i:05d}.png", img)
     for i, img in enumerate(train_not):
-        _save(root / "train" / "not_used" / f"not_used_{i:05d}.png", img)
+        write_png(root / "train" / "not_used" / f"not_used_{i:05d}.png", img)
     test = [(img, 1) for img in test_used] + [(img, 0) for img in test_not]
     order = rng.permutation(len(test))
     rows = []
@@ -116,7 +110,7 @@ def make_scenario(root: str | Path, seed: int = 0, size: ScenarioSize = Scenario
     for j, t in enumerate(order):
         img, label = test[t]
         name = f"real_{j:05d}.png"
-        _save(root / "test" / name, img)
+        write_png(root / "test" / name, img)
         rows.append((name, label))
         test_name[int(t)] = name
     rows_by_member = [(test_name[i], 1) for i in range(len(test_used))]   # test members, in `members` order
@@ -132,7 +126,7 @@ def make_scenario(root: str | Path, seed: int = 0, size: ScenarioSize = Scenario
     gen = replays + [(img, None) for img in fresh]
     planted = []
     for j, t in enumerate(rng.permutation(len(gen))):
-        _save(root / "generated" / f"gen_{j:05d}.png", gen[t][0])
+        write_png(root / "generated" / f"gen_{j:05d}.png", gen[t][0])
         if gen[t][1] is not None:
             planted.append({"generated": f"generated/gen_{j:05d}.png", **gen[t][1]})
     write_json_atomic(root / "planted.json", {"planted": planted, "seed": seed, "size": asdict(size)})

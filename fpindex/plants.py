@@ -10,6 +10,7 @@ sizes are fractions of the side, so a strength means the same at 64 px and at 25
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import cv2
@@ -46,6 +47,16 @@ PLANTS: Registry[Plant] = Registry("plant kind")
 
 def quantise(img: np.ndarray) -> np.ndarray:
     return (np.rint(np.clip(img, 0, 1) * 255.0) / 255.0).astype(np.float32)
+
+
+def write_png(path: str | Path, img: np.ndarray) -> None:
+    """An image in [0, 1] as an 8-bit PNG: how the demo and the simulator write what they make."""
+    path = Path(path)
+    ok, buf = cv2.imencode(".png", np.clip(np.rint(img * 255), 0, 255).astype(np.uint8))
+    if not ok:
+        raise FpindexError(f"cannot encode {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.tobytes())
 
 
 def plant(name: str, unit: str, strengths: tuple[float, ...], noun: str, help: str,

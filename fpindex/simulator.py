@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 
 from .errors import FpindexError
 from .load import list_images, load_image, split_frame
-from .plants import PLANTS, grid
+from .plants import PLANTS, grid, write_png
 from .utils import atomic_dir, versions, write_json_atomic, write_text_atomic
 
 
@@ -85,14 +84,6 @@ def _halves(groups: list[list[Path]]) -> tuple[list[Path], list[Path]]:
     return a, b
 
 
-def _write_png(path: Path, img: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", np.clip(np.rint(img * 255), 0, 255).astype(np.uint8))
-    if not ok:
-        raise FpindexError(f"cannot encode {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buf.tobytes())
-
-
 def _copy(src: Path, dst_stem: Path, size: int) -> Path:
     """Byte copy of a plain file (same suffix); a frame of a multi-image file as a PNG of its pixels."""
     base, k = split_frame(src)
@@ -102,7 +93,7 @@ def _copy(src: Path, dst_stem: Path, size: int) -> Path:
         shutil.copyfile(base, dst)
     else:
         dst = dst_stem.with_suffix(".png")
-        _write_png(dst, _pixels(src, size))
+        write_png(dst, _pixels(src, size))
     return dst
 
 
@@ -195,7 +186,7 @@ def simulate(real: str | Path, out: str | Path, generated: str | Path | None = N
                 shutil.copyfile(src, dst)
             else:
                 others = [_pixels(gen_sources[t], size) for t in mix]
-                _write_png(dst, p(_pixels(src, size), strength, np.random.default_rng([seed, 11, j]), others))
+                write_png(dst, p(_pixels(src, size), strength, np.random.default_rng([seed, 11, j]), others))
             planted.append({"generated": rel(dst), "source": origin[src], "original": str(src), "kind": kind,
                             "strength": strength, "description": p.describe(strength), "rng": [seed, 11, j],
                             "mixed_in": [gen_names[t] for t in mix]})
