@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--weights", default=None)
     ap.add_argument("--enhance", default="none")
     ap.add_argument("--image-size", type=int, default=None)
-    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--k", type=int, default=EvidenceConfig().k)
     ap.add_argument("--seed", type=int, default=0, help="seed of the embedding (random weights, self-supervised "
                     "training, samples); rows of other seeds are labelled 'seed N' and kept beside seed 0's")
     ap.add_argument("--label", default=None, help="row label (default: model+enhance)")

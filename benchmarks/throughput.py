@@ -285,7 +285,7 @@ def main() -> None:
                     help="generated files for parts 1-2 (cycled if fewer); at 1024 a filter's measured overhead "
                          "moved by ±7 %% between runs")
     ap.add_argument("--pairs", type=int, default=2000, help="audit pairs for part 3")
-    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--k", type=int, default=EvidenceConfig().k)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--parts", default="forward,stage,enhance,precision,ssim,audit")
     ap.add_argument("--label", default="", help="suffix of the JSON file name")

@@ -91,7 +91,7 @@ class IndexConfig:
 
 @dataclass(frozen=True)
 class EvidenceConfig:
-    k: int = 10                      # neighbours retrieved per real image
+    k: int = 20                      # neighbours retrieved per real image (partial copies rank low: deep enough)
     features: tuple[str, ...] | None = None   # None: every registered feature (fpindex/evidence/)
 
     def __post_init__(self) -> None:

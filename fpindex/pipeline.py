@@ -31,7 +31,7 @@ from .load import ReadOptions, check_distinct, list_folder, list_images
 from .pixels import PixelStore, QueryImages
 from .report import AuditResult, submission_ids
 from .safeio import recover_dir, refuse_special, shown
-from .search import search
+from .search import Neighbours, search, search_real
 from .utils import Timings, versions
 
 
@@ -225,7 +225,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
     # Fusing decisions read every feature; fixed and reference ones read one score only.
     wanted = frozenset(names) if method in FUSING else frozenset({config.decide.score})
     bar = progress_bar(config.run.quiet)
-    results: dict[str, tuple[Embedded, Any, dict[str, np.ndarray], Evidence]] = {}
+    searched: dict[str, tuple[Embedded, Neighbours]] = {}
     for name, (root, files) in listed.items():
         emb = engine.embed_folder(root, files, embedder, embed_cfg, timings, bar, f"embed {name}", pixels=pixels,
                                   cache=cache)
@@ -233,11 +233,21 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
         if name == "real" and not emb.paths:
             raise FpindexError(f"real-image folder {root}: none of its {len(files)} images could be read")
         with timings.stage("search"):
-            nb = search(store, emb.vectors, config.evidence.k)
+            searched[name] = (emb, search(store, emb.vectors, config.evidence.k))
+    # Every real image of the audit is the background of every other (evidence/density_ratio.py): only searched
+    # when a feature that will be computed reads it.
+    background = [None] * len(searched)
+    depth = max([FEATURES.get(f).real_k for f in names if "real_neighbours" in FEATURES.get(f).needs
+                 and (not FEATURES.get(f).on_demand or f in wanted)], default=0)
+    if depth:
+        with timings.stage("search"):
+            background = search_real([(e.vectors, e.sha256) for e, _ in searched.values()], depth)
+    results: dict[str, tuple[Embedded, Any, dict[str, np.ndarray], Evidence]] = {}
+    for (name, (emb, nb)), real_cosine in zip(searched.items(), background):
         q = Query(sha256=emb.sha256, vectors=emb.vectors, nb=nb,
                   gen_sha256=lambda ids: store.items.column("sha256").take(ids).to_pylist(),
                   gen_vectors=store.reconstruct, images=QueryImages(pixels, emb.files(), store),
-                  attachments=store.attachments, where=str(store.directory or "in memory"))
+                  attachments=store.attachments, where=str(store.directory or "in memory"), real_cosine=real_cosine)
         run = Run(wanted=wanted, cache_dir=cache_root(embed_cfg),
                   stage=timings.stage, progress=bar, desc=f"re-rank {name}")
         pair, ev = engine.evidence(q, run, names)
@@ -273,7 +283,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
     if build_summary is not None:
         summary["build"] = {k: v for k, v in build_summary.items() if k != "manifest"}
     return AuditResult.of(emb.paths, decision, nb, pair, np.array(store.paths(nb.ids), dtype=object), summary,
-                          timings)
+                          timings, evidence={name: r[3] for name, r in results.items()})
 
 
 def audit(generated: str | Path, real: str | Path, config: AuditConfig, index_dir: str | Path | None = None,

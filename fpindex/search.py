@@ -32,3 +32,32 @@ def search(store: IndexStore, vectors: np.ndarray, k: int, batch: int = 4096) ->
         sims.append(d)
         ids.append(i)
     return Neighbours(ids=np.concatenate(ids), cosine=np.concatenate(sims).astype(np.float32))
+
+
+def search_real(groups: list[tuple[np.ndarray, list[str]]], k: int, batch: int = 4096) -> list[np.ndarray]:
+    """For every real image of every group (vectors, content hashes), the cosines of its k nearest *other* real
+    images over all groups, best first, NaN where there are fewer: the background against which a similarity
+    to the generated set says more than how typical an image is. An image is never its own neighbour, nor are
+    its byte-identical copies (by hash). Exhaustive inner-product search in FAISS, batched (no n × n matrix)."""
+    import faiss
+
+    vectors = [np.ascontiguousarray(v, np.float32) for v, _ in groups]
+    shas = np.array([s for _, sh in groups for s in sh], dtype=object)
+    n = len(shas)
+    out = [np.full((len(v), k), np.nan, np.float32) for v in vectors]
+    if n < 2 or k < 1:
+        return out
+    index = faiss.IndexFlatIP(vectors[0].shape[1])
+    index.add(np.concatenate(vectors))
+    _, counts = np.unique(shas, return_counts=True)
+    kk = min(n, k + int(counts.max()))          # room for the image itself and its copies
+    start = 0
+    for v, o in zip(vectors, out):
+        for s in range(0, len(v), batch):
+            d, i = index.search(v[s:s + batch], kk)
+            own = shas[start + s:start + s + len(d)]
+            for r in range(len(d)):
+                keep = d[r][(i[r] >= 0) & (shas[np.maximum(i[r], 0)] != own[r])][:k]
+                o[s + r, :len(keep)] = keep
+        start += len(v)
+    return out

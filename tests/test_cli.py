@@ -158,7 +158,7 @@ def test_demo(runner, tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
     nb = pq.read_table(res / "neighbours.parquet")
-    assert nb.num_rows == 40 * 10
+    assert nb.num_rows == 40 * EvidenceConfig().k
     assert set(nb.column_names) >= {"image", "rank", "generated", "cosine", "ssim", "ssim_aligned", "jaccard"}
 
     summary = json.loads((res / "summary.json").read_text())

@@ -15,14 +15,15 @@ FEATURES = tuple(REGISTRY.names())
 DEFAULT_THRESHOLDS = thresholds()
 
 
-def ev(cosine, ssim=None, jaccard=None, subspace=None, ssim_aligned=None):
+def ev(cosine, ssim=None, jaccard=None, subspace=None, ssim_aligned=None, bandpass=None, density_ratio=None):
     cosine = np.asarray(cosine, float)
 
     def given(v):
         return np.asarray(v if v is not None else np.zeros_like(cosine), float)
 
     return Evidence({"cosine": cosine, "ssim": given(ssim), "jaccard": given(jaccard), "subspace": given(subspace),
-                     "ssim_aligned": given(ssim_aligned)})
+                     "ssim_aligned": given(ssim_aligned), "bandpass": given(bandpass),
+                     "density_ratio": given(density_ratio)})
 
 
 def synthetic(n, used, seed):
@@ -34,10 +35,11 @@ def synthetic(n, used, seed):
 
 
 def test_evidence_matrix_in_feature_order():
-    e = ev([0.1, 0.2], [0.3, 0.4], [0.5, 0.6], [0.7, 0.8], [0.9, 1.0])
-    assert len(e) == 2 and FEATURES == ("cosine", "ssim", "jaccard", "subspace", "ssim_aligned")
+    e = ev([0.1, 0.2], [0.3, 0.4], [0.5, 0.6], [0.7, 0.8], [0.9, 1.0], [1.1, 1.2], [1.3, 1.4])
+    assert len(e) == 2 and FEATURES == ("cosine", "ssim", "jaccard", "subspace", "ssim_aligned", "bandpass",
+                                        "density_ratio")
     assert e.features == FEATURES
-    np.testing.assert_array_equal(e.matrix(), [[0.1, 0.3, 0.5, 0.7, 0.9], [0.2, 0.4, 0.6, 0.8, 1.0]])
+    np.testing.assert_array_equal(e.matrix(), [[0.1, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3], [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4]])
 
 
 def test_evidence_carries_its_own_feature_order():
@@ -69,7 +71,7 @@ def test_fixed_other_score_and_threshold():
 
 def test_unknown_score():
     with pytest.raises(FpindexError, match="unknown score 'psnr'; choose from: cosine, ssim, jaccard, subspace, "
-                                          "ssim_aligned$"):
+                                          "ssim_aligned, bandpass, density_ratio$"):
         decide(DecideConfig(method="fixed", score="psnr"), ev([0.5]), Labelled())
 
 

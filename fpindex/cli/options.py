@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import typer
 
-from ..config import MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE, AuditConfig, EmbedConfig
+from ..config import MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE, AuditConfig, EmbedConfig, EvidenceConfig
 from ..decide import DECIDERS
 from ..embed import EMBEDDERS
 from ..enhance import ENHANCERS, parse_enhance
@@ -89,7 +89,8 @@ O_EF_SEARCH = typer.Option(None, "--ef-search", min=1, help="HNSW search breadth
                            "like --nprobe.", rich_help_panel="Index")
 O_TARGET = typer.Option(0.95, "--target-recall", min=0.0, max=1.0, help="Recall@10 against exact search that "
                         "the tuned search parameters must reach (on a held-out sample).", rich_help_panel="Index")
-O_K = typer.Option(10, "--k", "-k", min=1, help="Nearest generated images retrieved per real image.",
+O_K = typer.Option(EvidenceConfig().k, "--k", "-k", min=1, help="Nearest generated images retrieved per real "
+                   "image; the pair-level evidence is the best over them.",
                    rich_help_panel="Decision")
 O_DECISION = typer.Option(Method("auto"), "--decision", help=DECISION_HELP, rich_help_panel="Decision")
 SCORE_HELP = ("Evidence feature that fixed and reference decisions use: " +

@@ -1,6 +1,7 @@
 """Re-ranking on the cluster: the real images in batches, each batch a Ray task running evidence/compute.py's
 `compute_evidence` on its own rows (with the stored hashes, vectors and paths of just their neighbours), the
-results joined in row order. Every feature is per pair or per image, so the batches add up to the whole."""
+results joined in row order. Every feature is per pair or per image (the one that reads the whole audit's real
+images gets its rows' share of that search, done on the driver), so the batches add up to the whole."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class _Part:
     gen_vectors: np.ndarray
     gen_paths: list[str]              # checked to stay inside their root on the driver
     gen_sizes: list[int]
+    real_cosine: np.ndarray | None = None   # rows × k: the rows' nearest other real images (whole audit's)
 
 
 class _PartFiles:
@@ -61,7 +63,7 @@ def _task(part: _Part, attachments: dict[str, bytes], where: str, size: int, rea
     images = QueryImages(PixelStore(size, read=read), part.real_paths, files)
     q = Query(sha256=part.sha256, vectors=part.vectors, nb=part.nb, gen_sha256=files.sha256,
               gen_vectors=lambda ids: part.gen_vectors[files._at(ids)], images=images, attachments=attachments,
-              where=where)
+              where=where, real_cosine=part.real_cosine)
     pair, ev = compute_local(q, Run(wanted=wanted, cache_dir=cache_dir), names)
     return pair, ev.scores
 
@@ -89,7 +91,8 @@ def compute_evidence(q: Query, run: Run, features: Sequence[str] | None = None
             part = _Part(sha256=[q.sha256[r] for r in rows.tolist()], vectors=q.vectors[rows],
                          nb=Neighbours(ids, cos), real_paths=[str(images.real_paths[r]) for r in rows.tolist()],
                          gen_ids=u, gen_sha256=q.gen_sha256(u), gen_vectors=q.gen_vectors(u),
-                         gen_paths=images.index.files(u), gen_sizes=images.index.sizes(u))
+                         gen_paths=images.index.files(u), gen_sizes=images.index.sizes(u),
+                         real_cosine=None if q.real_cosine is None else q.real_cosine[rows])
             refs.append(task.remote(part, shared[0], q.where, images.size, images.store.reader.read,
                                     run.wanted, run.cache_dir, names))
         done = []

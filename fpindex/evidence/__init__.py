@@ -2,10 +2,10 @@
 
 Each feature is one module here (`Feature` in base.py, registered in `FEATURES`); importing this package
 registers the built-in ones, in the order their scores appear everywhere (decision, outputs, docs):
-cosine, ssim, jaccard, subspace, ssim_aligned. `compute_evidence` runs them over one folder's neighbours.
+cosine, ssim, jaccard, subspace, ssim_aligned, bandpass, density_ratio. `compute_evidence` runs them over one folder's neighbours.
 """
 
-from . import cosine, ssim, jaccard, subspace, ssim_aligned  # noqa: F401  (registration, in this order)
+from . import cosine, ssim, jaccard, subspace, ssim_aligned, bandpass, density_ratio  # noqa: F401  (registration, in this order)
 from .base import FEATURES, Evidence, Feature, FitInput, ImageBatch, PairBatch, feature, thresholds
 from .compute import Query, Run, compute_evidence
 

@@ -5,7 +5,8 @@ the CLI's choices and help, `summary.json`, the decision and the docs all take t
 adding a feature touches no other file. Two kinds:
 - level 'pair': a value per (real image, retrieved neighbour), pooled over the k neighbours (`pool`);
 - level 'image': one value per real image (e.g. from something fitted on the generated set at build time).
-`needs` says what the runner must hand over (pixels, vectors); values are cached by content hash when
+`needs` says what the runner must hand over (pixels, vectors; at image level also the cosines of the
+k generated neighbours and of the k nearest other real images of the audit); values are cached by content hash when
 `cache_identity` says what defines them.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from ..registry import Registry
 
-NEEDS = frozenset({"pixels", "vectors"})
+NEEDS = frozenset({"pixels", "vectors", "neighbours", "real_neighbours"})
 POOLS = ("max", "top1")
 
 
@@ -58,11 +59,13 @@ class PairBatch:
 
 @dataclass(frozen=True)
 class ImageBatch:
-    """Some real images (in their folder's order): pixels and vectors when the feature needs them."""
+    """Some real images (in their folder's order): what the feature needs of them."""
 
     pixels: np.ndarray | None = None
     vectors: np.ndarray | None = None
     state: Any = None
+    cosine: np.ndarray | None = None            # rows × k: cosines of the generated neighbours (NaN: none)
+    real_cosine: np.ndarray | None = None       # rows × k: cosines of the nearest other real images (NaN: none)
 
 
 @dataclass
@@ -89,6 +92,7 @@ class Feature:
     threshold: ClassVar[float] = 0.5    # default threshold of the `fixed` decision
     on_demand: ClassVar[bool] = False   # costly: computed only when the decision reads it
     attachment: ClassVar[str | None] = None  # file in the index holding what `fit` returned
+    real_k: ClassVar[int] = 10          # needs 'real_neighbours': how many of the audit's other real images
 
     def cache_identity(self, size: int) -> dict[str, Any] | None:
         """What defines a value (beyond the images' content); None: not cached."""
@@ -124,6 +128,8 @@ def feature(cls: type[Feature]) -> type[Feature]:
         raise ValueError(f"feature {cls.name}: level must be 'pair' or 'image'")
     if not cls.needs <= NEEDS or cls.pool not in POOLS:
         raise ValueError(f"feature {cls.name}: needs ⊆ {sorted(NEEDS)} and pool in {POOLS}")
+    if cls.level == "pair" and cls.needs & {"neighbours", "real_neighbours"}:
+        raise ValueError(f"feature {cls.name}: only image-level features read whole neighbour lists")
     FEATURES.register(cls.name, cls.help)(cls())
     return cls
 

@@ -39,6 +39,7 @@ class Query:
     images: Images
     attachments: dict[str, bytes]     # the index's stored files (fitted feature states)
     where: str                        # the index, for messages
+    real_cosine: np.ndarray | None = None  # n × k: nearest other real images of the audit (search.search_real)
 
 
 @dataclass
@@ -159,6 +160,18 @@ def _pairs(f: Feature, q: Query, run: Run, flat: np.ndarray, real_idx: np.ndarra
     return vals
 
 
+def _cosines(q: Query, rows: np.ndarray) -> np.ndarray:
+    return np.where(q.nb.ids[rows] >= 0, q.nb.cosine[rows], np.nan).astype(np.float32)
+
+
+def _real_cosines(f: Feature, q: Query, rows: np.ndarray) -> np.ndarray | None:
+    if "real_neighbours" not in f.needs:
+        return None
+    if q.real_cosine is None:
+        raise ValueError(f"feature {f.name} needs the real images' own neighbours, which this query lacks")
+    return q.real_cosine[rows]
+
+
 def _images(f: Feature, q: Query, run: Run, state: Any, state_id: str) -> np.ndarray:
     n = len(q.sha256)
     cache = _cache(f, q, run)
@@ -171,7 +184,8 @@ def _images(f: Feature, q: Query, run: Run, state: Any, state_id: str) -> np.nda
             pix = q.images.real(rows) if "pixels" in f.needs else None
         with run.stage("rerank"):
             out[rows] = f.images(ImageBatch(pixels=pix, vectors=q.vectors[rows] if "vectors" in f.needs else None,
-                                            state=state))
+                                            state=state, cosine=_cosines(q, rows) if "neighbours" in f.needs else None,
+                                            real_cosine=_real_cosines(f, q, rows)))
     if cache is not None and len(todo):
         cache.put([keys[i] for i in todo.tolist()], out[todo])
     return out

@@ -1,0 +1,100 @@
+"""Stage 5–6 — evidence for partial copies (band-passed correlation after alignment) and for leaks beyond
+typicality (density ratio against the audit's other real images)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from fpindex.evidence import FEATURES, ImageBatch
+from fpindex.evidence.bandpass import bandpass_correlation
+from fpindex.search import search_real
+
+
+def textured(seed: int, size: int = 64) -> np.ndarray:
+    """Structure at every scale, like a CT slice: smooth shapes plus fine seeded texture."""
+    rng = np.random.default_rng(seed)
+    coarse = cv2.resize(rng.random((8, 8)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
+    fine = cv2.GaussianBlur(rng.random((size, size)).astype(np.float32), (0, 0), 1.0)
+    img = 0.6 * coarse + 0.8 * fine
+    return ((img - img.min()) / (img.max() - img.min())).astype(np.float32)
+
+
+def moved(img, angle, scale, dx, dy):
+    h, w = img.shape
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+    m[:, 2] += (dx, dy)
+    return cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REFLECT)
+
+
+def test_bandpass_finds_copies_and_blends_that_an_unrelated_image_does_not_match():
+    real = np.stack([textured(s) for s in range(6)])
+    others = np.stack([textured(100 + s) for s in range(12)])
+    copies = np.stack([real[0], moved(real[1], 4, 1.0, 2, -1), moved(real[2], -3, 1.04, -2, 2)])
+    # A blend of three, the member one third of it, warped a little: what dev-blend's generator emits.
+    blends = np.stack([(moved(real[3 + i], 3, 1.0, 1, 1) + others[2 * i] + others[2 * i + 1]) / 3 for i in range(3)])
+    gen = np.concatenate([copies, blends, others[6:]])
+    ai, bi = np.arange(6), np.arange(6)
+    got = bandpass_correlation(real, gen, ai, bi)
+    assert got[0] == pytest.approx(1.0, abs=1e-5)
+    assert np.all(got[1:3] > 0.8)
+    unrelated = bandpass_correlation(real, gen, np.arange(6), np.arange(6, 12))
+    assert got[3:].min() > unrelated.max() + 0.15                   # a third of an image still stands out
+    np.testing.assert_array_equal(bandpass_correlation(real, gen, ai, bi, threads=1), got)   # thread-independent
+
+
+def test_bandpass_is_registered_after_the_older_features():
+    f = FEATURES.get("bandpass")
+    assert f.level == "pair" and f.needs == {"pixels"} and f.on_demand
+    assert FEATURES.names()[:6] == ["cosine", "ssim", "jaccard", "subspace", "ssim_aligned", "bandpass"]
+    assert f.cache_identity(64) != f.cache_identity(128)
+
+
+def unit(rng, n, d=16):
+    v = rng.standard_normal((n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_search_real_excludes_the_image_and_its_copies_and_matches_brute_force():
+    rng = np.random.default_rng(0)
+    a, b = unit(rng, 7), unit(rng, 5)
+    sha_a = [f"a{i}" for i in range(7)]
+    sha_b = [f"b{i}" for i in range(5)]
+    b[0], sha_b[0] = a[3], "a3"                          # the same file in two folders
+    got_a, got_b = search_real([(a, sha_a), (b, sha_b)], k=4, batch=3)
+    allv, alls = np.concatenate([a, b]), sha_a + sha_b
+    for vecs, shas, got in ((a, sha_a, got_a), (b, sha_b, got_b)):
+        for v, s, row in zip(vecs, shas, got):
+            sims = np.sort([float(v @ w) for w, t in zip(allv, alls) if t != s])[::-1][:4]
+            np.testing.assert_allclose(row, sims, atol=1e-6)
+    assert np.all(got_a[3] < 0.9999) and np.all(got_b[0] < 0.9999)   # neither copy sees the other
+
+
+def test_search_real_pads_with_nan_when_the_audit_is_small():
+    rng = np.random.default_rng(1)
+    v = unit(rng, 3)
+    (got,) = search_real([(v, ["x", "y", "z"])], k=5)
+    assert got.shape == (3, 5) and np.isfinite(got[:, :2]).all() and np.isnan(got[:, 2:]).all()
+    (alone,) = search_real([(v[:1], ["x"])], k=5)
+    assert np.isnan(alone).all()
+
+
+def test_density_ratio_is_generated_minus_real_mean_and_zero_without_background():
+    f = FEATURES.get("density_ratio")
+    assert f.level == "image" and f.needs == {"neighbours", "real_neighbours"} and f.cache_identity(64) is None
+    cos = np.array([[0.9, 0.7, np.nan], [0.5, 0.5, 0.5], [0.8, 0.6, 0.4]], np.float32)
+    real = np.array([[0.6, 0.6, 0.6], [0.7, np.nan, np.nan], [np.nan, np.nan, np.nan]], np.float32)
+    got = f.images(ImageBatch(cosine=cos, real_cosine=real))
+    np.testing.assert_allclose(got, [0.8 - 0.6, 0.5 - 0.7, 0.0], atol=1e-6)
+
+
+def test_only_image_level_features_may_read_whole_neighbour_lists():
+    from fpindex.evidence import Feature, feature
+
+    class Bad(Feature):
+        name, help, needs = "bad_lists", "x", frozenset({"neighbours"})
+
+    with pytest.raises(ValueError, match="only image-level features read whole neighbour lists"):
+        feature(Bad)
+    assert "bad_lists" not in FEATURES
