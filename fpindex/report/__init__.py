@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..decide import Decision, Verdict
+from ..evidence import Evidence
 from ..errors import FpindexError
 from ..load import image_id
 from ..search import Neighbours
@@ -62,10 +63,14 @@ class AuditResult:
     summary: dict[str, Any]
     decision: Decision
     timings: Timings
+    # Every folder's per-image evidence ('real', and 'used', 'not_used', 'reference' when given), in file order:
+    # what the decision read, so it can be re-decided or studied without recomputing anything.
+    evidence: dict[str, Evidence] = field(default_factory=dict)
 
     @classmethod
     def of(cls, images: list[str], decision: Decision, nb: Neighbours, pair: dict[str, np.ndarray],
-           generated: np.ndarray, summary: dict[str, Any], timings: Timings) -> "AuditResult":
+           generated: np.ndarray, summary: dict[str, Any], timings: Timings,
+           evidence: dict[str, Evidence] | None = None) -> "AuditResult":
         n, k = nb.ids.shape
         predictions = pd.DataFrame({
             "image": images, "score": np.asarray(decision.score, np.float64),
@@ -76,7 +81,7 @@ class AuditResult:
             "generated_id": nb.ids.ravel(), "generated": generated.ravel(), "cosine": nb.cosine.ravel(),
             **{name: values.ravel() for name, values in pair.items() if name != "cosine"}})
         summary = {**summary, "timings": timings.as_dict()}
-        return cls(predictions, neighbours, decision.verdict, summary, decision, timings)
+        return cls(predictions, neighbours, decision.verdict, summary, decision, timings, dict(evidence or {}))
 
     def save(self, out: str | Path, run_id: str | None = None) -> Path:
         """Write the four output files into `out` (created if needed) as one run (outputs.py): all or none of
