@@ -23,7 +23,7 @@ from .decide import Decision
 from .embed import Embedded, Embedder
 from .embed.stream import autocast, default_batch_size
 from .enhance import enhance_batch
-from .evidence import FEATURES, Evidence, Query, Run, compute_evidence
+from .evidence import FEATURES, Evidence, ImageBatch, Query, Run, compute_evidence
 from .evidence.compute import pool
 from .pixels import PixelStore
 from .plants import PLANTS, grid
@@ -40,11 +40,12 @@ class Folder:
     nb: Neighbours
     pair: dict[str, np.ndarray]     # per-neighbour values, n × k
     evidence: Evidence
+    real_cosine: np.ndarray | None = None   # n × k: nearest other real images (features needing them)
 
 
 def source_folder(method: str, available: set[str]) -> str | None:
     """The folder whose images model the decision's null (and so can be canaries); None: none to use."""
-    order = ("reference", "not_used") if method == "reference" else ("not_used", "reference")
+    order = ("reference", "not_used") if method in ("reference", "pu") else ("not_used", "reference")
     return next((n for n in order if n in available), None)
 
 
@@ -161,8 +162,12 @@ def _what_if(folder: Folder, src: np.ndarray, cosine: np.ndarray, new_pair: dict
     keep = take(valid)
     scores = {}
     for name in names:
-        if FEATURES.get(name).level == "pair":
+        f = FEATURES.get(name)
+        if f.level == "pair":
             scores[name] = pool(name, take(np.c_[folder.pair[name][src], new_pair[name]]), keep)
+        elif "neighbours" in f.needs and folder.real_cosine is not None:   # reads the merged neighbour list
+            merged = np.where(keep, take(key), np.nan).astype(np.float32)
+            scores[name] = f.images(ImageBatch(cosine=merged, real_cosine=folder.real_cosine[src]))
         else:                               # fitted on the generated set: one planted image does not move it
             scores[name] = folder.evidence.scores[name][src]
     return Evidence(scores)

@@ -31,7 +31,7 @@ from .load import ReadOptions, check_distinct, list_folder, list_images
 from .pixels import PixelStore, QueryImages
 from .report import AuditResult, submission_ids
 from .safeio import recover_dir, refuse_special, shown
-from .search import Neighbours, search, search_real
+from .search import Neighbours, search, search_real, sibling_groups
 from .utils import Timings, versions
 
 
@@ -242,8 +242,12 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
     if depth:
         with timings.stage("search"):
             background = search_real([(e.vectors, e.sha256) for e, _ in searched.values()], depth)
+    siblings = [None] * len(searched)
+    if method in FUSING:        # their cross-fits and permutation tests move sibling images together
+        with timings.stage("search"):
+            siblings = sibling_groups([(e.vectors, e.sha256) for e, _ in searched.values()])
     results: dict[str, tuple[Embedded, Any, dict[str, np.ndarray], Evidence]] = {}
-    for (name, (emb, nb)), real_cosine in zip(searched.items(), background):
+    for (name, (emb, nb)), real_cosine, groups in zip(searched.items(), background, siblings):
         q = Query(sha256=emb.sha256, vectors=emb.vectors, nb=nb,
                   gen_sha256=lambda ids: store.items.column("sha256").take(ids).to_pylist(),
                   gen_vectors=store.reconstruct, images=QueryImages(pixels, emb.files(), store),
@@ -251,7 +255,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
         run = Run(wanted=wanted, cache_dir=cache_root(embed_cfg),
                   stage=timings.stage, progress=bar, desc=f"re-rank {name}")
         pair, ev = engine.evidence(q, run, names)
-        results[name] = (emb, nb, pair, ev)
+        results[name] = (emb, nb, pair, replace(ev, groups=groups))
 
     with timings.stage("decide"):
         labelled = Labelled(**{n: results[n][3] for n in ("used", "not_used", "reference") if n in results})
@@ -277,7 +281,8 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
     }
     canary_from = source_folder(method, set(results)) if config.canaries.n > 0 else None
     if canary_from is not None:        # beside the index, never in it: nothing above changes (canaries.py)
-        summary["canaries"] = run_canaries(config, decision, Folder(canary_from, *results[canary_from]), embedder,
+        summary["canaries"] = run_canaries(config, decision, Folder(canary_from, *results[canary_from],
+                                                                  real_cosine=dict(zip(searched, background))[canary_from]), embedder,
                                            pixels, store.attachments, wanted, names, cache_root(embed_cfg),
                                            timings, bar)
     if build_summary is not None:

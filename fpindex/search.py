@@ -61,3 +61,38 @@ def search_real(groups: list[tuple[np.ndarray, list[str]]], k: int, batch: int =
                 o[s + r, :len(keep)] = keep
         start += len(v)
     return out
+
+
+SIBLINGS = 2     # mutual nearest neighbours that make two real images siblings (3 merged a 10-image folder into 3 groups)
+
+
+def sibling_groups(groups: list[tuple[np.ndarray, list[str]]], m: int = SIBLINGS) -> list[np.ndarray]:
+    """Per folder, a group id per image: the connected components of its mutual m-nearest-neighbour graph
+    (within the folder), ids distinct across folders. Why: real images come in series (a patient's slices),
+    siblings are alike whether or not they were used, so tests that treat every image as an independent draw
+    are too confident; the decisions cross-fit and permute whole groups instead. A proxy, since the patients
+    are not known: groups that merge two patients only make the tests more cautious."""
+    import faiss
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    out, offset = [], 0
+    for v, _ in groups:
+        n = len(v)
+        if n <= 1:
+            out.append(np.arange(offset, offset + n))
+            offset += n
+            continue
+        kk = min(n, m + 1)
+        index = faiss.IndexFlatIP(v.shape[1])
+        index.add(np.ascontiguousarray(v, np.float32))
+        _, ids = index.search(np.ascontiguousarray(v, np.float32), kk)
+        rows = np.repeat(np.arange(n), kk)
+        cols = ids.ravel()
+        keep = (cols >= 0) & (cols != rows)
+        a = coo_matrix((np.ones(int(keep.sum())), (rows[keep], cols[keep])), shape=(n, n)).tocsr()
+        mutual = a.multiply(a.T)
+        _, labels = connected_components(mutual, directed=False)
+        out.append(labels.astype(np.int64) + offset)
+        offset += int(labels.max()) + 1
+    return out

@@ -45,9 +45,11 @@ def _scenario(helpers, root, rate):
 @pytest.mark.parametrize("rate", [0.0, 1.0])
 def test_exact_copy_canaries_are_flagged_at_any_rate(helpers, tmp_path, rate):
     """Leaked or not, an exact copy of a known-unused image is what any audit must see; its p-value is then
-    the smallest the known-unused images allow (1 / (1 + n)), so α is set to admit it with n = 6."""
+    the smallest the known-unused images allow (1 / (1 + n)), so α is set to admit it with n = 6. The
+    one-score `reference` decision: on 6 + 6 images the weights of a fused one are noise."""
     d = _scenario(helpers, tmp_path, rate)
-    cfg = helpers.CFG.override(decide={"alpha": 0.15}, canaries={"n": 6, "kinds": ("exact", "blend")})
+    cfg = helpers.CFG.override(decide={"alpha": 0.15, "method": "reference"},
+                               canaries={"n": 6, "kinds": ("exact", "blend")})
     result = audit(d / "generated", d / "test", reference=d / "train" / "not_used", config=cfg)
     c = result.summary["canaries"]
     exact = next(t for t in c["table"] if t["kind"] == "exact")

@@ -219,9 +219,9 @@ def test_calibrated_needs_both_classes():
 @pytest.mark.parametrize("given,expected", [
     ({}, "fixed"),
     ({"used": True}, "fixed"),
-    ({"reference": True}, "reference"),
-    ({"not_used": True}, "reference"),
-    ({"used": True, "reference": True}, "reference"),
+    ({"reference": True}, "pu"),
+    ({"not_used": True}, "pu"),
+    ({"used": True, "reference": True}, "pu"),
     ({"used": True, "not_used": True}, "calibrated"),
     ({"used": True, "not_used": True, "reference": True}, "calibrated"),
 ])

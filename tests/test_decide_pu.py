@@ -81,3 +81,38 @@ def test_storey_share_by_hand():
     assert storey_share(np.array([0.01, 0.02, 0.6, 0.9])) == pytest.approx(0.0)   # 2 of 4 above 0.5: pi0 = 1
     assert storey_share(np.array([0.01, 0.02, 0.03, 0.9])) == pytest.approx(0.5)  # 1 of 4: pi0 = 0.5
     assert storey_share(np.array([])) == 0.0
+
+
+def clustered(rng, groups, per_group, offset):
+    """Images in series: each group (a patient) shares one random effect on every feature, so the images of a
+    group are alike whether or not they were used."""
+    centre = rng.normal(0, 1, (groups, len(FEATURES)))
+    x = np.repeat(centre, per_group, axis=0) + 0.2 * rng.normal(0, 1, (groups * per_group, len(FEATURES)))
+    return Evidence({f: x[:, i] for i, f in enumerate(FEATURES)},
+                    groups=np.repeat(np.arange(groups), per_group) + offset)
+
+
+def test_sibling_groups_keep_the_verdict_at_alpha_where_image_level_tests_cry_wolf():
+    """A few patients per side and nothing leaked: an image-level permutation test reads the patients'
+    differences as a signal; permuting whole groups does not."""
+    alarms = {"grouped": 0, "images": 0}
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        target, ref = clustered(rng, 6, 8, 0), clustered(rng, 6, 8, 100)
+        cfg = DecideConfig(method="pu", permutations=99, seed=seed)
+        grouped = decide(cfg, target, Labelled(reference=ref))
+        flat = decide(cfg, Evidence(target.scores), Labelled(reference=Evidence(ref.scores)))
+        alarms["grouped"] += bool(grouped.verdict.leakage)
+        alarms["images"] += bool(flat.verdict.leakage)
+        assert grouped.details["sibling_groups"] == {"real": 6, "reference": 6}
+        assert flat.details["sibling_groups"] is None
+    assert alarms["grouped"] <= 1 and alarms["images"] >= 4      # measured: 0 and 6 of 8
+
+
+def test_cross_fit_refuses_a_group_spanning_both_classes():
+    from fpindex.decide import cross_fit
+
+    x = np.random.default_rng(0).normal(size=(8, 2))
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    with pytest.raises(ValueError, match="a sibling group spans both classes"):
+        cross_fit(x, y, 2, DecideConfig(), groups=np.array([0, 0, 1, 1, 1, 2, 2, 3]))

@@ -98,3 +98,17 @@ def test_only_image_level_features_may_read_whole_neighbour_lists():
     with pytest.raises(ValueError, match="only image-level features read whole neighbour lists"):
         feature(Bad)
     assert "bad_lists" not in FEATURES
+
+
+def test_sibling_groups_join_mutual_neighbours_within_a_folder_only():
+    from fpindex.search import sibling_groups
+
+    rng = np.random.default_rng(2)
+    centres = unit(rng, 4)
+    series = np.repeat(centres, 3, axis=0) + 0.01 * rng.standard_normal((12, 16)).astype(np.float32)
+    series /= np.linalg.norm(series, axis=1, keepdims=True)
+    a, b = sibling_groups([(series, [f"s{i}" for i in range(12)]), (series[:3].copy(), ["t0", "t1", "t2"])])
+    assert len(np.unique(a)) == 4 and all(len(np.unique(a[3 * i:3 * i + 3])) == 1 for i in range(4))
+    assert len(np.unique(b)) == 1 and not set(a) & set(b)            # ids kept apart across folders
+    (one,) = sibling_groups([(series[:1], ["x"])])
+    assert one.tolist() == [0]

@@ -182,7 +182,7 @@ def test_query_refuses_other_embedding_settings(leak, helpers, tmp_path):
 def test_query_with_a_non_flat_index_and_reference_decision(leak, helpers, tmp_path):
     idx = tmp_path / "ivf"
     build_index(leak.generated, idx, helpers.CFG.override(index={"factory": "IVF4,Flat"}))
-    cfg = helpers.CFG.override(evidence={"k": 2}, decide={"alpha": 0.2})
+    cfg = helpers.CFG.override(evidence={"k": 2}, decide={"alpha": 0.2, "method": "reference"})
     summary = open_index(idx, cfg).query(leak.real, reference=leak.not_used, out=tmp_path / "out").summary
     assert summary["settings"]["index"]["factory"] == "IVF4,Flat"
     assert summary["decision"]["method"] == "reference" and summary["decision"]["n_reference"] == 6

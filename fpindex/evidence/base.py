@@ -25,9 +25,12 @@ POOLS = ("max", "top1")
 
 @dataclass(frozen=True)
 class Evidence:
-    """Per-image scores, each an (n,) float array keyed by feature name; the dict's order is the feature order."""
+    """Per-image scores, each an (n,) float array keyed by feature name; the dict's order is the feature order.
+    `groups`: per image, which sibling group it belongs to (images that are probably of one source, e.g. one
+    patient's slices; `search.sibling_groups`); None: every image its own group."""
 
     scores: dict[str, np.ndarray]
+    groups: np.ndarray | None = None
 
     @property
     def features(self) -> tuple[str, ...]:

@@ -18,9 +18,9 @@ On bench-dev, added to the calibrated fusion (seed 0, k 10): dev-gan 0.500 → 0
 0.958; replay scenarios unchanged within ±0.005. K = 5 or 20 gave the same within ±0.01; with K = k = 20,
 dev-strong lost 0.003 and dev-gan's verdict turned on a 0.58 cross-validated AUC, so K stays 10. Limits: the value depends on which real images the audit is given
 (a folder of one patient's slices raises everyone's background), so labelled, reference and real folders
-should be drawn alike; it is 0 for an image with no other real image to compare with. Canaries keep their
-source image's value (one planted copy moves a mean over k neighbours by at most 2/k): their what-if is
-conservative for this feature. Not cached: it depends on the whole set of real images.
+should be drawn alike; it is 0 for an image with no other real image to compare with. A canary's value is
+recomputed from its source's neighbour list with the planted copy merged in (canaries.py). Not cached: it
+depends on the whole set of real images.
 """
 
 from __future__ import annotations

@@ -1,0 +1,65 @@
+"""Stage 7 — turn similarities into a membership score and a used / not-used label per real image.
+
+Per real image the evidence is a few named numbers, one per evidence feature (fpindex/evidence/, today seven:
+the top-1 cosine, the best SSIM and the best Jaccard over its k neighbours, how well the generated set's
+principal subspace reconstructs the image, the best SSIM after rigid alignment of each neighbour, the best
+band-passed correlation after affine alignment, and the generated-vs-real density ratio).
+Four ways to decide, chosen by `--decision` (default `auto`: the first that the inputs allow, in the order
+calibrated → pu → fixed):
+- `calibrated` (fusion.py): labelled used / not-used real images (ImageCLEF's train split). All the scores are
+  fused with non-negative weights (see `MonotoneScore`) and Platt-scaled, fitted on them; the stratified
+  k-fold cross-validated quality on those images is reported. Score = P(used); label = P ≥ 0.5.
+- `pu` (pu.py): only real images known *not* to be used (a reference). The same fusion, fitted to tell the
+  real images from the reference (positive-unlabelled, cross-fitted); p-value against the reference's
+  out-of-fold scores; label = p ≤ α; the share of used images estimated with an interval.
+- `reference` (simple.py, opt-in): one `--score` against the reference: p = (1 + #{null ≥ s}) / (1 + n_null);
+  label = p ≤ α. Score = the raw similarity.
+- `fixed` (simple.py): the paper's way: label = `--score` ≥ a fixed threshold. Score = the raw similarity.
+
+Before any image is labelled "used", the whole set gets a verdict: is there a membership signal at all?
+- calibrated and pu: the cross-validated AUC, with a bootstrap 95 % interval and a permutation test (the
+  whole cross-validation redone on permuted labels). Real images come in series (a patient's slices), so
+  folds and permutations move whole sibling groups (`search.sibling_groups`), not single images;
+- reference: a one-sided Mann-Whitney test of the real images' scores against the reference scores.
+Without evidence at level α every label is 0, so a clean generator is not accused. Each image also gets a
+p-value: the share of known-unused images (their out-of-fold scores when fused) scoring at least as high.
+"""
+
+from __future__ import annotations
+
+from ..config import DecideConfig
+from ..errors import FpindexError
+from ..evidence import Evidence
+from .base import DECIDERS, Decider, Decision, Labelled, Verdict, bootstrap_auc_ci, empirical_p
+from .simple import fixed, reference
+from .fusion import CrossFit, MonotoneScore, calibrated, cross_fit, fold_count, groups_of
+from .pu import positive_unlabelled, storey_share
+
+
+FUSING = frozenset({"calibrated", "pu"})   # methods that read every evidence feature, not one score
+
+
+def choose_method(cfg: DecideConfig, data: Labelled) -> str:
+    """The one place that picks the method; the pipeline calls it before any work and passes the answer on."""
+    if cfg.method != "auto":
+        DECIDERS.get(cfg.method)
+        return cfg.method
+    if data.used is not None and data.not_used is not None:
+        return "calibrated"
+    if data.reference is not None or data.not_used is not None:
+        return "pu"
+    return "fixed"
+
+
+def decide(cfg: DecideConfig, target: Evidence, data: Labelled, method: str | None = None) -> Decision:
+    """method: what choose_method picked earlier (None: pick it now), so the choice is made once."""
+    if method is None:
+        method = choose_method(cfg, data)
+    elif cfg.method not in ("auto", method):
+        raise FpindexError(f"decision method {method!r} given, but the settings ask for {cfg.method!r}")
+    return DECIDERS.get(method)(cfg, target, data)
+
+
+__all__ = ["DECIDERS", "Decider", "Decision", "Labelled", "Verdict", "FUSING", "choose_method", "decide", "fixed",
+           "reference", "calibrated", "positive_unlabelled", "MonotoneScore", "CrossFit", "cross_fit", "groups_of",
+           "fold_count", "storey_share", "empirical_p", "bootstrap_auc_ci"]

@@ -1,0 +1,102 @@
+"""What every decision method shares: the verdict and decision records, the registry, p-values and the
+bootstrap interval, and the checks of the evidence given."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..config import DecideConfig
+from ..errors import FpindexError
+from ..metrics import rank_auc
+from ..evidence import Evidence
+from ..registry import Registry
+
+@dataclass(frozen=True)
+class Verdict:
+    """Is there any membership signal in this generated set? `leakage` is None when it was not tested."""
+
+    leakage: bool | None
+    alpha: float
+    basis: str = ""
+    auc: float | None = None
+    ci: tuple[float, float] | None = None
+    p_value: float | None = None
+
+    @property
+    def text(self) -> str:
+        if self.leakage is None:
+            return "not tested: fixed thresholds have no null to test against (give --used/--not-used or --reference)"
+        if not self.leakage:
+            return f"no evidence of leakage at α = {self.alpha:g} (AUC {self.auc:.3f}, p = {self.p_value:.3g}, {self.basis})"
+        return (f"leakage detected: AUC {self.auc:.3f} [{self.ci[0]:.3f}, {self.ci[1]:.3f}] on the {self.basis}, "
+                f"p = {self.p_value:.3g}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"leakage": self.leakage, "alpha": self.alpha, "basis": self.basis, "auc": self.auc,
+                "auc_ci95": list(self.ci) if self.ci else None, "p_value": self.p_value, "text": self.text}
+
+
+@dataclass
+class Decision:
+    score: np.ndarray
+    label: np.ndarray
+    method: str
+    verdict: Verdict
+    details: dict[str, Any] = field(default_factory=dict)
+    p_value: np.ndarray | None = None
+    # The fitted decision applied to other evidence (the canaries' what-if): score and p-value (None: no null).
+    rescore: Callable[[Evidence], tuple[np.ndarray, np.ndarray | None]] | None = field(default=None, repr=False)
+
+
+def empirical_p(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """(1 + #{null ≥ s}) / (1 + n): a valid p-value for "s is no higher than an unused image would score"."""
+    null = np.sort(np.asarray(null, dtype=np.float64))
+    at_least = len(null) - np.searchsorted(null, np.asarray(scores, dtype=np.float64), side="left")
+    return (1.0 + at_least) / (1.0 + len(null))
+
+
+def bootstrap_auc_ci(pos: np.ndarray, neg: np.ndarray, seed: int, n: int = 1000) -> tuple[float, float]:
+    """Percentile interval, each class resampled on its own; kept by hand because scipy.stats.bootstrap draws
+    its resamples in another order from the same seed (endpoints moved by up to 0.011 on eight seeded cases)."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    aucs = [rank_auc(y, np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]) for _ in range(n)]
+    lo, hi = np.percentile(aucs, [2.5, 97.5])
+    return round(float(lo), 4), round(float(hi), 4)
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """What a decision may learn from: labelled real images and/or a known-unused reference set."""
+
+    used: Evidence | None = None
+    not_used: Evidence | None = None
+    reference: Evidence | None = None
+
+
+Decider = Callable[[DecideConfig, Evidence, Labelled], Decision]
+DECIDERS: Registry[Decider] = Registry("decision method")
+
+
+def _score(cfg: DecideConfig, *given: Evidence) -> str:
+    """The score must be one that every Evidence given carries (listed in the first one's order)."""
+    known = [f for f in given[0].features if all(f in e.scores for e in given[1:])]
+    if cfg.score not in known:
+        raise FpindexError(f"unknown score {cfg.score!r}; choose from: {', '.join(known)}")
+    return cfg.score
+
+
+def _features(target: Evidence, used: Evidence, not_used: Evidence) -> tuple[str, ...]:
+    """The fusion's features, in the labelled images' order: both labelled sets must carry the same ones (a
+    weight is learnt from both classes) and the target at least those (its extra features are not read)."""
+    features = used.features
+    if set(not_used.features) != set(features):
+        raise FpindexError(f"used and not-used evidence carry different features: {', '.join(features)} vs "
+                           f"{', '.join(not_used.features)}")
+    missing = [f for f in features if f not in target.scores]
+    if missing:
+        raise FpindexError(f"the real images' evidence lacks feature(s) {', '.join(missing)} that the fusion reads")
+    return features
