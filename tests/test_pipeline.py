@@ -13,6 +13,8 @@ import pytest
 
 import fpindex
 from fpindex import audit, build_index, open_index
+from fpindex.decide import Labelled, decide
+from fpindex.evidence import FEATURES
 from fpindex.config import DecideConfig, EvidenceConfig, IndexConfig
 from fpindex.errors import FpindexError
 from fpindex.evidence import subspace
@@ -315,3 +317,14 @@ def test_query_input_errors(helpers, tmp_path):
                                            r"re-ranking but .*; restore the file or rebuild the index$"):
         index.query(folder(helpers, tmp_path / "real", [1]), out=tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_the_result_keeps_every_folders_evidence_and_its_sibling_groups(leak, helpers):
+    result = open_index(leak.audit_out / "index", helpers.CFG).query(leak.real, reference=leak.not_used)
+    assert result.decision.method == "pu" and set(result.evidence) == {"real", "reference"}
+    real, ref = result.evidence["real"], result.evidence["reference"]
+    assert len(real) == len(result.predictions) and len(ref) == len(list(leak.not_used.iterdir()))
+    assert real.features == tuple(FEATURES.names()) and np.isfinite(real.matrix()).all()
+    assert real.groups is not None and len(real.groups) == len(real) and not set(real.groups) & set(ref.groups)
+    again = decide(helpers.CFG.decide, real, Labelled(reference=ref), method="pu")
+    np.testing.assert_array_equal(again.score, result.decision.score)     # re-decidable from what it kept
