@@ -101,7 +101,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "verdict_alpha.json", {"machine": machine(), "alpha": args.alpha, "seed": args.seed,
                                                          "rows": rows, "total": total})
-    lines = [f"| null | method | leakage detected | rate | 95 % interval |", "|---|---|---:|---:|---|"]
+    lines = ["| null | method | leakage detected | rate | 95 % interval |", "|---|---|---:|---:|---|"]
     lines += [f"| {r['scenario']} | {r['method']} | {r['leakage_detected']}/{r['draws']} | {r['rate']:.1%} | "
               f"{r['ci95'][0]:.1%}–{r['ci95'][1]:.1%} |" for r in rows]
     lines += [f"| **all** | {m} | {t['leakage_detected']}/{t['draws']} | {t['rate']:.1%} | "
