@@ -31,7 +31,7 @@ Engine = Enum("Engine", {n: n for n in ("local", "ray")}, type=str)  # type: ign
 ENHANCE_HELP = ("Enhancement filter(s), stacked as channels in the order given; repeat the option or use "
                 "commas. Choices: " + "; ".join(f"{n} ({ENHANCERS.help(n)})" for n in ENHANCERS.names()))
 MODEL_HELP = "Embedder. " + "; ".join(f"{n}: {EMBEDDERS.help(n)}" for n in EMBEDDERS.names())
-DECISION_HELP = ("How labels are set. auto: calibrated if --used and --not-used are given, else reference if "
+DECISION_HELP = ("How labels are set. auto: calibrated if --used and --not-used are given, else pu if "
                  "--reference (or --not-used) is given, else fixed. " +
                  "; ".join(f"{n}: {DECIDERS.help(n)}" for n in DECIDERS.names()))
 

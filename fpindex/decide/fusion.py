@@ -139,7 +139,7 @@ def cross_fit(x: np.ndarray, y: np.ndarray, folds: int, cfg: DecideConfig,
     return CrossFit(p_cv, s_cv, weights, observed, float(perm_p))
 
 
-@DECIDERS.register("calibrated", "cosine, SSIM and Jaccard fused with non-negative weights fitted on labelled images")
+@DECIDERS.register("calibrated", "every evidence feature fused with non-negative weights fitted on labelled images")
 def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
     if data.used is None or data.not_used is None or len(data.used) == 0 or len(data.not_used) == 0:
         raise FpindexError("decision 'calibrated' needs labelled images: pass both --used DIR and --not-used DIR")
