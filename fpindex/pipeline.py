@@ -201,7 +201,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
           not_used: str | Path | None = None, reference: str | Path | None = None,
           timings: Timings | None = None, pixels: PixelStore | None = None,
           build_summary: dict[str, Any] | None = None) -> AuditResult:
-    """Score the real images against the index; labelled folders calibrate the decision (decide.py)."""
+    """Score the real images against the index; labelled folders calibrate the decision (decide/)."""
     timings = timings or Timings()
     engine = engine_for(config.run)
     built = index if isinstance(index, Built) else None

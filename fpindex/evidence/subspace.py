@@ -13,7 +13,7 @@ the top principal components of the generated images that hold 99.9 % of their v
 components is set by the generated set itself, never tuned per scenario). SSIM rather than the norm of the
 residual because it weighs local structure the way the eye does: on dev-medium alone, test AUC 0.94 against
 0.86 for the residual norm (and 0.83 for the cosine to the nearest synthetic). For echo-type generators the
-subspace is nearly full-rank, every image is reconstructed about equally well, and the fusion in decide.py
+subspace is nearly full-rank, every image is reconstructed about equally well, and the fusion in decide/
 gives the evidence no weight. Fitted on a seeded sample of at most 10,000 generated images (one SVD of
 ≤ 10,000 × 1,024: about a second), stored in the index as `subspace.npz` (plain arrays, read with
 allow_pickle=False).

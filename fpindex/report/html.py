@@ -99,7 +99,7 @@ def _threshold(summary: dict, p: pd.DataFrame) -> Optional[float]:
         if isinstance(d.get(key), (int, float)):
             return float(d[key])
     if d.get("method") == "calibrated" and summary["verdict"].get("leakage"):
-        return 0.5                                    # label = P(used) ≥ 0.5 (decide.py)
+        return 0.5                                    # label = P(used) ≥ 0.5 (decide/)
     # reference: label = p ≤ α, and p falls as the score rises, so a separating score lies between the labels
     pos, neg = p.loc[p["label"] == 1, "score"], p.loc[p["label"] == 0, "score"]
     if len(pos) and len(neg):
