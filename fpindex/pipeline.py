@@ -245,9 +245,11 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
     siblings = [None] * len(searched)
     if method in FUSING:        # their cross-fits and permutation tests move sibling images together
         with timings.stage("search"):
-            siblings = sibling_groups([(e.vectors, e.sha256) for e, _ in searched.values()])
+            siblings = sibling_groups([e.vectors for e, _ in searched.values()])
+    real_cosines = dict(zip(searched, background))
     results: dict[str, tuple[Embedded, Any, dict[str, np.ndarray], Evidence]] = {}
-    for (name, (emb, nb)), real_cosine, groups in zip(searched.items(), background, siblings):
+    for (name, (emb, nb)), groups in zip(searched.items(), siblings):
+        real_cosine = real_cosines[name]
         q = Query(sha256=emb.sha256, vectors=emb.vectors, nb=nb,
                   gen_sha256=lambda ids: store.items.column("sha256").take(ids).to_pylist(),
                   gen_vectors=store.reconstruct, images=QueryImages(pixels, emb.files(), store),
@@ -281,8 +283,8 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
     }
     canary_from = source_folder(method, set(results)) if config.canaries.n > 0 else None
     if canary_from is not None:        # beside the index, never in it: nothing above changes (canaries.py)
-        summary["canaries"] = run_canaries(config, decision, Folder(canary_from, *results[canary_from],
-                                                                  real_cosine=dict(zip(searched, background))[canary_from]), embedder,
+        folder = Folder(canary_from, *results[canary_from], real_cosine=real_cosines[canary_from])
+        summary["canaries"] = run_canaries(config, decision, folder, embedder,
                                            pixels, store.attachments, wanted, names, cache_root(embed_cfg),
                                            timings, bar)
     if build_summary is not None:

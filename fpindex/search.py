@@ -66,8 +66,8 @@ def search_real(groups: list[tuple[np.ndarray, list[str]]], k: int, batch: int =
 SIBLINGS = 2     # mutual nearest neighbours that make two real images siblings (3 merged a 10-image folder into 3 groups)
 
 
-def sibling_groups(groups: list[tuple[np.ndarray, list[str]]], m: int = SIBLINGS) -> list[np.ndarray]:
-    """Per folder, a group id per image: the connected components of its mutual m-nearest-neighbour graph
+def sibling_groups(folders: list[np.ndarray], m: int = SIBLINGS) -> list[np.ndarray]:
+    """Per folder (its vectors), a group id per image: the connected components of its mutual m-nearest-neighbour graph
     (within the folder), ids distinct across folders. Why: real images come in series (a patient's slices),
     siblings are alike whether or not they were used, so tests that treat every image as an independent draw
     are too confident; the decisions cross-fit and permute whole groups instead. A proxy, since the patients
@@ -77,7 +77,7 @@ def sibling_groups(groups: list[tuple[np.ndarray, list[str]]], m: int = SIBLINGS
     from scipy.sparse.csgraph import connected_components
 
     out, offset = [], 0
-    for v, _ in groups:
+    for v in folders:
         n = len(v)
         if n <= 1:
             out.append(np.arange(offset, offset + n))

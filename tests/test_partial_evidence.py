@@ -107,8 +107,18 @@ def test_sibling_groups_join_mutual_neighbours_within_a_folder_only():
     centres = unit(rng, 4)
     series = np.repeat(centres, 3, axis=0) + 0.01 * rng.standard_normal((12, 16)).astype(np.float32)
     series /= np.linalg.norm(series, axis=1, keepdims=True)
-    a, b = sibling_groups([(series, [f"s{i}" for i in range(12)]), (series[:3].copy(), ["t0", "t1", "t2"])])
+    a, b = sibling_groups([series, series[:3].copy()])
     assert len(np.unique(a)) == 4 and all(len(np.unique(a[3 * i:3 * i + 3])) == 1 for i in range(4))
     assert len(np.unique(b)) == 1 and not set(a) & set(b)            # ids kept apart across folders
-    (one,) = sibling_groups([(series[:1], ["x"])])
+    (one,) = sibling_groups([series[:1]])
     assert one.tolist() == [0]
+
+
+def test_a_query_without_the_real_images_neighbours_is_refused_for_a_feature_that_reads_them():
+    from types import SimpleNamespace
+
+    from fpindex.evidence.compute import _real_cosines
+
+    with pytest.raises(ValueError, match="^feature density_ratio needs the real images' own neighbours"):
+        _real_cosines(FEATURES.get("density_ratio"), SimpleNamespace(real_cosine=None), np.arange(2))
+    assert _real_cosines(FEATURES.get("cosine"), SimpleNamespace(real_cosine=None), np.arange(2)) is None

@@ -100,9 +100,10 @@ def _grouping(y: np.ndarray, groups: np.ndarray | None, wanted: int, names: tupl
               ) -> tuple[np.ndarray | None, int, dict[str, int] | None]:
     """The groups to cross-fit with (None: image by image, also when there are too few groups for 2 folds),
     the number of folds, and how many groups each class has (for the summary)."""
-    if groups is not None and fold_count(y, groups, wanted) >= 2:
-        return groups, fold_count(y, groups, wanted), {names[0]: int(len(np.unique(groups[y == 1]))),
-                                                       names[1]: int(len(np.unique(groups[y == 0])))}
+    folds = fold_count(y, groups, wanted) if groups is not None else 0
+    if folds >= 2:
+        return groups, folds, {names[0]: int(len(np.unique(groups[y == 1]))),
+                               names[1]: int(len(np.unique(groups[y == 0])))}
     return None, fold_count(y, None, wanted), None
 
 

@@ -15,10 +15,8 @@ from .similarity import ssim_indexed
 ALIGN_ITERATIONS, ALIGN_EPS = 15, 1e-3
 
 
-def align_to(ref: np.ndarray, mov: np.ndarray, iterations: int = ALIGN_ITERATIONS,
-             motion: int = cv2.MOTION_EUCLIDEAN) -> np.ndarray:
-    """`mov` moved onto `ref` by the rigid motion (rotation + shift; `motion` may widen it to affine) that
-    maximises their correlation.
+def align_to(ref: np.ndarray, mov: np.ndarray, iterations: int = ALIGN_ITERATIONS) -> np.ndarray:
+    """`mov` moved onto `ref` by the rigid motion (rotation + shift) that maximises their correlation.
 
     Why: generators shift and rotate what they echo, and plain SSIM scores a copy moved by two pixels about as
     low as another image; after alignment the copy scores near 1 again, while an unrelated image gains little.
@@ -38,7 +36,7 @@ def align_to(ref: np.ndarray, mov: np.ndarray, iterations: int = ALIGN_ITERATION
     else:
         r, m = ref, mov
     try:
-        _, warp = cv2.findTransformECC(r, m, warp, motion, criteria, None, 1 if half else 3)
+        _, warp = cv2.findTransformECC(r, m, warp, cv2.MOTION_EUCLIDEAN, criteria, None, 1 if half else 3)
     except cv2.error:
         return mov
     if half:
