@@ -53,8 +53,21 @@ def run_scenario(scenario: Path, embed: EmbedConfig, decide: DecideConfig, k: in
             "decision": summary["decision"]["method"], "used_share": summary["decision"].get("used_share"),
             "flag_rate": summary["counts"]["predicted_used"] / summary["counts"]["real"]["embedded"],
             "calibration_cv_auc": summary["decision"].get("cross_validation", {}).get("auc"),
-            "verdict": summary["verdict"]["text"],
+            "verdict": summary["verdict"]["text"], "canaries": canary_cells(summary),
+            "copy_channel": {k: v for k, v in summary["decision"].get("copy_channel", {}).items()
+                             if k in ("proven_copies", "set_p_value", "labelled_by", "n_null")},
+            "warnings": summary.get("warnings", []),
             "wall_s": round(wall, 2), "timings": summary["timings"]}
+
+
+# The canary cells the copies issue sets targets on: (kind, strength) → found/planted.
+COPY_CELLS = (("exact", 0.0), ("rigid", 3.0), ("noise", 0.02), ("blur", 1.0))
+
+
+def canary_cells(summary: dict) -> dict:
+    table = (summary.get("canaries") or {}).get("table") or []
+    got = {(t["kind"], float(t["strength"])): f"{t['found']}/{t['planted']}" for t in table}
+    return {f"{k} {s:g}": got.get((k, s), "—") for k, s in COPY_CELLS}
 
 
 def _f(v) -> str:
@@ -107,18 +120,19 @@ def main() -> None:
                     continue
                 print(f"{label:24s} {r['scenario']:12s} AUC {_f(r['auc'])} kappa {_f(r['kappa'])} F1 {_f(r['f1'])} "
                       f"TPR@5%FPR {_f(r['tpr_at_5fpr'])} TPR@1%FPR {_f(r['tpr_at_1fpr'])} flagged {r['flag_rate']:.1%} wall {r['wall_s']:.1f}s "
-                      f"| {r['verdict']}", flush=True)
+                      f"| {r['verdict']} | canaries {r['canaries']}", flush=True)
                 rows.append(r)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "detection.json"
     old = json.loads(path.read_text())["rows"] if path.is_file() else []
     rows = [r for r in old if r["config"] not in {c[0] for c in configs}] + rows
     write_json_atomic(path, {"machine": machine(), "root": str(args.root), "rows": rows})
-    lines = ["| config | scenario | AUC | kappa | F1 | TPR@5%FPR | TPR@1%FPR | flagged | verdict | wall (s) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    cells = [f"{k} {s:g}" for k, s in COPY_CELLS]
+    lines = ["| config | scenario | AUC | kappa | F1 | TPR@5%FPR | TPR@1%FPR | flagged | verdict | canaries " +
+             " / ".join(cells) + " | wall (s) |", "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|"]
     lines += [f"| {r['config']} | {r['scenario']} | {_f(r['auc'])} | {_f(r['kappa'])} | {_f(r['f1'])} | "
               f"{_f(r['tpr_at_5fpr'])} | {_f(r.get('tpr_at_1fpr'))} | {r['flag_rate']:.1%} | {r.get('verdict', '').split(':')[0]} | "
-              f"{r['wall_s']:.1f} |" for r in rows]
+              f"{' / '.join(r.get('canaries', {}).get(c, '—') for c in cells)} | {r['wall_s']:.1f} |" for r in rows]
     write_text_atomic(args.out / "detection.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

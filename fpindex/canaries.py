@@ -44,7 +44,10 @@ class Folder:
 
 
 def source_folder(method: str, available: set[str]) -> str | None:
-    """The folder whose images model the decision's null (and so can be canaries); None: none to use."""
+    """The folder whose images model the decision's null (and so can be canaries); None: none to use. Without
+    known-unused images (`copies`) the real images are their own null, and so the canaries' sources."""
+    if method == "copies":
+        return "real"
     order = ("reference", "not_used") if method in ("reference", "pu") else ("not_used", "reference")
     return next((n for n in order if n in available), None)
 
@@ -132,9 +135,12 @@ def run_canaries(cfg: AuditConfig, decision: Decision, folder: Folder, embedder:
     if p_value is None:
         found = score >= float(decision.details["threshold"])
         criterion = f"{decision.details['score']} ≥ {decision.details['threshold']:g} (fixed threshold)"
+    elif decision.method == "copies":
+        found = p_value <= alpha
+        criterion = f"p ≤ α = {alpha:g}, copy-level evidence beyond the real images themselves (Bonferroni)"
     else:
         found = p_value <= alpha
-        criterion = f"p ≤ α = {alpha:g} against the {folder.name.replace('_', '-')} images"
+        criterion = f"p ≤ α = {alpha:g} against the {folder.name.replace('_', '-')} images (fused or copy channel)"
     for r, s, pv, f, cs, sha in zip(rows, score.tolist(), (p_value if p_value is not None else [None] * len(rows)),
                                      found.tolist(), cosine.tolist(), shas):
         r.pop("row"), r.pop("slot")

@@ -19,13 +19,15 @@ from tqdm import tqdm
 from .cache import cache_root
 from .canaries import Folder, run_canaries, source_folder
 from .config import AuditConfig, EmbedConfig
-from .decide import FUSING, Labelled, choose_method, decide
+from .decide import COPY_CHECKED, FUSING, Labelled, choose_method, decide, null_of
+from .guardrails import Inputs, audit_warnings, emit
 from .devices import faiss_device
 from .embed import (SELFSUP, SELFSUP_FILE, Embedded, Embedder, embed_identity, make_embedder, resolved,
                     train_on_generated, vector_cache)
 from .engine import engine_for
 from .errors import FpindexError
 from .evidence import FEATURES, Evidence, FitInput, Query, Run
+from .evidence.background import real_background
 from .index import MANIFEST_FILE, IndexStore, create_store, finish_in_memory, is_index_dir
 from .load import ReadOptions, check_distinct, list_folder, list_images
 from .pixels import PixelStore, QueryImages
@@ -222,8 +224,11 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
     pixels = pixels or PixelStore(embedder.spec.size, read=read)
     cache = vector_cache(embed_cfg, embedder)
     names = list(config.evidence.features) if config.evidence.features is not None else FEATURES.names()
-    # Fusing decisions read every feature; fixed and reference ones read one score only.
+    # Fusing decisions read every feature; fixed and reference ones read one score only; every method tested
+    # against a null also reads the copy-level features (decide/copies.py).
     wanted = frozenset(names) if method in FUSING else frozenset({config.decide.score})
+    if method in COPY_CHECKED:
+        wanted |= {f for f in names if FEATURES.get(f).copy}
     bar = progress_bar(config.run.quiet)
     searched: dict[str, tuple[Embedded, Neighbours]] = {}
     for name, (root, files) in listed.items():
@@ -259,11 +264,26 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
         pair, ev = engine.evidence(q, run, names)
         results[name] = (emb, nb, pair, replace(ev, groups=groups))
 
+    own = None
+    if method == "copies":       # nothing known to be unused: the real images' matches among each other are the null
+        emb = searched["real"][0]
+        run = Run(wanted=frozenset(names), cache_dir=cache_root(embed_cfg), stage=timings.stage, progress=bar,
+                  desc="re-rank real vs real")
+        groups = siblings[0] if siblings[0] is not None else sibling_groups([emb.vectors])[0]
+        own = real_background(emb, groups, config.evidence.k, pixels, names, run, engine.evidence,
+                              timings.stage)[1]
     with timings.stage("decide"):
-        labelled = Labelled(**{n: results[n][3] for n in ("used", "not_used", "reference") if n in results})
+        labelled = Labelled(**{n: results[n][3] for n in ("used", "not_used", "reference") if n in results},
+                            background=own)
         decision = decide(config.decide, results["real"][3], labelled, method=method)
 
     emb, nb, pair, ev = results["real"]
+    null = null_of(method, labelled)
+    generated_sha = store.hashes()
+    warned = audit_warnings(decision, Inputs(
+        n_real=len(emb.paths), n_generated=store.ntotal, n_null=0 if null is None else len(null),
+        real_in_generated=sum(h in generated_sha for h in emb.sha256)))
+    emit(warned)
     summary = {
         "counts": {name: {"files": len(listed[name][1]) + len(found[name][2]), "embedded": len(r[0].paths), "bad": len(r[0].bad)}
                    for name, r in results.items()} | {"generated_indexed": store.ntotal,
@@ -279,6 +299,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
         "evidence": {name: {"level": FEATURES.get(name).level, "help": FEATURES.help(name),
                             "computed": not FEATURES.get(name).on_demand or name in wanted} for name in names},
         "bad_files": {name: [b.__dict__ for b in r[0].bad] for name, r in results.items() if r[0].bad},
+        "warnings": warned,
         "versions": versions(),
     }
     canary_from = source_folder(method, set(results)) if config.canaries.n > 0 else None

@@ -36,7 +36,7 @@ def test_audit_in_memory_writes_nothing(leak, helpers, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = audit(leak.generated, leak.real, used=leak.used, not_used=leak.not_used, config=helpers.CFG)
     assert list(tmp_path.iterdir()) == []
-    assert list(result.predictions.columns) == ["image", "score", "label", "p_value"]
+    assert list(result.predictions.columns) == ["image", "score", "label", "p_value", "flagged_by"]
     assert len(result.neighbours) == 3 * len(result.predictions)
     assert result.verdict.leakage is True and result.verdict.text.startswith("leakage detected")
     assert result.summary["verdict"]["text"] == result.verdict.text

@@ -7,7 +7,7 @@ import pytest
 
 import fpindex.decide as decide_module
 from fpindex.config import DecideConfig
-from fpindex.decide import DECIDERS, Labelled, choose_method, decide, fixed
+from fpindex.decide import DECIDERS, Labelled, calibrated, choose_method, decide, fixed, reference
 from fpindex.errors import FpindexError
 from fpindex.evidence import FEATURES as REGISTRY, Evidence, Feature, feature, thresholds
 
@@ -111,7 +111,8 @@ def test_reference_p_values_by_hand():
     target = ev([0.05, 0.25, 0.4, 0.5, 0.3])
     # #{null ≥ s}: 4, 2, 1, 0, 2   →   p = (1 + #) / (1 + 4)
     expected_p = np.array([5, 3, 2, 1, 3]) / 5
-    d = decide(DecideConfig(method="reference", alpha=0.2), target, Labelled(reference=null))
+    # The method alone (the fused channel); `decide` adds the copy channel (tests/test_copies.py).
+    d = reference(DecideConfig(method="reference", alpha=0.2), target, Labelled(reference=null))
     assert d.method == "reference"
     np.testing.assert_allclose(d.p_value, expected_p)
     np.testing.assert_array_equal(d.score, target.scores["cosine"])
@@ -120,7 +121,7 @@ def test_reference_p_values_by_hand():
     # one-sided p ≈ 0.36, so at α = 0.2 there is no evidence and nothing is labelled used.
     assert d.verdict.auc == pytest.approx(12 / 20)
     assert d.verdict.leakage is False and not d.label.any()
-    d = decide(DecideConfig(method="reference", alpha=0.4), target, Labelled(reference=null))
+    d = reference(DecideConfig(method="reference", alpha=0.4), target, Labelled(reference=null))
     assert d.verdict.leakage is True
     np.testing.assert_array_equal(d.label, [0, 0, 1, 1, 0])      # p ≤ 0.4 once the set shows a signal
 
@@ -161,8 +162,8 @@ def test_calibrated_verdict_and_p_values_on_planted_signal():
 
 def test_reference_uses_not_used_when_no_reference_and_other_score():
     null = ev([0.0, 0.0], jaccard=[0.5, 0.7])
-    d = decide(DecideConfig(method="reference", score="jaccard", alpha=1 / 3), ev([0.9, 0.9], jaccard=[0.6, 0.8]),
-               Labelled(not_used=null))
+    d = reference(DecideConfig(method="reference", score="jaccard", alpha=1 / 3), ev([0.9, 0.9], jaccard=[0.6, 0.8]),
+                  Labelled(not_used=null))
     np.testing.assert_allclose(d.p_value, [2 / 3, 1 / 3])
     np.testing.assert_array_equal(d.label, [0, 1])
 
@@ -180,7 +181,9 @@ def test_calibrated_separates_and_reports_cross_validation():
     used, not_used = synthetic(30, True, 0), synthetic(30, False, 1)
     t_used, t_not = synthetic(10, True, 2), synthetic(10, False, 3)
     target = Evidence({f: np.r_[t_used.scores[f], t_not.scores[f]] for f in FEATURES})
-    d = decide(DecideConfig(method="calibrated", cv_folds=5, seed=0), target, Labelled(used=used, not_used=not_used))
+    # The fused channel alone (its last not-used image has a cosine 3.3 SD above the rest: the copy channel,
+    # tests/test_copies.py, would flag it).
+    d = calibrated(DecideConfig(method="calibrated", cv_folds=5, seed=0), target, Labelled(used=used, not_used=not_used))
     assert d.method == "calibrated"
     np.testing.assert_array_equal(d.label, [1] * 10 + [0] * 10)
     assert ((d.score >= 0) & (d.score <= 1)).all()
@@ -217,11 +220,9 @@ def test_calibrated_needs_both_classes():
 # ---- auto -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("given,expected", [
-    ({}, "fixed"),
-    ({"used": True}, "fixed"),
+    ({}, "copies"),
     ({"reference": True}, "pu"),
     ({"not_used": True}, "pu"),
-    ({"used": True, "reference": True}, "pu"),
     ({"used": True, "not_used": True}, "calibrated"),
     ({"used": True, "not_used": True, "reference": True}, "calibrated"),
 ])
@@ -236,9 +237,17 @@ def test_explicit_method_wins_and_unknown_refused():
     data = Labelled(used=synthetic(6, True, 0), not_used=synthetic(6, False, 1))
     assert choose_method(DecideConfig(method="fixed"), data) == "fixed"
     assert choose_method(DecideConfig(method="reference"), data) == "reference"
-    with pytest.raises(FpindexError, match="^unknown decision method 'vote'; choose one of: fixed, reference, calibrated, pu$"):
+    with pytest.raises(FpindexError, match="^unknown decision method 'vote'; choose one of: fixed, reference, calibrated, pu, copies$"):
         choose_method(DecideConfig(method="vote"), data)
-    assert DECIDERS.names() == ["fixed", "reference", "calibrated", "pu"]
+    assert DECIDERS.names() == ["fixed", "reference", "calibrated", "pu", "copies"]
+
+
+@pytest.mark.parametrize("method", ["auto", "fixed", "reference", "pu", "copies"])
+@pytest.mark.parametrize("given", [{"used": True}, {"used": True, "reference": True}])
+def test_used_without_not_used_is_refused_never_ignored(method, given):
+    data = Labelled(**{k: synthetic(6, k == "used", 0) for k in given})
+    with pytest.raises(FpindexError, match="^--used was given without --not-used: .* add --not-used DIR"):
+        choose_method(DecideConfig(method=method), data)
 
 
 def test_decide_takes_the_chosen_method_and_does_not_choose_again(monkeypatch):
@@ -301,7 +310,7 @@ def test_calibrated_without_a_direction_still_gives_p_values_from_the_monotone_p
     used = Evidence({f: rng.normal(-0.8, 1, 60) for f in FEATURES})
     not_used = Evidence({f: rng.normal(0.0, 1, 60) for f in FEATURES})
     target = Evidence({f: np.r_[rng.normal(0.0, 1, 30), 9.0] for f in FEATURES})
-    d = decide(DecideConfig(method="calibrated"), target, Labelled(used=used, not_used=not_used))
+    d = calibrated(DecideConfig(method="calibrated"), target, Labelled(used=used, not_used=not_used))   # fused alone
     assert not any(d.details["weights"].values()) and "monotone prior" in d.details["p_values"]
     assert np.all(d.score == 0.5) and not d.label.any() and d.verdict.leakage is False
     assert d.p_value[-1] == pytest.approx(1 / 61) and np.median(d.p_value[:-1]) > 0.2

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fpindex.config import DecideConfig
-from fpindex.decide import Labelled, decide, storey_share
+from fpindex.decide import Labelled, decide, positive_unlabelled, storey_share
 from fpindex.errors import FpindexError
 from fpindex.evidence import FEATURES as REGISTRY, Evidence
 from fpindex.metrics import rank_auc
@@ -100,8 +100,8 @@ def test_sibling_groups_keep_the_verdict_at_alpha_where_image_level_tests_cry_wo
         rng = np.random.default_rng(seed)
         target, ref = clustered(rng, 6, 8, 0), clustered(rng, 6, 8, 100)
         cfg = DecideConfig(method="pu", permutations=99, seed=seed)
-        grouped = decide(cfg, target, Labelled(reference=ref))
-        flat = decide(cfg, Evidence(target.scores), Labelled(reference=Evidence(ref.scores)))
+        grouped = positive_unlabelled(cfg, target, Labelled(reference=ref))      # the fused channel alone
+        flat = positive_unlabelled(cfg, Evidence(target.scores), Labelled(reference=Evidence(ref.scores)))
         alarms["grouped"] += bool(grouped.verdict.leakage)
         alarms["images"] += bool(flat.verdict.leakage)
         assert grouped.details["sibling_groups"] == {"real": 6, "reference": 6}

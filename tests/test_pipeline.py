@@ -60,7 +60,7 @@ def test_audit_writes_consistent_outputs(leak, helpers):
     out = leak.audit_out
     real = sorted(p.name for p in leak.real.iterdir())
     preds = helpers.read_csv(out / "predictions.csv")
-    assert list(preds[0]) == ["image", "score", "label", "p_value"]
+    assert list(preds[0]) == ["image", "score", "label", "p_value", "flagged_by"]
     assert [r["image"] for r in preds] == real
     assert all(r["label"] in ("0", "1") and 0.0 <= float(r["score"]) <= 1.0 for r in preds)
     # The byte-exact copy is among the most convincing: labelled used, the smallest p-value any image gets, and a

@@ -76,6 +76,11 @@ def _report(quiet: bool, verbose: bool, out: Path, summary: dict[str, Any]) -> N
         _say(quiet, f"calibration ({cv['folds']}-fold CV on the labelled images): AUC {cv['auc']:.3f}, "
                     f"kappa {cv['kappa']:.3f}, F1 {cv['f1']:.3f}")
     _say(quiet, f"verdict: {summary['verdict']['text']}")
+    copy = d.get("copy_channel")
+    if copy and "labelled_by" in copy:
+        by = copy["labelled_by"]
+        _say(quiet, f"labelled by: the fused score {by['fused']}, the copy channel ({', '.join(copy['features'])}) "
+                    f"{by['copy']}, both {by['both']}")
     _canaries(quiet, summary.get("canaries"))
     for name, bad in summary.get("bad_files", {}).items():
         for b in bad[:5]:

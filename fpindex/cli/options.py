@@ -32,7 +32,8 @@ ENHANCE_HELP = ("Enhancement filter(s), stacked as channels in the order given; 
                 "commas. Choices: " + "; ".join(f"{n} ({ENHANCERS.help(n)})" for n in ENHANCERS.names()))
 MODEL_HELP = "Embedder. " + "; ".join(f"{n}: {EMBEDDERS.help(n)}" for n in EMBEDDERS.names())
 DECISION_HELP = ("How labels are set. auto: calibrated if --used and --not-used are given, else pu if "
-                 "--reference (or --not-used) is given, else fixed. " +
+                 "--reference (or --not-used) is given, else copies. calibrated, pu and reference also test every "
+                 "image for copy-level evidence on its own (the copy channel), so no fit can hide a copy. " +
                  "; ".join(f"{n}: {DECIDERS.help(n)}" for n in DECIDERS.names()))
 
 # Typer option declarations shared by several commands.
@@ -99,7 +100,8 @@ O_SCORE = typer.Option(Score("cosine"), "--score", help=SCORE_HELP, rich_help_pa
 O_THRESHOLD = typer.Option(None, "--threshold", help="fixed: label used when score ≥ this (default: " +
                            ", ".join(f"{n} {FEATURES.get(n).threshold:.2f}" for n in FEATURES.names()) + ").",
                            rich_help_panel="Decision")
-O_ALPHA = typer.Option(0.05, "--alpha", min=0.0, max=1.0, help="reference: label used when p ≤ alpha.",
+O_ALPHA = typer.Option(0.05, "--alpha", min=0.0, max=1.0, help="False-alarm rate per image and for the verdict (pu, reference, copies: label used when p ≤ "
+                       "alpha; calibrated and pu share it with the copy channel).",
                        rich_help_panel="Decision")
 O_USED = typer.Option(None, "--used", help="Real images known to be used in training (labelled, for calibration).",
                       rich_help_panel="Decision")

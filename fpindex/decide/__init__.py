@@ -27,6 +27,8 @@ p-value: the share of known-unused images (their out-of-fold scores when fused) 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..config import DecideConfig
 from ..errors import FpindexError
 from ..evidence import Evidence
@@ -34,21 +36,38 @@ from .base import DECIDERS, Decider, Decision, Labelled, Verdict, bootstrap_auc_
 from .simple import fixed, reference
 from .fusion import CrossFit, MonotoneScore, calibrated, cross_fit, fold_count, groups_of
 from .pu import positive_unlabelled, storey_share
+from .copies import COPY_SHARE, CopyNull, copy_features, copies_only, tail_p, with_copy_channel
 
 
 FUSING = frozenset({"calibrated", "pu"})   # methods that read every evidence feature, not one score
+# Methods tested against known-unused images: each also gets the copy channel (copies.py), and keeps
+# 1 − COPY_SHARE of α for itself. `copies` is that channel alone; `fixed` (the paper's rule) has no null.
+NULL_TESTED = frozenset({"calibrated", "pu", "reference"})
+COPY_CHECKED = NULL_TESTED | {"copies"}       # methods that read the copy-level features
 
 
 def choose_method(cfg: DecideConfig, data: Labelled) -> str:
     """The one place that picks the method; the pipeline calls it before any work and passes the answer on."""
     if cfg.method != "auto":
         DECIDERS.get(cfg.method)
+    if data.used is not None and data.not_used is None and cfg.method != "calibrated":   # it says so itself
+        raise FpindexError("--used was given without --not-used: labelled used images calibrate only against "
+                           "labelled not-used ones; add --not-used DIR, or pass known-unused images as "
+                           "--reference DIR and drop --used")
+    if cfg.method != "auto":
         return cfg.method
     if data.used is not None and data.not_used is not None:
         return "calibrated"
     if data.reference is not None or data.not_used is not None:
         return "pu"
-    return "fixed"
+    return "copies"
+
+
+def null_of(method: str, data: Labelled) -> Evidence | None:
+    """The known-unused images a method's null is made of (the canaries' sources too)."""
+    if method == "calibrated":
+        return data.not_used
+    return data.reference if data.reference is not None else data.not_used
 
 
 def decide(cfg: DecideConfig, target: Evidence, data: Labelled, method: str | None = None) -> Decision:
@@ -57,9 +76,15 @@ def decide(cfg: DecideConfig, target: Evidence, data: Labelled, method: str | No
         method = choose_method(cfg, data)
     elif cfg.method not in ("auto", method):
         raise FpindexError(f"decision method {method!r} given, but the settings ask for {cfg.method!r}")
-    return DECIDERS.get(method)(cfg, target, data)
+    if method not in NULL_TESTED:
+        return DECIDERS.get(method)(cfg, target, data)
+    fused = DECIDERS.get(method)(replace(cfg, alpha=cfg.alpha * (1.0 - COPY_SHARE)), target, data)
+    null = null_of(method, data)
+    return with_copy_channel(cfg, fused, target, CopyNull(null if null is not None else Evidence({})))
 
 
-__all__ = ["DECIDERS", "Decider", "Decision", "Labelled", "Verdict", "FUSING", "choose_method", "decide", "fixed",
+__all__ = ["DECIDERS", "Decider", "Decision", "Labelled", "Verdict", "FUSING", "NULL_TESTED", "COPY_CHECKED", "choose_method",
+           "decide", "null_of", "fixed", "COPY_SHARE", "CopyNull", "copy_features", "copies_only", "tail_p",
+           "with_copy_channel",
            "reference", "calibrated", "positive_unlabelled", "MonotoneScore", "CrossFit", "cross_fit", "groups_of",
            "fold_count", "storey_share", "empirical_p", "bootstrap_auc_ci"]

@@ -24,19 +24,33 @@ class Verdict:
     auc: float | None = None
     ci: tuple[float, float] | None = None
     p_value: float | None = None
+    # The copy channel (copies.py): how many real images carry copy-level evidence on their own, and the
+    # set-level p-value of the most extreme one (Bonferroni over the images); None: no copy channel.
+    copies: int | None = None
+    copy_p: float | None = None
+    fused: bool | None = None       # with a copy channel: did the fused score alone show leakage (at its share of α)?
 
     @property
     def text(self) -> str:
         if self.leakage is None:
             return "not tested: fixed thresholds have no null to test against (give --used/--not-used or --reference)"
+        fused = "" if self.auc is None else f"AUC {self.auc:.3f}, p = {self.p_value:.3g}, {self.basis}"
+        copies = "" if self.copies is None else (
+            f"{self.copies} real image{'' if self.copies == 1 else 's'} with copy-level evidence (set-level "
+            f"p = {self.copy_p:.3g})" if self.copies else f"no copy-level evidence (set-level p = {self.copy_p:.3g})")
         if not self.leakage:
-            return f"no evidence of leakage at α = {self.alpha:g} (AUC {self.auc:.3f}, p = {self.p_value:.3g}, {self.basis})"
-        return (f"leakage detected: AUC {self.auc:.3f} [{self.ci[0]:.3f}, {self.ci[1]:.3f}] on the {self.basis}, "
+            return f"no evidence of leakage at α = {self.alpha:g} ({'; '.join(t for t in (fused, copies) if t)})"
+        if self.auc is None or self.fused is False:
+            head = f"leakage detected: {copies}"
+            return head if self.auc is None else f"{head}; the fused score alone shows none ({fused})"
+        text = (f"leakage detected: AUC {self.auc:.3f} [{self.ci[0]:.3f}, {self.ci[1]:.3f}] on the {self.basis}, "
                 f"p = {self.p_value:.3g}")
+        return f"{text}; {copies}" if self.copies else text
 
     def as_dict(self) -> dict[str, Any]:
         return {"leakage": self.leakage, "alpha": self.alpha, "basis": self.basis, "auc": self.auc,
-                "auc_ci95": list(self.ci) if self.ci else None, "p_value": self.p_value, "text": self.text}
+                "auc_ci95": list(self.ci) if self.ci else None, "p_value": self.p_value, "copies": self.copies,
+                "copy_p_value": self.copy_p, "fused_leakage": self.fused, "text": self.text}
 
 
 @dataclass
@@ -47,6 +61,11 @@ class Decision:
     verdict: Verdict
     details: dict[str, Any] = field(default_factory=dict)
     p_value: np.ndarray | None = None
+    # Per image, which channel makes its p-value ≤ α ('fused', 'copy:<feature>', both joined by '+', or '');
+    # None: the method has no copy channel (fixed).
+    flagged_by: list[str] | None = None
+    # Each channel's own per-image p-value ('fused', 'copy') before they are combined into `p_value`.
+    p_channels: dict[str, np.ndarray] = field(default_factory=dict)
     # The fitted decision applied to other evidence (the canaries' what-if): score and p-value (None: no null).
     rescore: Callable[[Evidence], tuple[np.ndarray, np.ndarray | None]] | None = field(default=None, repr=False)
 
@@ -75,6 +94,9 @@ class Labelled:
     used: Evidence | None = None
     not_used: Evidence | None = None
     reference: Evidence | None = None
+    # The real images' copy-level evidence against each other (evidence/background.py): the null of the
+    # `copies` decision when nothing is known to be unused.
+    background: Evidence | None = None
 
 
 Decider = Callable[[DecideConfig, Evidence, Labelled], Decision]

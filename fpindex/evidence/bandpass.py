@@ -93,6 +93,7 @@ class BandpassCorrelation(Feature):
     needs = frozenset({"pixels"})
     threshold = 0.50
     on_demand = True
+    copy = True
 
     def cache_identity(self, size: int) -> dict[str, Any]:
         return {"size": size, "band": list(SIGMAS), "per": REFERENCE_SIDE, "align": "ecc-affine-smooth5-then-band",

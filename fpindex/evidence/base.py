@@ -96,6 +96,7 @@ class Feature:
     on_demand: ClassVar[bool] = False   # costly: computed only when the decision reads it
     attachment: ClassVar[str | None] = None  # file in the index holding what `fit` returned
     real_k: ClassVar[int] = 10          # needs 'real_neighbours': how many of the audit's other real images
+    copy: ClassVar[bool] = False        # a copy drives it to its cap of 1: tested on its own (decide/copies.py)
 
     def cache_identity(self, size: int) -> dict[str, Any] | None:
         """What defines a value (beyond the images' content); None: not cached."""

@@ -12,6 +12,7 @@ class Cosine(Feature):
     name = "cosine"
     help = "cosine similarity of the embeddings to the nearest generated image"
     pool = "top1"
+    copy = True
     threshold = 0.90
 
     def pairs(self, batch: PairBatch) -> np.ndarray:

@@ -19,6 +19,7 @@ class AlignedSSIM(Feature):
     needs = frozenset({"pixels"})
     threshold = 0.50
     on_demand = True
+    copy = True
 
     def cache_identity(self, size: int) -> dict[str, Any]:
         return ssim_identity(size) | {"align": "ecc-euclidean-half", "iterations": ALIGN_ITERATIONS,

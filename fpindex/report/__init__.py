@@ -1,7 +1,8 @@
 """Stage 8 — the audit's result in memory (`AuditResult`), and its files when asked (`save`), each atomically.
 
-OUT/predictions.csv     image,score,label,p_value  (image: path relative to the real folder; p_value empty
-                                                    when the decision method has no null, i.e. `fixed`)
+OUT/predictions.csv     image,score,label,p_value,flagged_by  (image: path relative to the real folder; p_value
+                        empty when the decision method has no null, i.e. `fixed`; flagged_by: the channel(s)
+                        that labelled the image, 'fused' and/or 'copy:<feature>' (decide/copies.py))
 OUT/submission.csv      <image id>,<0|1>           (ImageCLEF format, no header; id: see `submission_ids`)
 OUT/neighbours.parquet  image, rank, generated_id, generated, cosine, then every other pair-level evidence
                         feature (one row per real image × neighbour; NaN where the feature was not computed
@@ -57,7 +58,7 @@ class AuditResult:
     """What an audit found: per-image predictions, the neighbours with their evidence, the set-level verdict
     and the summary (what summary.json holds). Files are written only by `save`."""
 
-    predictions: pd.DataFrame        # image, score, label, p_value (NaN when the method has no null)
+    predictions: pd.DataFrame        # image, score, label, p_value (NaN when the method has no null), flagged_by
     neighbours: pd.DataFrame         # image, rank, generated_id, generated, cosine, <pair-level evidence…>
     verdict: Verdict
     summary: dict[str, Any]
@@ -75,7 +76,8 @@ class AuditResult:
         predictions = pd.DataFrame({
             "image": images, "score": np.asarray(decision.score, np.float64),
             "label": np.asarray(decision.label, np.int8),
-            "p_value": decision.p_value if decision.p_value is not None else np.full(n, np.nan)})
+            "p_value": decision.p_value if decision.p_value is not None else np.full(n, np.nan),
+            "flagged_by": decision.flagged_by if decision.flagged_by is not None else [""] * n})
         neighbours = pd.DataFrame({
             "image": np.repeat(np.array(images, dtype=object), k), "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
             "generated_id": nb.ids.ravel(), "generated": generated.ravel(), "cosine": nb.cosine.ravel(),
@@ -98,9 +100,10 @@ class AuditResult:
                 has_p = self.decision.p_value is not None
                 p = self.predictions
                 self._text(out, staged, "predictions.csv", _csv(
-                    ((img, f"{s:.6f}", int(lab), f"{pv:.6g}" if has_p else "")
-                     for img, s, lab, pv in zip(p["image"], p["score"], p["label"], p["p_value"])),
-                    header=["image", "score", "label", "p_value"]))
+                    ((img, f"{s:.6f}", int(lab), f"{pv:.6g}" if has_p else "", by)
+                     for img, s, lab, pv, by in zip(p["image"], p["score"], p["label"], p["p_value"],
+                                                    p["flagged_by"])),
+                    header=["image", "score", "label", "p_value", "flagged_by"]))
                 self._text(out, staged, "submission.csv", _csv(zip(ids, p["label"].astype(int))))
                 staged["neighbours.parquet"] = tmp = outputs.stage(out, "neighbours.parquet")
                 # Column by column from numpy: pandas conversion would turn NaN ("not computed") into null.

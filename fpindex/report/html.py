@@ -258,9 +258,10 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
         rows = [{"image": img, "score": float(sc), "score_text": _num(sc, ".4f"), "label": int(lab),
                  "p_value": _num(pv, ".3g"), "truth": {1: "used", 0: "not used"}.get(int(t), ""),
                  "cosine": _num(best["cosine"].get(img) if img in best.index else None),
-                 "anchor": anchors.get(img, "")}
-                for img, sc, lab, pv, t in zip(p["image"], scores, p["label"], p.get("p_value", [math.nan] * len(p)),
-                                               known)]
+                 "anchor": anchors.get(img, ""), "flagged_by": by if isinstance(by, str) else ""}
+                for img, sc, lab, pv, t, by in zip(p["image"], scores, p["label"],
+                                                   p.get("p_value", [math.nan] * len(p)), known,
+                                                   p.get("flagged_by", [""] * len(p)))]
         env = Environment(loader=PackageLoader("fpindex.report", "templates"),
                           autoescape=select_autoescape(["html", "j2"], default=True),
                           trim_blocks=True, lstrip_blocks=True)

@@ -1,0 +1,152 @@
+"""The copy channel (decide/copies.py): copies are found whatever the fused fit learnt, at the stated rate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fpindex.config import DecideConfig
+from fpindex.decide import COPY_SHARE, CopyNull, Labelled, decide, tail_p
+from fpindex.decide.base import Verdict
+from fpindex.errors import FpindexError
+from fpindex.evidence import FEATURES as REGISTRY, Evidence
+from fpindex.guardrails import Inputs, audit_warnings, needed_null
+
+FEATURES = tuple(REGISTRY.names())
+COPY = ("cosine", "ssim_aligned", "bandpass")
+
+
+def unused(rng, n):
+    """Scores like an unused image's: bounded by 1, a copy feature far below its cap."""
+    return {"cosine": rng.beta(40, 8, n), "ssim": rng.beta(6, 10, n), "jaccard": rng.beta(8, 8, n),
+            "subspace": rng.beta(8, 8, n), "ssim_aligned": rng.beta(8, 10, n), "bandpass": rng.beta(5, 12, n),
+            "density_ratio": rng.normal(0, 0.01, n)}
+
+
+def evidence(rng, n, copies=0, leak_on=None):
+    """n images; the first `copies` are exact copies (every copy feature at its cap); `leak_on`: a feature on
+    which the other used images stand out a little (what a fused fit would learn)."""
+    v = unused(rng, n)
+    for f in COPY:
+        v[f][:copies] = 1.0
+    return Evidence(v)
+
+
+def test_copy_features_are_declared_by_the_features():
+    assert tuple(f for f in FEATURES if REGISTRY.get(f).copy) == COPY
+
+
+def test_tail_p_is_empirical_inside_the_null_and_extrapolates_beyond_it():
+    rng = np.random.default_rng(0)
+    null = rng.beta(8, 10, 10)
+    inside = np.sort(null)[[2, 5, 9]]
+    np.testing.assert_allclose(tail_p(inside, null), (1 + np.array([8, 5, 1])) / 11)
+    far = tail_p(np.array([null.max() + 0.01, 0.9, 0.99, 1.0]), null)
+    assert np.all(far <= 1 / 11) and np.all(np.diff(far) <= 0)
+    assert far[-1] < 1e-4                       # an exact copy is out of reach of 10 unused images' 1/11
+    assert np.all(tail_p(np.array([0.5]), np.array([])) == 1.0)
+
+
+def test_an_exact_copy_is_found_whatever_the_fused_fit_learnt():
+    """The labelled split holds no copy (like a clean generator's, or a diffusion model's that copied a few
+    images outside it): the fused fit sees noise, and an exact copy among the real images ranks like any other
+    image by the fused score. The copy channel finds it."""
+    rng = np.random.default_rng(1)
+    used, not_used = Evidence(unused(rng, 60)), Evidence(unused(rng, 60))
+    target = evidence(rng, 200, copies=3)
+    d = decide(DecideConfig(method="calibrated", permutations=49), target, Labelled(used=used, not_used=not_used))
+    assert d.label[:3].all() and all("copy:" in b for b in d.flagged_by[:3])
+    assert d.p_value[:3].max() <= 0.05 * COPY_SHARE and d.p_channels["copy"][:3].max() < 1e-6
+    assert d.verdict.leakage is True and d.verdict.copies == 3 and d.verdict.fused is False
+    assert "3 real images with copy-level evidence" in d.verdict.text and "fused score alone shows none" in d.verdict.text
+    assert d.details["copy_channel"]["labelled_by"]["copy"] >= 3
+    # The canaries' what-if goes through the same channel.
+    _, p = d.rescore(evidence(rng, 4, copies=1))
+    assert p[0] <= 0.05 and p[1:].min() > p[0]
+
+
+@pytest.mark.parametrize("method", ["pu", "reference"])
+def test_ten_known_unused_images_are_enough_to_prove_an_exact_copy(method):
+    rng = np.random.default_rng(2)
+    d = decide(DecideConfig(method=method, permutations=49), evidence(rng, 80, copies=2),
+               Labelled(reference=Evidence(unused(rng, 10))))
+    assert d.p_value[:2].max() <= 0.05 < 1 / 11 and d.label[:2].all()
+    assert d.verdict.leakage is True and d.verdict.copies == 2
+
+
+def test_per_image_and_set_level_false_alarms_stay_at_alpha_on_nulls():
+    """Real and known-unused images drawn alike: the share of images labelled, and of sets said to leak."""
+    rng = np.random.default_rng(3)
+    flagged, sets, n = 0, 0, 0
+    for _ in range(40):
+        d = decide(DecideConfig(method="pu", permutations=19), Evidence(unused(rng, 60)),
+                   Labelled(reference=Evidence(unused(rng, 30))))
+        flagged += int((d.p_value <= 0.05).sum())
+        n += len(d.p_value)
+        sets += bool(d.verdict.leakage and d.verdict.copies)
+    assert flagged / n <= 0.05 and sets <= 4          # measured: 0.041 of images, 0 of 40 sets
+
+
+def test_without_known_unused_images_only_proven_copies_are_flagged():
+    """Half the real images are exact copies (a replaying generator) and nothing is known to be unused: the real
+    images' matches among each other are the null, and exactly the copies are flagged (BH at α)."""
+    rng = np.random.default_rng(4)
+    target = evidence(rng, 100, copies=50)
+    background = Evidence({f: v + 0.05 for f, v in unused(rng, 100).items()})     # siblings it missed: errs high
+    d = decide(DecideConfig(), target, Labelled(background=background))
+    assert d.method == "copies" and d.label[:50].all() and not d.label[50:].any()
+    assert d.verdict.leakage is True and d.verdict.copies == 50 and d.verdict.auc is None
+    assert d.details["uncalibrated"] is True and d.details["copy_channel"]["null"].startswith("the real images' best")
+    assert np.all(d.score[:50] > d.score[50:].max())
+    clean = decide(DecideConfig(), evidence(rng, 100), Labelled(background=background))
+    assert not clean.label.any() and clean.verdict.leakage is False
+    assert clean.verdict.text.startswith("no evidence of leakage at α = 0.05 (no copy-level evidence")
+    # A canary's what-if: one more image, adjusted among the audit's own.
+    _, p = d.rescore(evidence(rng, 2, copies=1))
+    assert p[0] <= 0.05 < p[1]
+
+
+def test_without_any_background_a_minority_of_copies_stands_out_of_the_real_images_themselves():
+    rng = np.random.default_rng(6)
+    d = decide(DecideConfig(method="copies"), evidence(rng, 100, copies=10), Labelled())
+    assert d.details["copy_channel"]["null"].startswith("the real images themselves")
+    assert d.label[:10].all() and not d.label[10:].any()
+
+
+def test_copies_refuses_evidence_without_copy_features():
+    with pytest.raises(FpindexError, match="^decision 'copies' needs copy-level evidence features"):
+        decide(DecideConfig(method="copies"), Evidence({"jaccard": np.ones(3)}), Labelled())
+
+
+def test_copy_null_describes_itself():
+    rng = np.random.default_rng(5)
+    c = CopyNull(Evidence(unused(rng, 12)))
+    d = c.describe()
+    assert d["features"] == list(COPY) and d["n_null"] == 12 and d["share_of_alpha"] == COPY_SHARE
+
+
+# ---- guardrails -------------------------------------------------------------------------------------
+
+def warnings_for(method="pu", auc=0.6, ci=(0.55, 0.65), n_null=100, n_real=100, n_generated=1000, same=0):
+    from fpindex.decide import Decision
+
+    v = Verdict(leakage=False, alpha=0.05, auc=auc, ci=ci, p_value=0.5)
+    d = Decision(score=np.zeros(n_real), label=np.zeros(n_real, np.int8), method=method, verdict=v)
+    return audit_warnings(d, Inputs(n_real=n_real, n_generated=n_generated, n_null=n_null, real_in_generated=same))
+
+
+def test_guardrails_name_the_likely_cause():
+    assert warnings_for() == []
+    assert needed_null(0.05) == 24
+    (w,) = warnings_for(n_null=10)
+    assert w.startswith("only 10 known-unused images: the fused score's p-values cannot go below 1/11") and \
+        "give at least 24 known-unused images" in w
+    (w,) = warnings_for(n_null=2)
+    assert w.startswith("only 2 known-unused images: too few for any claim")
+    (w,) = warnings_for(auc=0.315, ci=(0.25, 0.38))
+    assert "well below chance" in w and "swapped" in w
+    (w,) = warnings_for(n_generated=50)
+    assert w.startswith("only 50 generated images for 100 real ones")
+    (w,) = warnings_for(same=95)
+    assert w.startswith("95 of 100 real images are byte-identical to generated images")
+    assert warnings_for(method="copies", n_null=0)[0].startswith("no known-unused images (--not-used or --reference)")
