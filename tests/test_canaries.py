@@ -44,11 +44,11 @@ def _scenario(helpers, root, rate):
 
 @pytest.mark.parametrize("rate", [0.0, 1.0])
 def test_exact_copy_canaries_are_flagged_at_any_rate(helpers, tmp_path, rate):
-    """Leaked or not, an exact copy of a known-unused image is what any audit must see; its p-value is then
-    the smallest the known-unused images allow (1 / (1 + n)), so α is set to admit it with n = 6. The
-    one-score `reference` decision: on 6 + 6 images the weights of a fused one are noise."""
+    """Leaked or not, an exact copy of a known-unused image is what any audit must see. With 6 known-unused
+    images no empirical p-value goes below 1/7, but the copy channel's tail model reaches beyond them, so the
+    default α is enough. The one-score `reference` decision: on 6 + 6 images the weights of a fused one are noise."""
     d = _scenario(helpers, tmp_path, rate)
-    cfg = helpers.CFG.override(decide={"alpha": 0.15, "method": "reference"},
+    cfg = helpers.CFG.override(decide={"method": "reference"},
                                canaries={"n": 6, "kinds": ("exact", "blend")})
     result = audit(d / "generated", d / "test", reference=d / "train" / "not_used", config=cfg)
     c = result.summary["canaries"]
@@ -56,7 +56,7 @@ def test_exact_copy_canaries_are_flagged_at_any_rate(helpers, tmp_path, rate):
     assert c["method"] == "reference" and exact["planted"] == 6 and exact["found"] == 6
     assert c["text"][0] == "would have flagged 6/6 exact copies"
     assert {t["description"] for t in c["table"][1:]} == {"2-image blends", "3-image blends", "5-image blends"}
-    assert all(p["p_value"] == pytest.approx(1 / 7) for p in c["planted"] if p["kind"] == "exact")
+    assert all(p["p_value"] <= 0.05 < 1 / 7 for p in c["planted"] if p["kind"] == "exact")
 
 
 def test_audit_prints_and_saves_what_it_would_have_caught(leak, helpers, tmp_path):
@@ -67,7 +67,8 @@ def test_audit_prints_and_saves_what_it_would_have_caught(leak, helpers, tmp_pat
                                  "--index-type", "Flat", "--canaries", "2", "--canary-kinds", "exact",
                                  "--canary-kinds", "noise", "--report", "--report-top", "1"])
     assert r.exit_code == 0, (r.output, r.exception)
-    assert "canaries (2 not-used images; found = p ≤ α = 0.05 against the not-used images):" in r.output
+    assert ("canaries (2 not-used images; found = p ≤ α = 0.05 against the not-used images (fused or copy "
+            "channel)):") in r.output
     assert "would have flagged exact: " in r.output and "would have flagged noise (σ): 0.02: " in r.output
     saved = json.loads((out / "summary.json").read_text())["canaries"]
     assert saved["n_sources"] == 2 and [t["kind"] for t in saved["table"]] == ["exact"] + ["noise"] * 3

@@ -52,5 +52,5 @@ def test_result_in_memory_matches_the_files(tmp_path):
     r = _result(["p1.png", "p2.png"])
     r.save(tmp_path)
     assert list(r.predictions.columns) == ["image", "score", "label", "p_value", "flagged_by"]
-    assert (tmp_path / "predictions.csv").read_text().splitlines()[1:] == ["p1.png,0.000000,0,", "p2.png,1.000000,1,"]
+    assert (tmp_path / "predictions.csv").read_text().splitlines()[1:] == ["p1.png,0.000000,0,,", "p2.png,1.000000,1,,"]
     assert set(r.summary["timings"]) >= {"write", "total"}
