@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .cache import cache_root
-from .canaries import Folder, run_canaries, source_folder
+from .canaries import Folder, copy_levels, run_canaries, source_folder
 from .config import AuditConfig, EmbedConfig
 from .decide import COPY_CHECKED, FUSING, Labelled, choose_method, decide, null_of
 from .guardrails import Inputs, audit_warnings, emit
@@ -27,7 +27,6 @@ from .embed import (SELFSUP, SELFSUP_FILE, Embedded, Embedder, embed_identity, m
 from .engine import engine_for
 from .errors import FpindexError
 from .evidence import FEATURES, Evidence, FitInput, Query, Run
-from .evidence.background import real_background
 from .index import MANIFEST_FILE, IndexStore, create_store, finish_in_memory, is_index_dir
 from .load import ReadOptions, check_distinct, list_folder, list_images
 from .pixels import PixelStore, QueryImages
@@ -264,17 +263,13 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
         pair, ev = engine.evidence(q, run, names)
         results[name] = (emb, nb, pair, replace(ev, groups=groups))
 
-    own = None
-    if method == "copies":       # nothing known to be unused: the real images' matches among each other are the null
-        emb = searched["real"][0]
-        run = Run(wanted=frozenset(names), cache_dir=cache_root(embed_cfg), stage=timings.stage, progress=bar,
-                  desc="re-rank real vs real")
-        groups = siblings[0] if siblings[0] is not None else sibling_groups([emb.vectors])[0]
-        own = real_background(emb, groups, config.evidence.k, pixels, names, run, engine.evidence,
-                              timings.stage)[1]
+    levels = None
+    if method == "copies":      # nothing known to be unused: what a near copy of these very images scores
+        levels = copy_levels(config, searched["real"][0], embedder, pixels, store.attachments, names,
+                             cache_root(embed_cfg), timings)
     with timings.stage("decide"):
         labelled = Labelled(**{n: results[n][3] for n in ("used", "not_used", "reference") if n in results},
-                            background=own)
+                            copy_levels=levels)
         decision = decide(config.decide, results["real"][3], labelled, method=method)
 
     emb, nb, pair, ev = results["real"]
@@ -321,6 +316,8 @@ def audit(generated: str | Path, real: str | Path, config: AuditConfig, index_di
     timings = Timings()
     # Check every input folder before the expensive build, so a typo fails in a second, not after it.
     check_distinct({"real": real, "used": used, "not_used": not_used, "reference": reference})
+    given = {"used": used, "not_used": not_used, "reference": reference}
+    choose_method(config.decide, Labelled(**{n: _EMPTY for n, p in given.items() if p is not None}))
     for name, p in {"real-image": real, "used": used, "not-used": not_used, "reference": reference}.items():
         if p is not None:
             list_images(p, f"{name} folder", ReadOptions.of(config.embed))

@@ -142,19 +142,3 @@ class QueryImages:
                 raise FpindexError(f"generated image {p} (index id {i}) is needed for SSIM re-ranking "
                                    f"but {why}; restore the file or rebuild the index")
 
-
-class FolderFiles:
-    """A folder of embedded real images seen as an index (ids = rows of the folder), so that the evidence runner
-    can read a real image's neighbours among the other real images like generated ones."""
-
-    def __init__(self, root: Path, paths: Sequence[str], sha256: Sequence[str], nbytes: Sequence[int]) -> None:
-        self.root, self.paths, self._sha, self._bytes = Path(root), list(paths), list(sha256), list(nbytes)
-
-    def files(self, ids: np.ndarray) -> list[str]:
-        return [str(self.root / self.paths[i]) for i in np.asarray(ids).ravel().tolist()]
-
-    def sha256(self, ids: np.ndarray) -> list[str]:
-        return [self._sha[i] for i in np.asarray(ids).ravel().tolist()]
-
-    def sizes(self, ids: np.ndarray) -> list[int]:
-        return [self._bytes[i] for i in np.asarray(ids).ravel().tolist()]

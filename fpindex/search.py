@@ -63,36 +63,6 @@ def search_real(groups: list[tuple[np.ndarray, list[str]]], k: int, batch: int =
     return out
 
 
-def real_neighbours(vectors: np.ndarray, sha256: list[str], groups: np.ndarray | None, k: int,
-                    batch: int = 4096) -> Neighbours:
-    """Within one folder of real images, each image's k nearest *other* images that are neither byte-identical
-    to it nor its siblings (same `groups` id): what a real image looks like beside images that are not copies of
-    it (decide/copies.py, when no known-unused images exist). Ids are rows of the folder; -1 where none."""
-    import faiss
-
-    n = len(vectors)
-    ids = np.full((n, k), -1, np.int64)
-    cos = np.full((n, k), np.nan, np.float32)
-    if n < 2:
-        return Neighbours(ids, cos)
-    shas = np.asarray(sha256, dtype=object)
-    g = np.arange(n) if groups is None else np.asarray(groups)
-    _, first = np.unique(g, return_counts=True)
-    _, copies = np.unique(shas, return_counts=True)
-    kk = min(n, k + int(first.max()) + int(copies.max()))     # room for the image, its siblings and copies
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    v = np.ascontiguousarray(vectors, np.float32)
-    index.add(v)
-    for s in range(0, n, batch):
-        d, i = index.search(v[s:s + batch], kk)
-        for r in range(len(d)):
-            row = s + r
-            ok = (i[r] >= 0) & (g[np.maximum(i[r], 0)] != g[row]) & (shas[np.maximum(i[r], 0)] != shas[row])
-            keep = np.flatnonzero(ok)[:k]
-            ids[row, :len(keep)], cos[row, :len(keep)] = i[r][keep], d[r][keep]
-    return Neighbours(ids, cos)
-
-
 SIBLINGS = 2     # mutual nearest neighbours that make two real images siblings (3 merged a 10-image folder into 3 groups)
 
 

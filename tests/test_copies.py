@@ -87,35 +87,31 @@ def test_per_image_and_set_level_false_alarms_stay_at_alpha_on_nulls():
     assert flagged / n <= 0.05 and sets <= 4          # measured: 0.041 of images, 0 of 40 sets
 
 
-def test_without_known_unused_images_only_proven_copies_are_flagged():
-    """Half the real images are exact copies (a replaying generator) and nothing is known to be unused: the real
-    images' matches among each other are the null, and exactly the copies are flagged (BH at α)."""
+LEVELS = {"cosine": 0.98, "ssim_aligned": 0.85, "bandpass": 0.95}   # what near copies of these images score
+
+
+def test_without_known_unused_images_only_images_at_copy_level_are_flagged():
+    """Half the real images are exact copies (a replaying generator) and nothing is known to be unused: an image
+    is flagged when two copy features reach the level near copies of the audit's own images reach."""
     rng = np.random.default_rng(4)
     target = evidence(rng, 100, copies=50)
-    background = Evidence({f: v + 0.05 for f, v in unused(rng, 100).items()})     # siblings it missed: errs high
-    d = decide(DecideConfig(), target, Labelled(background=background))
+    target.scores["cosine"][50:] = 0.99         # typical images can have a high cosine: one feature is not enough
+    d = decide(DecideConfig(), target, Labelled(copy_levels=LEVELS))
     assert d.method == "copies" and d.label[:50].all() and not d.label[50:].any()
-    assert d.verdict.leakage is True and d.verdict.copies == 50 and d.verdict.auc is None
-    assert d.details["uncalibrated"] is True and d.details["copy_channel"]["null"].startswith("the real images' best")
-    assert np.all(d.score[:50] > d.score[50:].max())
-    clean = decide(DecideConfig(), evidence(rng, 100), Labelled(background=background))
+    assert d.verdict.leakage is True and d.verdict.copies == 50 and d.verdict.auc is None and d.p_value is None
+    assert d.verdict.text == "leakage detected: 50 real images with copy-level evidence"
+    assert d.details["uncalibrated"] is True and d.details["agree"] == 2 and d.details["copy_levels"] == LEVELS
+    assert np.all(d.score[:50] > d.score[50:].max()) and all(b.startswith("copy:") for b in d.flagged_by[:50])
+    clean = decide(DecideConfig(), evidence(rng, 100), Labelled(copy_levels=LEVELS))
     assert not clean.label.any() and clean.verdict.leakage is False
-    assert clean.verdict.text.startswith("no evidence of leakage at α = 0.05 (no copy-level evidence")
-    # A canary's what-if: one more image, adjusted among the audit's own.
-    _, p = d.rescore(evidence(rng, 2, copies=1))
-    assert p[0] <= 0.05 < p[1]
+    assert clean.verdict.text == "no evidence of leakage at α = 0.05 (no copy-level evidence)"
+    score, p = d.rescore(evidence(rng, 2, copies=1))         # a canary's what-if
+    assert p is None and score[0] >= 0 > score[1]
 
 
-def test_without_any_background_a_minority_of_copies_stands_out_of_the_real_images_themselves():
-    rng = np.random.default_rng(6)
-    d = decide(DecideConfig(method="copies"), evidence(rng, 100, copies=10), Labelled())
-    assert d.details["copy_channel"]["null"].startswith("the real images themselves")
-    assert d.label[:10].all() and not d.label[10:].any()
-
-
-def test_copies_refuses_evidence_without_copy_features():
-    with pytest.raises(FpindexError, match="^decision 'copies' needs copy-level evidence features"):
-        decide(DecideConfig(method="copies"), Evidence({"jaccard": np.ones(3)}), Labelled())
+def test_copies_needs_a_copy_level():
+    with pytest.raises(FpindexError, match="^decision 'copies' needs the copy level of the audit's own images"):
+        decide(DecideConfig(method="copies"), Evidence(unused(np.random.default_rng(0), 3)), Labelled())
 
 
 def test_copy_null_describes_itself():
@@ -150,3 +146,43 @@ def test_guardrails_name_the_likely_cause():
     (w,) = warnings_for(same=95)
     assert w.startswith("95 of 100 real images are byte-identical to generated images")
     assert warnings_for(method="copies", n_null=0)[0].startswith("no known-unused images (--not-used or --reference)")
+
+
+# ---- end to end ---------------------------------------------------------------------------------------
+
+def test_an_audit_without_known_unused_images_flags_copies_and_says_labels_are_uncalibrated(leak, helpers):
+    from fpindex import FpindexWarning, audit
+
+    with pytest.warns(FpindexWarning, match="^no known-unused images .* give --reference DIR"):
+        r = audit(leak.generated, leak.real, config=helpers.CFG.override(canaries={"n": 4}))
+    assert r.decision.method == "copies" and r.summary["warnings"][0].startswith("no known-unused images")
+    row = r.predictions.set_index("image").loc[leak.exact_real]
+    assert row["label"] == 1 and row["flagged_by"].startswith("copy:")
+    assert r.predictions["label"].sum() <= len(r.predictions) // 2
+    c = r.summary["canaries"]
+    assert c["source_folder"] == "real" and c["table"][0]["kind"] == "exact"
+    assert c["table"][0]["found"] == c["table"][0]["planted"] == 4
+
+
+def test_used_without_not_used_is_refused_on_the_command_line_before_any_work(leak, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from fpindex.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fpindex", "audit", "-g", str(leak.generated), "-r", str(leak.real), "--used",
+                                      str(leak.used), "--out", str(tmp_path / "o"), "--index", str(tmp_path / "i")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("fpindex: error: --used was given without --not-used")
+    assert err.count("\n") == 1 and not (tmp_path / "o").exists() and not (tmp_path / "i").exists()
+
+
+def test_swapped_folders_are_named_as_the_likely_cause(leak, helpers):
+    """The generated folder given as the real one and the other way round: fewer generated images than real."""
+    from fpindex import FpindexWarning, audit
+
+    with pytest.warns(FpindexWarning, match="generated images for .* real ones: .* swapped"):
+        audit(leak.real, leak.generated, config=helpers.CFG.override(canaries={"n": 0}))
+    with pytest.warns(FpindexWarning, match="real images are byte-identical to generated images"):
+        audit(leak.generated, leak.generated, config=helpers.CFG.override(canaries={"n": 0}))

@@ -4,8 +4,8 @@ Per real image the evidence is a few named numbers, one per evidence feature (fp
 the top-1 cosine, the best SSIM and the best Jaccard over its k neighbours, how well the generated set's
 principal subspace reconstructs the image, the best SSIM after rigid alignment of each neighbour, the best
 band-passed correlation after affine alignment, and the generated-vs-real density ratio).
-Four ways to decide, chosen by `--decision` (default `auto`: the first that the inputs allow, in the order
-calibrated → pu → fixed):
+Five ways to decide, chosen by `--decision` (default `auto`: the first that the inputs allow, in the order
+calibrated → pu → copies):
 - `calibrated` (fusion.py): labelled used / not-used real images (ImageCLEF's train split). All the scores are
   fused with non-negative weights (see `MonotoneScore`) and Platt-scaled, fitted on them; the stratified
   k-fold cross-validated quality on those images is reported. Score = P(used); label = P ≥ 0.5.
@@ -14,7 +14,13 @@ calibrated → pu → fixed):
   out-of-fold scores; label = p ≤ α; the share of used images estimated with an interval.
 - `reference` (simple.py, opt-in): one `--score` against the reference: p = (1 + #{null ≥ s}) / (1 + n_null);
   label = p ≤ α. Score = the raw similarity.
+- `copies` (copies.py): nothing known to be unused: only copy-level evidence, against the real images' matches
+  among each other, Benjamini-Hochberg at α. Score = −log10 of its p-value.
 - `fixed` (simple.py): the paper's way: label = `--score` ≥ a fixed threshold. Score = the raw similarity.
+
+calibrated, pu and reference are each one channel of two: `decide` runs them at 0.8 α and adds the copy
+channel (copies.py) at 0.2 α, which tests the features a copy saturates one by one, so that no fit can hide a
+copy; an image's p-value and label, and the verdict, take either channel's evidence.
 
 Before any image is labelled "used", the whole set gets a verdict: is there a membership signal at all?
 - calibrated and pu: the cross-validated AUC, with a bootstrap 95 % interval and a permutation test (the
@@ -22,7 +28,8 @@ Before any image is labelled "used", the whole set gets a verdict: is there a me
   folds and permutations move whole sibling groups (`search.sibling_groups`), not single images;
 - reference: a one-sided Mann-Whitney test of the real images' scores against the reference scores.
 Without evidence at level α every label is 0, so a clean generator is not accused. Each image also gets a
-p-value: the share of known-unused images (their out-of-fold scores when fused) scoring at least as high.
+p-value: per channel, the share of known-unused images (their out-of-fold scores when fused) scoring at least
+as high, or beyond them, for the copy channel, a modelled tail; then combined.
 """
 
 from __future__ import annotations

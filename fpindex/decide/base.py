@@ -35,9 +35,10 @@ class Verdict:
         if self.leakage is None:
             return "not tested: fixed thresholds have no null to test against (give --used/--not-used or --reference)"
         fused = "" if self.auc is None else f"AUC {self.auc:.3f}, p = {self.p_value:.3g}, {self.basis}"
+        at = "" if self.copy_p is None else f" (set-level p = {self.copy_p:.3g})"
         copies = "" if self.copies is None else (
-            f"{self.copies} real image{'' if self.copies == 1 else 's'} with copy-level evidence (set-level "
-            f"p = {self.copy_p:.3g})" if self.copies else f"no copy-level evidence (set-level p = {self.copy_p:.3g})")
+            f"{self.copies} real image{'' if self.copies == 1 else 's'} with copy-level evidence{at}" if self.copies
+            else f"no copy-level evidence{at}")
         if not self.leakage:
             return f"no evidence of leakage at α = {self.alpha:g} ({'; '.join(t for t in (fused, copies) if t)})"
         if self.auc is None or self.fused is False:
@@ -94,9 +95,9 @@ class Labelled:
     used: Evidence | None = None
     not_used: Evidence | None = None
     reference: Evidence | None = None
-    # The real images' copy-level evidence against each other (evidence/background.py): the null of the
-    # `copies` decision when nothing is known to be unused.
-    background: Evidence | None = None
+    # Per copy-level feature, what near copies of the audit's own real images score (canaries.copy_levels): what
+    # "a copy" means to the `copies` decision when nothing is known to be unused.
+    copy_levels: dict[str, float] | None = None
 
 
 Decider = Callable[[DecideConfig, Evidence, Labelled], Decision]

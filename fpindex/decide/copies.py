@@ -40,50 +40,27 @@ def to_tail(s: np.ndarray) -> np.ndarray:
     return -np.log1p(-np.minimum(np.asarray(s, np.float64), _TOP))
 
 
-def _beta_tail(s: np.ndarray, null: np.ndarray) -> np.ndarray:
-    """P(X ≥ s) for a Beta law on (s + 1) / 2 matched to the null's mean and (predictive) variance: a model that
-    knows the scores stop at 1, so that it puts no mass where no image but a copy can be."""
-    from scipy.stats import beta
-
-    x = (null + 1.0) / 2.0
-    m, v = x.mean(), x.var(ddof=1) * (1.0 + 1.0 / len(x))
-    c = m * (1.0 - m) / max(v, 1e-12) - 1.0
-    if not (0.0 < m < 1.0) or c <= 0:
-        return np.ones(len(s))
-    return beta.sf((np.minimum(s, 1.0) + 1.0) / 2.0, m * c, (1.0 - m) * c)
-
-
-def tail_p(scores: np.ndarray, null: np.ndarray, robust: bool = False, bounded: bool = False) -> np.ndarray:
-    """P(an unused image scores ≥ s): empirical inside the null's range, a modelled tail beyond its maximum.
-    `robust`: median and MAD instead of mean and SD, for a null that may hold some copies itself (the real
-    images, when nothing else is given). `bounded`: for a null that errs high by construction (the real images'
-    matches among each other), the tail of s is modelled by a Beta law, which respects the cap at 1, instead of
-    a Gaussian, which keeps mass beyond it and so cannot tell a copy from a wide null."""
+def tail_p(scores: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """P(an unused image scores ≥ s): empirical inside the null's range; beyond its maximum the heavier of the
+    Student-t predictive tails of s and of −log(1 − s), so that a null shaped like either (or like a maximum over
+    neighbours, in between) keeps its rate (measured in benchmarks/verdict_alpha.py)."""
     from scipy.stats import t as student
 
     s = np.asarray(scores, np.float64)
     null = np.asarray(null, np.float64)
     null = np.sort(null[np.isfinite(null)])
     n = len(null)
-    if n < (5 if robust else 1):
+    if n == 0:
         return np.ones(len(s))
     empirical = (1.0 + n - np.searchsorted(null, s, side="left")) / (1.0 + n)
     if n < 3:
         return empirical
+
     def predictive(f) -> np.ndarray:
         u = f(null)
-        if robust:
-            centre, spread = np.median(u), 1.4826 * np.median(np.abs(u - np.median(u)))
-        else:
-            centre, spread = u.mean(), u.std(ddof=1)
-        return student.sf((f(s) - centre) / (max(spread, 1e-3) * np.sqrt(1.0 + 1.0 / n)), df=n - 1)
+        return student.sf((f(s) - u.mean()) / (max(u.std(ddof=1), 1e-3) * np.sqrt(1.0 + 1.0 / n)), df=n - 1)
 
-    # Gaussian on s or on −log(1 − s): whichever tail is the heavier, so that a null shaped like either (or like
-    # a maximum over neighbours, in between) keeps its rate (measured in benchmarks/verdict_alpha.py).
-    linear = _beta_tail(s, null) if bounded and not robust else predictive(lambda v: v)
-    tail = np.maximum(linear, predictive(to_tail))
-    if robust:      # the null holds the tested images themselves: only the model of its bulk speaks
-        return tail
+    tail = np.maximum(predictive(lambda v: v), predictive(to_tail))
     return np.where(s > null[-1], np.minimum(empirical, tail), empirical)
 
 
@@ -94,7 +71,6 @@ class CopyTest:
 
     features: tuple[str, ...]
     p_features: np.ndarray
-    robust: bool = False
 
     @property
     def p(self) -> np.ndarray:
@@ -109,31 +85,25 @@ class CopyTest:
 
 
 class CopyNull:
-    """The copy features of known-unused images (or of the real images themselves, `robust`): what no copy
-    scores. Applied to any evidence: the audit's, and the canaries' what-if."""
+    """The copy features of known-unused images: what no copy scores. Applied to any evidence: the audit's, and
+    the canaries' what-if."""
 
-    def __init__(self, null: Evidence, features: tuple[str, ...] | None = None, robust: bool = False,
-                 name: str = "the known-unused images", bounded: bool = False) -> None:
-        self.name, self.bounded = name, bounded
+    def __init__(self, null: Evidence, features: tuple[str, ...] | None = None) -> None:
         self.features = copy_features(null) if features is None else features
         self.null = {f: null.scores[f].astype(np.float64) for f in self.features}
-        self.robust = robust
         self.n = len(null)
 
     def test(self, evidence: Evidence) -> CopyTest:
         feats = tuple(f for f in self.features if f in evidence.scores)
-        cols = [tail_p(evidence.scores[f], self.null[f], self.robust, self.bounded) for f in feats]
+        cols = [tail_p(evidence.scores[f], self.null[f]) for f in feats]
         p = np.column_stack(cols) if cols else np.ones((len(evidence), 0))
-        return CopyTest(feats, p, self.robust)
+        return CopyTest(feats, p)
 
     def describe(self) -> dict:
         return {"features": list(self.features), "n_null": self.n, "share_of_alpha": COPY_SHARE,
-                "null": "the real images themselves, median and MAD (no known-unused images)" if self.robust
-                else self.name,
-                "p_value": "empirical inside the null's range; beyond its maximum the heavier of two modelled "
-                           "tails: the Student-t predictive tail of -log(1 - s), and that of s (a Gaussian) or, "
-                           "for the real images' own background, a Beta law on s; Bonferroni over the copy "
-                           "features"}
+                "null": "the known-unused images",
+                "p_value": "empirical inside the null's range; beyond its maximum the heavier of the Student-t "
+                           "predictive tails of s and of -log(1 - s); Bonferroni over the copy features"}
 
 
 def combine(p_fused: np.ndarray, copy: CopyTest) -> np.ndarray:
@@ -177,46 +147,41 @@ def with_copy_channel(cfg: DecideConfig, fused: Decision, target: Evidence, null
                     p_channels={"fused": fused.p_value, "copy": test.p})
 
 
-def _bh(p: np.ndarray) -> np.ndarray:
-    from scipy.stats import false_discovery_control
-
-    return false_discovery_control(p, method="bh") if len(p) else p
+AGREE = 2          # copy-level features that must agree before the `copies` decision calls an image a copy
 
 
-@DECIDERS.register("copies", "no known-unused images: flags only images with copy-level evidence beyond the real "
-                             "images' matches among each other (Benjamini-Hochberg at alpha)")
+@DECIDERS.register("copies", "no known-unused images: flags only images at copy level (at least as similar, on "
+                             "two copy features, as near copies of the audit's own real images are)")
 def copies_only(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
-    """Without known-unused images nothing says what an unused image scores, so no label can be calibrated. The
-    null is the real images' best matches among each other (`data.background`: siblings and byte-identical
-    copies excluded, so no leak inflates it; the siblings it misses make it cautious), or, without it, the real
-    images' own scores by a median and MAD. An image is flagged when its copy-channel p-value survives the
-    Benjamini-Hochberg procedure at α over all the images: of the images flagged, a share of at most α is
-    expected to be no copy (and with no copy at all, any flag at most α of the time). Score: −log10 of the copy
-    channel's p-value; p_value: the BH-adjusted one."""
-    bg = data.background
-    null = CopyNull(target, robust=True) if bg is None or len(bg) < 3 else CopyNull(
-        bg, name="the real images' best matches among each other (siblings excluded)", bounded=True)
-    if not null.features:
-        raise FpindexError("decision 'copies' needs copy-level evidence features (" +
-                           ", ".join(f for f in FEATURES if FEATURES.get(f).copy) + "); none was computed")
-    test = null.test(target)
-    raw = test.p
-    adjusted = _bh(raw)
-    label = adjusted <= cfg.alpha
-    n = len(target)
+    """Without known-unused images nothing says what an unused image scores, so no label can be calibrated and no
+    p-value computed. What can be measured is what a copy scores: `data.copy_levels`, per copy feature, the 5th
+    percentile of near copies of the audit's own real images against their sources (canaries.copy_levels). An
+    image is flagged when AGREE of its copy features reach that level: one alone can be reached by a typical
+    image (an embedding cosine of 0.98 is common on CT), two together only by a copy. Score: the margin by which
+    the AGREE-th feature passes its level, as a share of the way from the level to the cap of 1."""
+    levels = data.copy_levels or {}
+    feats = tuple(f for f in copy_features(target) if f in levels)
+    if not feats:
+        raise FpindexError("decision 'copies' needs the copy level of the audit's own images for at least one "
+                           "copy-level feature (" + ", ".join(f for f in FEATURES if FEATURES.get(f).copy) +
+                           "); the pipeline measures it, or give known-unused images (--reference)")
+    need = min(AGREE, len(feats))
 
-    def rescore(ev: Evidence) -> tuple[np.ndarray, np.ndarray]:
-        """Each row as if it were one more real image: its BH-adjusted p-value among the audit's."""
-        p = null.test(ev).p
-        return -np.log10(np.maximum(p, 1e-300)), np.array([_bh(np.r_[raw, v])[-1] for v in p.tolist()])
+    def margins(ev: Evidence) -> np.ndarray:
+        m = np.column_stack([(ev.scores[f] - levels[f]) / max(1.0 - levels[f], 1e-6) for f in feats])
+        return np.sort(m, axis=1)[:, -need], m
 
+    def rescore(ev: Evidence) -> tuple[np.ndarray, None]:
+        return margins(ev)[0], None
+
+    score, each = margins(target)
+    label = score >= 0.0
+    best = [feats[j] for j in each.argmax(1)]
     verdict = Verdict(leakage=bool(label.any()), alpha=cfg.alpha, copies=int(label.sum()),
-                      copy_p=float(adjusted.min()) if n else 1.0,
-                      basis="copy-level evidence beyond " + null.describe()["null"])
-    details = {"copy_channel": null.describe() | {"proven_copies": int(label.sum()), "set_p_value": verdict.copy_p},
-               "basis": verdict.basis, "score": "-log10 of the copy channel's p-value",
-               "p_value": "Benjamini-Hochberg adjusted over the real images (a q-value)", "uncalibrated": True}
-    return Decision(score=-np.log10(np.maximum(raw, 1e-300)), label=label.astype(np.int8), method="copies",
-                    verdict=verdict, details=details, p_value=adjusted,
-                    flagged_by=_flagged_by(np.zeros(n, bool), label, test.best), rescore=rescore,
-                    p_channels={"copy": raw})
+                      basis=f"copy level: {need} copy features at least as high as near copies of these images")
+    details = {"copy_levels": {f: round(levels[f], 6) for f in feats}, "agree": need, "score": "copy margin",
+               "threshold": 0.0, "basis": verdict.basis, "uncalibrated": True,
+               "copy_channel": {"features": list(feats), "proven_copies": int(label.sum()),
+                                "null": "none: no known-unused images; the copy level of near copies instead"}}
+    return Decision(score=score, label=label.astype(np.int8), method="copies", verdict=verdict, details=details,
+                    flagged_by=_flagged_by(np.zeros(len(label), bool), label, best), rescore=rescore)
