@@ -38,12 +38,13 @@ HERE = Path(__file__).resolve().parent
 
 def run_scenario(scenario: Path, embed: EmbedConfig, decide: DecideConfig, k: int, work: Path,
                  labels: str = "train") -> dict:
-    """labels 'train': calibrated on train/used + train/not_used; 'none': train/not_used as a reference only."""
+    """labels 'train': calibrated on train/used + train/not_used; 'none': train/not_used as a reference only;
+    'nothing': no labelled or known-unused folder (the `copies` decision)."""
     out = work / scenario.name
     t = time.perf_counter()
     config = AuditConfig(embed=embed, evidence=EvidenceConfig(k=k), decide=decide, run=RunConfig(quiet=True))
     given = ({"used": scenario / "train" / "used", "not_used": scenario / "train" / "not_used"} if labels == "train"
-             else {"reference": scenario / "train" / "not_used"})
+             else {"reference": scenario / "train" / "not_used"} if labels == "none" else {})
     summary = audit(scenario / "generated", scenario / "test", config=config, out=out, **given).summary
     wall = time.perf_counter() - t
     ev = evaluate_files(out / "predictions.csv", scenario / "test_labels.csv")
@@ -86,8 +87,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the embedding (random weights, self-supervised "
                     "training, samples); rows of other seeds are labelled 'seed N' and kept beside seed 0's")
     ap.add_argument("--label", default=None, help="row label (default: model+enhance)")
-    ap.add_argument("--labels", choices=("train", "none"), default="train",
-                    help="train: calibrate on train/used + train/not_used; none: train/not_used as --reference only")
+    ap.add_argument("--labels", choices=("train", "none", "nothing"), default="train",
+                    help="train: calibrate on train/used + train/not_used; none: train/not_used as --reference only; "
+                         "nothing: no known-unused images at all (auto → copies)")
     ap.add_argument("--decision", default=None, help="decision method (default: the preset's, usually auto)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
@@ -107,6 +109,8 @@ def main() -> None:
                    for label, embed, decide in configs]
     if args.labels == "none":
         configs = [(f"{label}, no labels", embed, decide) for label, embed, decide in configs]
+    if args.labels == "nothing":
+        configs = [(f"{label}, nothing known", embed, decide) for label, embed, decide in configs]
     if args.seed:
         configs = [(f"{label}, seed {args.seed}", embed, decide) for label, embed, decide in configs]
     rows = []

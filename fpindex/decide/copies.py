@@ -3,8 +3,8 @@
 A fused decision learns its weights from whatever leak the labelled split (or the reference) happens to hold.
 On a clean generator they are noise, on a GAN they point elsewhere, and an exact copy of a training image can
 then rank like any other image. A privacy audit exists to find those copies, so every decision also tests each
-real image on the features a copy drives to their top value of 1 (`Feature.copy`: the embedding cosine, SSIM,
-SSIM after alignment, the band-passed correlation), each against its own null, and the image's p-value is the
+real image on the features a copy drives to their top value of 1 (`Feature.copy`: the embedding cosine, SSIM
+after alignment, the band-passed correlation), each against its own null, and the image's p-value is the
 weighted Bonferroni combination of the fused channel and the copy channel (`combine`). The fused channel keeps
 `1 − COPY_SHARE` of α, the copy channel the rest, split evenly over its features: the per-image false-alarm
 rate stays at α, and a copy is found whatever the fit learnt.
@@ -13,6 +13,9 @@ A copy lies beyond every unused image, so an empirical p-value, never below 1/(n
 small reference. Beyond the largest null value `tail_p` extrapolates with the Student-t predictive tail of a new
 draw from the null's mean and spread, on s and on u = −log(1 − s) (where copies go to infinity), taking the
 heavier of the two. Inside the null's range the p-value stays empirical (exact by exchangeability).
+
+With no known-unused images at all there is no null: the `copies` decision flags only images at copy level,
+the level measured by planting near copies of the audit's own real images (canaries.copy_levels).
 """
 
 from __future__ import annotations
@@ -167,7 +170,7 @@ def copies_only(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision
                            "); the pipeline measures it, or give known-unused images (--reference)")
     need = min(AGREE, len(feats))
 
-    def margins(ev: Evidence) -> np.ndarray:
+    def margins(ev: Evidence) -> tuple[np.ndarray, np.ndarray]:
         m = np.column_stack([(ev.scores[f] - levels[f]) / max(1.0 - levels[f], 1e-6) for f in feats])
         return np.sort(m, axis=1)[:, -need], m
 
