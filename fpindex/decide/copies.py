@@ -121,16 +121,21 @@ def _flagged_by(fused: np.ndarray, copy: np.ndarray, best: list[str]) -> list[st
 
 
 def with_copy_channel(cfg: DecideConfig, fused: Decision, target: Evidence, null: CopyNull) -> Decision:
-    """`fused` was decided at (1 − COPY_SHARE)·α; the copy channel gets the rest. The set shows leakage when
-    either channel does (the copy channel: its most extreme image, Bonferroni over the images), and an image is
-    labelled when its fused label or its copy-channel test says so."""
+    """`fused` was decided at (1 − COPY_SHARE)·α; the copy channel gets the rest. Over the images, its p-values
+    go through Benjamini-Hochberg at that share: the images it keeps are labelled (at most that share of them
+    expected to be no copy), and the set shows leakage when either channel does (BH keeps nothing on a set
+    without copies but at that rate). Each image's p-value stays the per-image combination (`combine`), which
+    the canaries read."""
+    from scipy.stats import false_discovery_control
+
     alpha, n = cfg.alpha, len(target)
     test = null.test(target)
-    set_p = float(min(1.0, n * test.p.min())) if n else 1.0
     share = COPY_SHARE * alpha
-    proven = int(np.sum(n * test.p <= share))
-    leakage = bool(fused.verdict.leakage) or set_p <= share
-    copy_label = (test.p <= share) & leakage
+    adjusted = false_discovery_control(test.p, method="bh") if n else test.p
+    set_p = float(adjusted.min()) if n else 1.0
+    copy_label = adjusted <= share
+    proven = int(copy_label.sum())
+    leakage = bool(fused.verdict.leakage) or proven > 0
     fused_label = np.asarray(fused.label, bool)
     verdict = replace(fused.verdict, leakage=leakage, alpha=alpha, copies=proven, copy_p=set_p,
                       fused=bool(fused.verdict.leakage))
