@@ -19,8 +19,7 @@ from tqdm import tqdm
 from .cache import cache_root
 from .canaries import Folder, copy_levels, run_canaries, source_folder
 from .config import AuditConfig, EmbedConfig
-from .decide import COPY_CHECKED, FUSING, Labelled, choose_method, decide, null_of
-from .guardrails import Inputs, audit_warnings, emit
+from .decide import COPY_CHECKED, FUSING, Inputs, Labelled, audit_warnings, choose_method, decide, emit, null_of
 from .devices import faiss_device
 from .embed import (SELFSUP, SELFSUP_FILE, Embedded, Embedder, embed_identity, make_embedder, resolved,
                     train_on_generated, vector_cache)

@@ -10,7 +10,7 @@ from fpindex.decide import COPY_SHARE, CopyNull, Labelled, decide, tail_p
 from fpindex.decide.base import Verdict
 from fpindex.errors import FpindexError
 from fpindex.evidence import FEATURES as REGISTRY, Evidence
-from fpindex.guardrails import Inputs, audit_warnings, needed_null
+from fpindex.decide.guardrails import Inputs, audit_warnings, needed_null
 
 FEATURES = tuple(REGISTRY.names())
 COPY = ("cosine", "ssim_aligned", "bandpass")

@@ -43,14 +43,12 @@ from .base import DECIDERS, Decider, Decision, Labelled, Verdict, bootstrap_auc_
 from .simple import fixed, reference
 from .fusion import CrossFit, MonotoneScore, calibrated, cross_fit, fold_count, groups_of
 from .pu import positive_unlabelled, storey_share
-from .copies import COPY_SHARE, CopyNull, copy_features, copies_only, tail_p, with_copy_channel
+from .copies import (COPY_CHECKED, COPY_SHARE, NULL_TESTED, CopyNull, copy_features, copies_only, tail_p,
+                     with_copy_channel)
+from .guardrails import Inputs, audit_warnings, emit
 
 
 FUSING = frozenset({"calibrated", "pu"})   # methods that read every evidence feature, not one score
-# Methods tested against known-unused images: each also gets the copy channel (copies.py), and keeps
-# 1 − COPY_SHARE of α for itself. `copies` is that channel alone; `fixed` (the paper's rule) has no null.
-NULL_TESTED = frozenset({"calibrated", "pu", "reference"})
-COPY_CHECKED = NULL_TESTED | {"copies"}       # methods that read the copy-level features
 
 
 def choose_method(cfg: DecideConfig, data: Labelled) -> str:
@@ -92,6 +90,6 @@ def decide(cfg: DecideConfig, target: Evidence, data: Labelled, method: str | No
 
 __all__ = ["DECIDERS", "Decider", "Decision", "Labelled", "Verdict", "FUSING", "NULL_TESTED", "COPY_CHECKED", "choose_method",
            "decide", "null_of", "fixed", "COPY_SHARE", "CopyNull", "copy_features", "copies_only", "tail_p",
-           "with_copy_channel",
+           "with_copy_channel", "Inputs", "audit_warnings", "emit",
            "reference", "calibrated", "positive_unlabelled", "MonotoneScore", "CrossFit", "cross_fit", "groups_of",
            "fold_count", "storey_share", "empirical_p", "bootstrap_auc_ci"]

@@ -30,6 +30,10 @@ from ..evidence import FEATURES, Evidence
 from .base import DECIDERS, Decision, Labelled, Verdict
 
 COPY_SHARE = 0.2            # of α, for the copy channel; the fused channel keeps the rest
+# Methods tested against known-unused images: `decide` gives each the copy channel, and 1 − COPY_SHARE of α to
+# the method itself. `copies` is copy-level evidence alone; `fixed` (the paper's rule) has no null.
+NULL_TESTED = frozenset({"calibrated", "pu", "reference"})
+COPY_CHECKED = NULL_TESTED | {"copies"}       # methods that read the copy-level features
 _TOP = 1.0 - 1e-6           # copy features are bounded by 1: a pixel-exact copy sits at the cap
 
 

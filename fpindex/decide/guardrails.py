@@ -11,8 +11,9 @@ import math
 import warnings
 from dataclasses import dataclass
 
-from .decide import COPY_SHARE, NULL_TESTED, Decision
-from .errors import FpindexWarning
+from .base import Decision
+from .copies import COPY_SHARE, NULL_TESTED
+from ..errors import FpindexWarning
 
 SAME_SET_SHARE = 0.9        # this share of real images byte-identical to generated ones: likely the same folder
 
