@@ -100,7 +100,7 @@ class EvidenceConfig:
 
 @dataclass(frozen=True)
 class DecideConfig:
-    method: str = "auto"             # auto | fixed | calibrated | reference
+    method: str = "auto"             # auto | calibrated | pu | reference | fixed (decide/: DECIDERS)
     score: str = "cosine"            # the evidence feature that `fixed` and `reference` threshold
     threshold: float | None = None   # `fixed` only; None: the feature's documented default
     alpha: float = 0.05              # false-positive rate allowed under the null

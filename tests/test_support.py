@@ -126,3 +126,24 @@ def test_timings_accumulate_per_stage_on_a_fake_clock(monkeypatch):
         now[0] += 0.25
     d = t.as_dict()
     assert d["index"] == 1.25 and d["load"] == 0.5 and d["total"] == 5.5
+
+
+def test_available_memory_falls_back_to_sysconf_without_proc(monkeypatch):
+    """Where /proc/meminfo cannot be read (macOS, a sandbox), the sysconf fallback answers (it once raised
+    NameError: `os` was not imported)."""
+    import builtins
+
+    from fpindex.utils import available_memory
+
+    real_open = builtins.open
+
+    def no_proc(path, *a, **kw):
+        if str(path) == "/proc/meminfo":
+            raise OSError("no /proc here")
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    n = available_memory()
+    assert n is None or (isinstance(n, int) and n > 0)
+    if hasattr(os, "sysconf") and "SC_AVPHYS_PAGES" in os.sysconf_names:
+        assert n == os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

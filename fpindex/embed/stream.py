@@ -63,7 +63,7 @@ def _context():
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["fpindex.stream"])
+    ctx.set_forkserver_preload([__name__])     # this module, by its own name: it cannot go stale
     return ctx
 
 
