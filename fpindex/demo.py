@@ -17,7 +17,6 @@ simulator's plant kinds, plants.py), and adds fresh images of patients no real s
 
 from __future__ import annotations
 
-import csv
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -133,11 +132,6 @@ def make_scenario(root: str | Path, seed: int = 0, size: ScenarioSize = Scenario
     lines = ["image,label"] + [f"{n},{lab}" for n, lab in rows]
     write_text_atomic(root / "test_labels.csv", "\n".join(lines) + "\n")
     return root
-
-
-def read_labels(path: Path) -> dict[str, int]:
-    with open(path, newline="") as f:
-        return {r["image"]: int(r["label"]) for r in csv.DictReader(f)}
 
 
 # The quick demo (`fpindex demo --small`): half the patients and generated images, and fewer self-supervised

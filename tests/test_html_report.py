@@ -189,3 +189,38 @@ def test_the_threshold_drawn_is_the_decisions():
     assert _threshold({"decision": {"method": "calibrated"}, "verdict": {"leakage": True}}, p) == 0.5
     assert _threshold({"decision": {"method": "fixed", "threshold": 0.9}, "verdict": {"leakage": None}}, p) == 0.9
     assert _threshold({"decision": {"method": "reference"}, "verdict": {"leakage": True}}, p) == pytest.approx(0.55)
+
+
+def test_report_reads_volumes_like_the_audit_and_joins_labels_on_submission_ids(scenario, helpers, tmp_path):
+    """A NIfTI audit with --axis 0 and --window: the report's pictures are the slices the audit scored (not
+    the default axis and window), and its truth column joins `vol.nii.gz#k` to the label `vol#k`, as
+    `fpindex evaluate` does (it once joined on `vol.nii`, so nothing was labelled)."""
+    import hashlib
+
+    import cv2
+    import numpy as np
+
+    from fpindex import audit
+    from fpindex.load import ReadOptions, load_image
+
+    nibabel = pytest.importorskip("nibabel")
+    real = tmp_path / "real"
+    real.mkdir()
+    vol = np.stack([helpers.smooth_image(40 + k) * 1000.0 for k in range(6)]).astype(np.float32)   # (6, 64, 64)
+    nibabel.save(nibabel.Nifti1Image(vol, np.eye(4)), real / "vol.nii.gz")
+    cfg = helpers.CFG.override(embed={"axis": 0, "window": "500,1000"}, decide={"method": "fixed"})
+    out = tmp_path / "out"
+    audit(scenario / "generated", real, config=cfg, out=out)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,label\n" + "".join(f"vol#{k},{int(k in (1, 2))}\n" for k in range(6)))
+    html = write_report(out, top=6, labels=labels).read_text()
+    truth = dict(re.findall(r">(vol\.nii\.gz#\d)</a>.*?<td>(used|not used)</td></tr>", html))
+    assert truth == {f"vol.nii.gz#{k}": "used" if k in (1, 2) else "not used" for k in range(6)}
+    assert (out / FILES / "roc.png").is_file()
+    read = ReadOptions(window=(500.0, 1000.0), axis=0)
+    for k in (0, 3):
+        path = f"{real}/vol.nii.gz#{k}"
+        name = hashlib.sha256(path.encode()).hexdigest()[:20] + ".png"
+        shown = cv2.imread(str(out / FILES / name), cv2.IMREAD_UNCHANGED)
+        want = helpers.to_u8(load_image(path, 64, read)[0])
+        np.testing.assert_array_equal(shown, want)

@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from fpindex.demo import ScenarioSize, make_scenario, read_labels
+from fpindex.demo import ScenarioSize, make_scenario
+from fpindex.load.tables import read_labels
 from fpindex.errors import FpindexError
 from fpindex.load import list_images, load_image
 from fpindex.registry import Registry
@@ -28,7 +29,7 @@ def test_scenario_layout_and_labels(scenario, helpers):
     assert len(list_images(scenario / "train" / "not_used")) == size.n_train_each
     test = list_images(scenario / "test")
     labels = read_labels(scenario / "test_labels.csv")
-    assert sorted(labels) == [p.name for p in test]
+    assert sorted(labels) == [p.stem for p in test]
     assert sum(labels.values()) == size.n_test_each and len(labels) == 2 * size.n_test_each
     img, _ = load_image(test[0], size.size)
     assert img.shape == (size.size, size.size) and 0 <= img.min() and img.max() <= 1 and img.std() > 0.05
