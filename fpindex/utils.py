@@ -45,7 +45,7 @@ def versions() -> dict[str, str]:
     """Versions of everything that can change a result, recorded in every output."""
     from importlib import metadata
 
-    from . import __version__
+    from ._version import __version__
 
     out = {"fpindex": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
     for dist in ("numpy", "torch", "torchvision", "faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11",

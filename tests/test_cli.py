@@ -350,3 +350,44 @@ def test_python_dash_m_fpindex_is_the_command_line():
 
     r = subprocess.run([sys.executable, "-m", "fpindex", "--version"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip().startswith("fpindex")
+
+
+def test_demo_refuses_a_folder_holding_the_users_files(monkeypatch, capsys, tmp_path, helpers):
+    """`fpindex demo --out u` where u/data/test holds the user's scans: refused before anything is written (the
+    demo once replaced real_00000.png and audited my_scan.png as part of its scenario)."""
+    u = tmp_path / "u"
+    for name in ("real_00000.png", "my_scan.png"):
+        helpers.write_png(u / "data" / "test" / name, helpers.smooth_image(7))
+    before = {p: p.read_bytes() for p in u.rglob("*") if p.is_file()}
+    code, cap = run_main(monkeypatch, capsys, "demo", "--small", "--out", str(u))
+    assert code == 2 and "Traceback" not in cap.err
+    assert cap.err.strip() == (f"fpindex: error: demo folder {u} holds files the demo did not write (data) and no "
+                               "fpindex-demo.json; refusing to write into it: choose a new or empty --out")
+    assert {p: p.read_bytes() for p in u.rglob("*") if p.is_file()} == before
+
+
+def test_demo_rewrites_its_own_folder_whole(monkeypatch, tmp_path):
+    """An earlier demo's folder (its fpindex-demo.json) is the demo's to write again, and its data/ is replaced
+    whole: a file dropped into data/test/ is not audited as part of the scenario."""
+    import fpindex.api as api
+    import fpindex.demo as demo
+
+    audited = []
+
+    class Stop(Exception):
+        pass
+
+    def audit(generated, real, **kw):
+        audited.append(sorted(p.name for p in Path(real).iterdir()))
+        raise Stop
+
+    monkeypatch.setattr(api, "audit", audit)
+    out = tmp_path / "d"
+    with pytest.raises(Stop):
+        demo.run_demo(out, small=True)
+    assert json.loads((out / "fpindex-demo.json").read_text())["generator"] == "fpindex demo"
+    (out / "data" / "test" / "my_scan.png").write_bytes((out / "data" / "test" / "real_00000.png").read_bytes())
+    with pytest.raises(Stop):
+        demo.run_demo(out, small=True)
+    assert audited[0] == audited[1] and "my_scan.png" not in audited[1]
+    assert sorted(p.name for p in out.iterdir()) == ["data", "fpindex-demo.json"]

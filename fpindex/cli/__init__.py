@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from .. import __version__
+from .._version import __version__
 from ..errors import FpindexError, FpindexWarning
 from ..safeio import shown
 from . import index_commands, simulate_commands

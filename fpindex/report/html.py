@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from .. import __version__
+from .._version import __version__
 from ..errors import FpindexError
 from ..load import DEFAULT_MAX_PIXELS, ReadOptions, Reader, image_id, load_image
 from ..load.tables import read_labels
