@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .safeio import _json_default, atomic_dir, atomic_path, write_json_atomic, write_text_atomic  # noqa: F401
+from .safeio import atomic_dir, json_default, atomic_path, write_json_atomic, write_text_atomic  # noqa: F401
 
 
 @contextlib.contextmanager

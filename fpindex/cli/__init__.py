@@ -54,7 +54,7 @@ def _html(out: Path, top: int, labels: Optional[Path] = None, evaluation: Option
 def _finish(quiet: bool, verbose: bool, as_json: bool, html: bool, top: int, out: Path,
             summary: dict[str, Any]) -> None:
     """What audit and query print: the human lines, or one JSON document; then the report when asked."""
-    from ..utils import _json_default
+    from ..utils import json_default
 
     _report(quiet or as_json, verbose, out, summary)
     if html:
@@ -62,7 +62,7 @@ def _finish(quiet: bool, verbose: bool, as_json: bool, html: bool, top: int, out
         if not quiet:
             typer.echo(f"report: {page}", err=as_json)
     if as_json:
-        typer.echo(json.dumps(summary, indent=2, default=_json_default))
+        typer.echo(json.dumps(summary, indent=2, default=json_default))
 
 
 def _report(quiet: bool, verbose: bool, out: Path, summary: dict[str, Any]) -> None:
