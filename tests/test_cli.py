@@ -120,7 +120,7 @@ def test_audit_pixels_with_stacked_enhancements_and_reference(runner, scenario, 
                                "--enhance", "dog,gaussian", "--image-size", "64", "--k", "2",
                                "--reference", str(scenario / "train" / "not_used")]))
     assert "decision: pu" in r.stdout                   # no labels: auto fuses against the reference
-    assert "warning: skipped unreadable real image" in r.stderr and "zz_broken.png" in r.stderr
+    assert "warning: skipped real unreadable image" in r.stderr and "zz_broken.png" in r.stderr
     manifest = json.loads((out / "index" / "manifest.json").read_text())
     assert manifest["embedder"]["enhance"] == ["gaussian", "dog"]
     assert manifest["embedder"]["model"] == "pixels" and manifest["dim"] == 2 * 32 * 32
