@@ -145,6 +145,7 @@ def test_report_in_headless_chromium(report, tmp_path):
     b = _browser()
     try:
         b.get((report / REPORT).resolve().as_uri())
+        b.execute_script("document.querySelectorAll('details').forEach(d => d.open = true)")   # folded parts
         sizes = b.execute_script("return [...document.images].map(i => [i.getAttribute('src'), i.complete, "
                                  "i.naturalWidth])")
         assert sizes and all(ok and w > 0 for _, ok, w in sizes), [s for s in sizes if not s[2]]
@@ -224,3 +225,34 @@ def test_report_reads_volumes_like_the_audit_and_joins_labels_on_submission_ids(
         shown = cv2.imread(str(out / FILES / name), cv2.IMREAD_UNCHANGED)
         want = helpers.to_u8(load_image(path, 64, read)[0])
         np.testing.assert_array_equal(shown, want)
+
+
+def test_long_parts_are_folded_and_the_weights_table_has_a_header(leak, tmp_path):
+    """The page once ran to ~37,000 px for 40 images: galleries past the first few and the table of every image
+    now sit in <details>; the weights table says what its columns are."""
+    from fpindex.report.html import OPEN_GALLERIES
+
+    out = tmp_path / "audit"
+    shutil.copytree(leak.audit_out, out, ignore=shutil.ignore_patterns("index"))
+    html = write_report(out, top=OPEN_GALLERIES + 3).read_text()
+    head, folded = html.split('<details id="more-galleries">')
+    assert head.count('class="real"') == OPEN_GALLERIES
+    assert folded.split("</details>")[0].count('class="real"') == 3
+    assert re.search(r'<details id="all-table"><summary>The table of all \d+ real images.*?<table id="all">.*?'
+                     r"</table>\s*</details>", html, re.S)
+    assert re.search(r'<h2 id="weights">.*?<table><tr><th>feature</th><th>weight</th>', html, re.S)
+    few = write_report(out, top=2).read_text()
+    assert "more-galleries" not in few and few.count('class="real"') == 2
+
+
+def test_a_perfect_roc_curve_is_drawn_above_the_frame(monkeypatch):
+    """AUC 1 runs along the left and top edges: the axes leave a margin and the curve is drawn over the frame."""
+    from fpindex.report import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda fig: figures.append(fig) or b"")
+    plots.roc_curve([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9])
+    ax = figures[0].axes[0]
+    curve = ax.lines[0]
+    assert ax.get_xlim()[0] < 0 and ax.get_ylim()[1] > 1
+    assert curve.get_zorder() > max(sp.get_zorder() for sp in ax.spines.values()) and not curve.get_clip_on()

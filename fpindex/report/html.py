@@ -28,6 +28,7 @@ from ..metrics import METRICS
 from ..utils import atomic_dir, write_text_atomic
 from .outputs import FILES, GENERATOR, MARK, REPORT, recover, verify
 
+OPEN_GALLERIES = 5      # shown unfolded; the rest and the full table sit in <details>, so the page stays short
 META = ("image", "rank", "generated_id", "generated")    # neighbours.parquet columns that are not evidence
 
 
@@ -268,7 +269,7 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
         html = env.get_template("report.html.j2").render(
             generator=f"{GENERATOR} {__version__}", s=s, verdict=s["verdict"], decision=s["decision"],
             threshold=threshold, evaluation=evaluation, metrics=METRICS, roc=roc, galleries=galleries,
-            evidence=evidence, rows=rows, top=top, labelled=bool(truth), files=FILES,
+            evidence=evidence, rows=rows, top=top, open_galleries=OPEN_GALLERIES, labelled=bool(truth), files=FILES,
             canaries=s.get("canaries"), sensitivity=sensitivity,
             settings_json=json.dumps(s.get("settings", {}), indent=2, sort_keys=True),
             config_json=json.dumps(s.get("config", {}), indent=2, sort_keys=True),
