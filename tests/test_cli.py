@@ -103,6 +103,7 @@ def test_build_query_evaluate(runner, scenario, tmp_path):
     assert "12 images matched (6 used)" in r.stdout and "| accuracy |" in r.stdout
 
 
+@pytest.mark.slow
 def test_build_default_index_location(runner, scenario, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ok(runner.invoke(app, ["build", str(scenario / "train" / "used"), "--image-size", "64", "-q"]))
@@ -131,6 +132,7 @@ def test_audit_pixels_with_stacked_enhancements_and_reference(runner, scenario, 
 
 # ---- demo ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_demo(runner, tmp_path, monkeypatch):
     """The quick demo (--small: 20 + 20 labelled, 40 test and 120 generated images, 10 training steps): what it
     writes, what it prints, and a sane result. Measured with seeds 0, 1 and 2: accuracy, kappa and AUC 1.000."""
@@ -254,6 +256,7 @@ def test_main_turns_errors_into_one_line(monkeypatch, capsys, tmp_path, case):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_subprocess_missing_folder_exit_code_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fpindex.cli", "audit", "--generated", str(tmp_path / "gen"),
                            "--real", str(tmp_path / "real"), "--out", str(tmp_path / "out")],
@@ -283,6 +286,7 @@ FAST = ["--model", "cnn", "--weights", "random", "--image-size", "64", "--index-
         "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_audit_and_query_json_print_one_document_and_write_the_report(runner, scenario, tmp_path):
     out, qout = tmp_path / "out", tmp_path / "qout"
     r = ok(runner.invoke(app, ["audit", "--generated", str(scenario / "generated"), "--real", str(scenario / "test"),
@@ -344,6 +348,7 @@ def test_report_errors_are_one_line_exit_2(monkeypatch, capsys, tmp_path, case, 
     assert not (out / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_python_dash_m_fpindex_is_the_command_line():
     import subprocess
     import sys

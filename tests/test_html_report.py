@@ -139,6 +139,7 @@ def _browser():
         pytest.skip(f"chromium would not start: {str(e).splitlines()[0]}")
 
 
+@pytest.mark.slow
 def test_report_in_headless_chromium(report, tmp_path):
     from selenium.webdriver.common.by import By
 

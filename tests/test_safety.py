@@ -301,6 +301,7 @@ def test_unusual_names_work_and_messages_stay_one_line(monkeypatch, capsys, tmp_
         write_json_atomic(odd_link, {})
 
 
+@pytest.mark.slow
 def test_disk_full_is_one_line_and_keeps_the_old_file(monkeypatch, capsys, tmp_path):
     """A file-size limit stands in for a full disk (as root, nothing else makes a write fail this honestly):
     the write fails part way, with EFBIG where a full disk gives ENOSPC, through the same path."""
