@@ -72,6 +72,7 @@ def test_index_search_by_vectors_and_by_folder(leak, helpers):
     assert Path(index.store.paths(by_folder.ids[exact])[0]).name == leak.exact_copy
 
 
+@pytest.mark.slow
 def test_an_index_in_memory_queries_like_a_saved_one(leak, helpers):
     index = build_index(leak.generated, None, helpers.CFG)
     assert index.directory is None

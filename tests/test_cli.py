@@ -67,6 +67,7 @@ def test_bad_choice_is_a_usage_error(runner, tmp_path):
 
 # ---- build, query, audit, evaluate on the small scenario ----------------------------------------------------
 
+@pytest.mark.slow
 def test_build_query_evaluate(runner, scenario, tmp_path):
     idx, out = tmp_path / "idx", tmp_path / "out"
     gen, test = str(scenario / "generated"), str(scenario / "test")

@@ -94,6 +94,7 @@ def test_json_failure_prints_the_error_as_json(monkeypatch, capsys, tmp_path):
     assert code == 2 and cap.out == ""                                           # without --json: stderr only
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_an_image_is_not_called_an_unreadable_image(monkeypatch, capsys, scenario, tmp_path,
                                                                          helpers):
     import shutil

@@ -144,6 +144,7 @@ def test_build_embedder_defaults_and_limits():
 
 # ---- resnet50 (slow on CPU: 32 px inputs, one or two images) ------------------------------------------
 
+@pytest.mark.slow
 def test_resnet50_random_weights():
     a = build_embedder("resnet50", channels=1, size=32, weights="random", seed=0, device="cpu")
     assert a.dim == 2048 and a.weights_id == "random:seed=0"
