@@ -12,7 +12,8 @@ simulator's plant kinds, plants.py), and adds fresh images of patients no real s
     test_labels.csv        image,label for test/
     planted.json           which generated images replay which member, and how (plants.py kinds)
 
-`run_demo` writes a scenario, audits it with calibration and evaluates the result against the test labels.
+`run_demo` writes a scenario into OUT/data, audits it with calibration into OUT/audit and evaluates the result
+against the test labels; OUT/fpindex-demo.json marks the folder as the demo's, the only kind it writes again.
 """
 
 from __future__ import annotations
