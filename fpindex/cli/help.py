@@ -35,10 +35,9 @@ SHORT = {
 }
 
 
-def _escape(text: Any) -> Any:
-    from rich.markup import escape
-
-    return escape(text) if isinstance(text, str) else text
+def _markup(command: "Command") -> bool:
+    """Whether this help goes through rich's markup (typer with rich installed, markup mode "rich")."""
+    return bool(getattr(typer.core, "HAS_RICH", False)) and command.rich_markup_mode == "rich"
 
 
 @contextlib.contextmanager
@@ -46,6 +45,14 @@ def _shown(command: "Command", ctx: Any, everything: bool) -> Iterator[int]:
     """Set the attributes the renderer reads for this one rendering; yields how many options it hides."""
     saved = []
     hidden = 0
+    if _markup(command):
+        from rich.markup import escape
+
+        def _escape(text: Any) -> Any:
+            return escape(text) if isinstance(text, str) else text
+    else:
+        def _escape(text: Any) -> Any:
+            return text
 
     def put(obj: Any, name: str, value: Any) -> None:
         saved.append((obj, name, getattr(obj, name)))
