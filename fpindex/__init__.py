@@ -4,8 +4,7 @@ The pipeline, one stage per module or sub-package: load → enhance → embed �
 decide → report, composed by `pipeline`. The public API is below; the command line (`cli`) calls it.
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .errors import FpindexError, FpindexWarning  # noqa: E402
 from .config import (AuditConfig, CanaryConfig, DecideConfig, EmbedConfig, EvidenceConfig,  # noqa: E402
                      IndexConfig, RunConfig)

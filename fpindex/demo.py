@@ -12,12 +12,13 @@ simulator's plant kinds, plants.py), and adds fresh images of patients no real s
     test_labels.csv        image,label for test/
     planted.json           which generated images replay which member, and how (plants.py kinds)
 
-`run_demo` writes a scenario, audits it with calibration and evaluates the result against the test labels.
+`run_demo` writes a scenario into OUT/data, audits it with calibration into OUT/audit and evaluates the result
+against the test labels; OUT/fpindex-demo.json marks the folder as the demo's, the only kind it writes again.
 """
 
 from __future__ import annotations
 
-import csv
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -25,9 +26,14 @@ from typing import Any, Callable, Optional
 import cv2
 import numpy as np
 
+from ._version import __version__
 from .config import AuditConfig, DecideConfig, EmbedConfig, RunConfig
+from .errors import FpindexError
 from .plants import write_png
-from .utils import write_json_atomic, write_text_atomic
+from .safeio import read_json, refuse_special, shown
+from .utils import atomic_dir, write_json_atomic, write_text_atomic
+
+DEMO_MARKER = "fpindex-demo.json"      # the demo's record in its folder: only such a folder is written again
 
 
 @dataclass(frozen=True)
@@ -135,11 +141,6 @@ def make_scenario(root: str | Path, seed: int = 0, size: ScenarioSize = Scenario
     return root
 
 
-def read_labels(path: Path) -> dict[str, int]:
-    with open(path, newline="") as f:
-        return {r["image"]: int(r["label"]) for r in csv.DictReader(f)}
-
-
 # The quick demo (`fpindex demo --small`): half the patients and generated images, and fewer self-supervised
 # training steps than the default (which takes about 8 passes over the generated set: 30 steps for 240 images).
 SMALL_SIZE = ScenarioSize(n_train_each=10, n_test_each=20, n_generated=120)
@@ -154,15 +155,38 @@ class DemoResult:
     evaluation: dict[str, Any]   # the evaluation on test/, also written to results/evaluation.json
 
 
+def check_demo_folder(out: str | Path) -> None:
+    """The demo writes only into a new or empty folder, or one an earlier demo made (its fpindex-demo.json):
+    it replaces data/ whole, so a file of the user's there would be overwritten or audited with the scenario."""
+    out = Path(out)
+    refuse_special(out, "folder")
+    if not out.exists():
+        return
+    m = read_json(out / DEMO_MARKER)
+    if isinstance(m, dict) and m.get("generator") == "fpindex demo":
+        return
+    found = sorted(os.listdir(out))
+    if found:
+        more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+        raise FpindexError(f"demo folder {shown(out)} holds files the demo did not write ({shown(found[0])}{more}) "
+                           f"and no {DEMO_MARKER}; refusing to write into it: choose a new or empty --out")
+
+
 def run_demo(out: str | Path, seed: int = 0, small: bool = False, run: Optional[RunConfig] = None,
              on_scenario: Optional[Callable[[Path], None]] = None) -> DemoResult:
     """Write a seeded scenario under out/data, audit it (calibrated on train/) into out/audit, and evaluate the
     predictions on test/ against labels the audit never saw. `on_scenario` is called once the scenario exists,
-    before the audit starts. `small`: the quick version (SMALL_SIZE, SMALL_TRAIN_STEPS)."""
+    before the audit starts. `small`: the quick version (SMALL_SIZE, SMALL_TRAIN_STEPS). `out` must be new,
+    empty or an earlier demo's (check_demo_folder); data/ is built aside and swapped in whole."""
     from .api import audit
     from .evaluate import evaluate_files
     out, run = Path(out), run or RunConfig()
-    data = make_scenario(out / "data", seed=seed, size=SMALL_SIZE if small else ScenarioSize())
+    check_demo_folder(out)
+    write_json_atomic(out / DEMO_MARKER, {"generator": "fpindex demo", "version": __version__, "seed": seed,
+                                          "small": small})
+    data = out / "data"
+    with atomic_dir(data) as tmp:
+        make_scenario(tmp, seed=seed, size=SMALL_SIZE if small else ScenarioSize())
     if on_scenario is not None:
         on_scenario(data)
     results = out / "audit"

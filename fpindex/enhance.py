@@ -20,7 +20,7 @@ When the main process decodes and enhances (no workers), OpenCV's own thread poo
 (stream.batches), as it is in the workers: a 64-px image gains nothing from a second thread (measured in
 isolation: no filter was faster with two, the Gaussian blur was slower).
 
-Batches: `enhance_batch` enhances a DataLoader batch (stream._Collate) or the self-supervised sample in one
+Batches: `enhance_batch` enhances a DataLoader batch (stream.Collate) or the self-supervised sample in one
 call. A filter may register a batch version (BATCH_ENHANCERS); it must be bit-identical to the per-image
 function (tested), so results and REVISION never depend on which path ran. At 64 px a filter's cost is
 mostly its convolutions plus ~15 small calls' overhead: `hessian`'s batch version runs its five separable

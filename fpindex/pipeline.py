@@ -39,10 +39,11 @@ _EMPTY = Evidence({})   # stands for a labelled folder not embedded yet: the dec
 
 
 def progress_bar(quiet: bool):
-    """A tqdm factory (total, desc[, unit]) on stderr, or silent bars."""
+    """A tqdm factory (total, desc[, unit]) on stderr, or silent bars; a stage with nothing to do (all of it
+    cached) draws no bar."""
     def bar(total: int, desc: str, unit: str = "img") -> tqdm:
-        return tqdm(total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr, dynamic_ncols=True,
-                    leave=False)
+        return tqdm(total=total, desc=desc, unit=unit, disable=quiet or not total, file=sys.stderr,
+                    dynamic_ncols=True, leave=False)
     return bar
 
 

@@ -132,10 +132,11 @@ def write_text_atomic(path: str | Path, text: str, owned: Callable[[Path], bool]
 
 
 def write_json_atomic(path: str | Path, obj: Any, owned: Callable[[Path], bool] | None = None) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n", owned)
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n", owned)
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """`json.dumps(default=…)` for what results hold besides plain types: numpy scalars and arrays, paths."""
     import numpy as np
 
     if isinstance(obj, np.generic):

@@ -18,6 +18,8 @@ import numpy as np
 
 from .config import AuditConfig
 from .errors import FpindexError
+from .load import image_id
+from .load.tables import read_labels
 from .plants import PLANTS, grid
 from .simulator import simulate
 from .metrics import metrics, tpr_at_fpr
@@ -61,10 +63,9 @@ def sensitivity(real: str | Path, out: str | Path, generated: str | Path | None 
         result = pipeline.audit(d / "generated", d / "test", cfg, index_dir=cell / "audit" / "index",
                                 used=d / "train" / "used", not_used=d / "train" / "not_used")
         result.save(cell / "audit")
-        with open(d / "test_labels.csv", newline="") as f:
-            truth = {r["image"]: int(r["label"]) for r in csv.DictReader(f)}
+        truth = read_labels(d / "test_labels.csv")
         p = result.predictions
-        y = np.array([truth[Path(i).name] for i in p["image"]])
+        y = np.array([truth[image_id(i)] for i in p["image"]])
         s = p["score"].to_numpy(np.float64)
         rows.append({"kind": kind, "strength": strength, "unit": PLANTS.get(kind).unit,
                      "description": PLANTS.get(kind).describe(strength), "recall": recall_at_fpr(y, s, fpr),

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
-from .safeio import _json_default, atomic_dir, atomic_path, write_json_atomic, write_text_atomic  # noqa: F401
+from .safeio import atomic_dir, json_default, atomic_path, write_json_atomic, write_text_atomic  # noqa: F401
 
 
 @contextlib.contextmanager
@@ -44,7 +45,7 @@ def versions() -> dict[str, str]:
     """Versions of everything that can change a result, recorded in every output."""
     from importlib import metadata
 
-    from . import __version__
+    from ._version import __version__
 
     out = {"fpindex": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
     for dist in ("numpy", "torch", "torchvision", "faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11",

@@ -130,15 +130,13 @@ def scenario(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def leak(scenario, tmp_path_factory) -> Leak:
     from fpindex import audit
-    from fpindex.demo import read_labels
     from fpindex.load import load_image
 
     root = tmp_path_factory.mktemp("leak")
     gen = root / "generated"
     shutil.copytree(scenario / "generated", gen)
-    labels = read_labels(scenario / "test_labels.csv")
     # Non-members: the scenario's generator never replayed them, so the planted copy is their only match.
-    non_members = sorted(n for n, lab in labels.items() if lab == 0)
+    non_members = sorted(r["image"] for r in read_csv(scenario / "test_labels.csv") if r["label"] == "0")
     exact_real, moved_real = non_members[0], non_members[1]
     shutil.copyfile(scenario / "test" / exact_real, gen / "planted_exact.png")
     moved = perturb(load_image(scenario / "test" / moved_real, SIZE)[0], seed=1)

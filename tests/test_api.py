@@ -18,18 +18,18 @@ from fpindex.index import IndexStore
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+@pytest.mark.slow
 def test_the_readme_python_example_runs(scenario, tmp_path, monkeypatch):
-    """The five-line example in the README, run as written in a folder laid out like its paths."""
+    """The README's Python example, run as written on the demo's layout (fpindex-demo/data/…): it once named
+    folders (`real`, `used`) that no demo has."""
     code = README.read_text().split("<!-- api-example -->")[1].split("```python")[1].split("```")[0]
-    assert len([line for line in code.strip().splitlines() if line.strip()]) <= 6
-    for name, src in {"generated": "generated", "real": "test", "used": "train/used",
-                      "not_used": "train/not_used"}.items():
-        shutil.copytree(scenario / src, tmp_path / name)
+    assert len([line for line in code.strip().splitlines() if line.strip()]) <= 8
+    shutil.copytree(scenario, tmp_path / "fpindex-demo" / "data")
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
-    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["fpindex-run.json", "neighbours.parquet",
-                                                                        "predictions.csv", "submission.csv",
-                                                                        "summary.json"]
+    assert sorted(p.name for p in (tmp_path / "results-py").iterdir()) == ["fpindex-run.json", "neighbours.parquet",
+                                                                           "predictions.csv", "submission.csv",
+                                                                           "summary.json"]
 
 
 def test_audit_in_memory_writes_nothing(leak, helpers, tmp_path, monkeypatch):
@@ -72,6 +72,7 @@ def test_index_search_by_vectors_and_by_folder(leak, helpers):
     assert Path(index.store.paths(by_folder.ids[exact])[0]).name == leak.exact_copy
 
 
+@pytest.mark.slow
 def test_an_index_in_memory_queries_like_a_saved_one(leak, helpers):
     index = build_index(leak.generated, None, helpers.CFG)
     assert index.directory is None
@@ -126,6 +127,7 @@ def test_add_refits_the_subspace_and_retunes_the_search(leak, helpers, tmp_path)
     assert store.manifest["tuning"]["recall"] == 1.0
 
 
+@pytest.mark.slow
 def test_every_image_is_decoded_at_most_once_per_run(leak, helpers, tmp_path, monkeypatch):
     """Self-supervised sample, embedding, subspace fit and re-ranking share one pixel store; also when the
     vectors come from the cache and only re-ranking needs the pixels."""

@@ -13,6 +13,7 @@ from fpindex import audit
 from fpindex.cli import app
 
 
+@pytest.mark.slow
 def test_canaries_do_not_move_any_other_output(leak, helpers, tmp_path):
     """The session's audit ran with the default canaries (every known-unused image, every kind); the same
     audit without them writes the same outputs byte for byte."""
@@ -42,6 +43,7 @@ def _scenario(helpers, root, rate):
                             manifest=root / "manifest.csv", size=64, fresh=6).root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rate", [0.0, 1.0])
 def test_exact_copy_canaries_are_flagged_at_any_rate(helpers, tmp_path, rate):
     """Leaked or not, an exact copy of a known-unused image is what any audit must see. With 6 known-unused
@@ -59,6 +61,7 @@ def test_exact_copy_canaries_are_flagged_at_any_rate(helpers, tmp_path, rate):
     assert all(p["p_value"] <= 0.05 < 1 / 7 for p in c["planted"] if p["kind"] == "exact")
 
 
+@pytest.mark.slow
 def test_audit_prints_and_saves_what_it_would_have_caught(leak, helpers, tmp_path):
     out = tmp_path / "out"
     r = CliRunner().invoke(app, ["audit", "--generated", str(leak.generated), "--real", str(leak.real), "--out",

@@ -67,6 +67,7 @@ def test_bad_choice_is_a_usage_error(runner, tmp_path):
 
 # ---- build, query, audit, evaluate on the small scenario ----------------------------------------------------
 
+@pytest.mark.slow
 def test_build_query_evaluate(runner, scenario, tmp_path):
     idx, out = tmp_path / "idx", tmp_path / "out"
     gen, test = str(scenario / "generated"), str(scenario / "test")
@@ -103,6 +104,7 @@ def test_build_query_evaluate(runner, scenario, tmp_path):
     assert "12 images matched (6 used)" in r.stdout and "| accuracy |" in r.stdout
 
 
+@pytest.mark.slow
 def test_build_default_index_location(runner, scenario, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ok(runner.invoke(app, ["build", str(scenario / "train" / "used"), "--image-size", "64", "-q"]))
@@ -120,7 +122,7 @@ def test_audit_pixels_with_stacked_enhancements_and_reference(runner, scenario, 
                                "--enhance", "dog,gaussian", "--image-size", "64", "--k", "2",
                                "--reference", str(scenario / "train" / "not_used")]))
     assert "decision: pu" in r.stdout                   # no labels: auto fuses against the reference
-    assert "warning: skipped unreadable real image" in r.stderr and "zz_broken.png" in r.stderr
+    assert "warning: skipped real unreadable image" in r.stderr and "zz_broken.png" in r.stderr
     manifest = json.loads((out / "index" / "manifest.json").read_text())
     assert manifest["embedder"]["enhance"] == ["gaussian", "dog"]
     assert manifest["embedder"]["model"] == "pixels" and manifest["dim"] == 2 * 32 * 32
@@ -131,6 +133,7 @@ def test_audit_pixels_with_stacked_enhancements_and_reference(runner, scenario, 
 
 # ---- demo ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_demo(runner, tmp_path, monkeypatch):
     """The quick demo (--small: 20 + 20 labelled, 40 test and 120 generated images, 10 training steps): what it
     writes, what it prints, and a sane result. Measured with seeds 0, 1 and 2: accuracy, kappa and AUC 1.000."""
@@ -254,6 +257,7 @@ def test_main_turns_errors_into_one_line(monkeypatch, capsys, tmp_path, case):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_subprocess_missing_folder_exit_code_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fpindex.cli", "audit", "--generated", str(tmp_path / "gen"),
                            "--real", str(tmp_path / "real"), "--out", str(tmp_path / "out")],
@@ -283,6 +287,7 @@ FAST = ["--model", "cnn", "--weights", "random", "--image-size", "64", "--index-
         "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_audit_and_query_json_print_one_document_and_write_the_report(runner, scenario, tmp_path):
     out, qout = tmp_path / "out", tmp_path / "qout"
     r = ok(runner.invoke(app, ["audit", "--generated", str(scenario / "generated"), "--real", str(scenario / "test"),
@@ -344,9 +349,51 @@ def test_report_errors_are_one_line_exit_2(monkeypatch, capsys, tmp_path, case, 
     assert not (out / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_python_dash_m_fpindex_is_the_command_line():
     import subprocess
     import sys
 
     r = subprocess.run([sys.executable, "-m", "fpindex", "--version"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip().startswith("fpindex")
+
+
+def test_demo_refuses_a_folder_holding_the_users_files(monkeypatch, capsys, tmp_path, helpers):
+    """`fpindex demo --out u` where u/data/test holds the user's scans: refused before anything is written (the
+    demo once replaced real_00000.png and audited my_scan.png as part of its scenario)."""
+    u = tmp_path / "u"
+    for name in ("real_00000.png", "my_scan.png"):
+        helpers.write_png(u / "data" / "test" / name, helpers.smooth_image(7))
+    before = {p: p.read_bytes() for p in u.rglob("*") if p.is_file()}
+    code, cap = run_main(monkeypatch, capsys, "demo", "--small", "--out", str(u))
+    assert code == 2 and "Traceback" not in cap.err
+    assert cap.err.strip() == (f"fpindex: error: demo folder {u} holds files the demo did not write (data) and no "
+                               "fpindex-demo.json; refusing to write into it: choose a new or empty --out")
+    assert {p: p.read_bytes() for p in u.rglob("*") if p.is_file()} == before
+
+
+def test_demo_rewrites_its_own_folder_whole(monkeypatch, tmp_path):
+    """An earlier demo's folder (its fpindex-demo.json) is the demo's to write again, and its data/ is replaced
+    whole: a file dropped into data/test/ is not audited as part of the scenario."""
+    import fpindex.api as api
+    import fpindex.demo as demo
+
+    audited = []
+
+    class Stop(Exception):
+        pass
+
+    def audit(generated, real, **kw):
+        audited.append(sorted(p.name for p in Path(real).iterdir()))
+        raise Stop
+
+    monkeypatch.setattr(api, "audit", audit)
+    out = tmp_path / "d"
+    with pytest.raises(Stop):
+        demo.run_demo(out, small=True)
+    assert json.loads((out / "fpindex-demo.json").read_text())["generator"] == "fpindex demo"
+    (out / "data" / "test" / "my_scan.png").write_bytes((out / "data" / "test" / "real_00000.png").read_bytes())
+    with pytest.raises(Stop):
+        demo.run_demo(out, small=True)
+    assert audited[0] == audited[1] and "my_scan.png" not in audited[1]
+    assert sorted(p.name for p in out.iterdir()) == ["data", "fpindex-demo.json"]

@@ -43,6 +43,7 @@ def test_pu_on_a_clean_generator_says_no_evidence_and_labels_nothing(seed):
     assert d.verdict.leakage is False and not d.label.any()
 
 
+@pytest.mark.slow
 def test_pu_false_alarm_rate_stays_near_alpha_over_many_null_sets():
     """Twenty seeded null sets at alpha 0.2: the permutation verdict fires about a fifth of the time, not more."""
     fired = 0
@@ -92,6 +93,7 @@ def clustered(rng, groups, per_group, offset):
                     groups=np.repeat(np.arange(groups), per_group) + offset)
 
 
+@pytest.mark.slow
 def test_sibling_groups_keep_the_verdict_at_alpha_where_image_level_tests_cry_wolf():
     """A few patients per side and nothing leaked: an image-level permutation test reads the patients'
     differences as a signal; permuting whole groups does not."""

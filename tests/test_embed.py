@@ -144,6 +144,7 @@ def test_build_embedder_defaults_and_limits():
 
 # ---- resnet50 (slow on CPU: 32 px inputs, one or two images) ------------------------------------------
 
+@pytest.mark.slow
 def test_resnet50_random_weights():
     a = build_embedder("resnet50", channels=1, size=32, weights="random", seed=0, device="cpu")
     assert a.dim == 2048 and a.weights_id == "random:seed=0"
@@ -178,3 +179,20 @@ def test_resnet50_imagenet_not_cached_offline(tmp_path, monkeypatch):
 def test_build_embedder_refuses_cuda_without_gpu():
     with pytest.raises(FpindexError, match="^--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto$"):
         build_embedder("cnn", channels=1, size=64, weights=None, seed=0, device="cuda")
+
+
+def test_worker_fork_server_preloads_a_module_that_exists(monkeypatch):
+    """The fork server imports its preload list in a fresh process; a stale name (it was `fpindex.stream`) fails
+    there, where nobody sees it, and every worker then pays the import itself."""
+    import importlib.util
+    import multiprocessing as mp
+
+    from fpindex.embed import stream
+
+    if "forkserver" not in mp.get_all_start_methods():
+        pytest.skip("no forkserver start method on this platform")
+    seen = []
+    monkeypatch.setattr(type(mp.get_context("forkserver")), "set_forkserver_preload",
+                        lambda self, names: seen.extend(names), raising=False)
+    stream._context()
+    assert seen and all(importlib.util.find_spec(n) is not None for n in seen), seen

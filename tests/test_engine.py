@@ -15,6 +15,7 @@ from fpindex.engine import LocalEngine, check_address, engine_for
 from fpindex.errors import FpindexError
 
 
+@pytest.mark.slow
 def test_local_is_the_default_and_imports_no_ray():
     assert engine_for(RunConfig()) is LocalEngine
     code = ("import sys, fpindex.pipeline, fpindex.cli; from fpindex.engine import engine_for; "

@@ -222,14 +222,14 @@ def test_enhance_batch_rejects_a_single_image():
 
 
 def test_collate_enhances_the_batch_once_and_shares_the_time(helpers):
-    from fpindex.embed.stream import Item, _Collate
+    from fpindex.embed.stream import Item, Collate
 
     imgs = _stack(helpers, (64, 64), 6)
     items = [Item(pos=i, img=imgs[i]) for i in range(6)]
     items[1].cached, items[2].skipped, items[3].error, items[4].img = True, True, "bad", None
-    batch = _Collate(("hessian", "none"))(items)
+    batch = Collate(("hessian", "none"))(items)
     todo = [0, 5]
     assert np.array_equal(batch.x.numpy(), np.stack([enhance_stack(imgs[i], ("hessian", "none")) for i in todo]))
     assert items[0].t_enhance > 0 and items[0].t_enhance == items[5].t_enhance
     assert all(items[i].t_enhance == 0.0 for i in (1, 2, 3, 4))
-    assert _Collate(("hessian",))([items[1], items[4]]).x is None
+    assert Collate(("hessian",))([items[1], items[4]]).x is None

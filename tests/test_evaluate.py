@@ -137,7 +137,7 @@ def test_bad_prediction_label_and_score(tmp_path):
     ("missing_file", r"p\.csv: no such file$"),
     ("no_rows", r"p\.csv: no rows$"),
     ("missing_column", r"p\.csv: missing column\(s\) score \(has image, label\)$"),
-    ("no_overlap", r"^no image of .*p\.csv appears in .*l\.csv \(images are matched by file stem\)$"),
+    ("no_overlap", r"^no image of .*p\.csv appears in .*l\.csv \(images are matched by submission id: the file stem, with #k for image k of a multi-image file\)$"),
 ])
 def test_bad_files(tmp_path, case, message):
     labels = write(tmp_path / "l.csv", "image,label\na.png,1\n")
@@ -156,7 +156,7 @@ def test_two_predictions_with_one_id_refused_naming_both_rows(tmp_path):
     labels = write(tmp_path / "l.csv", "image,label\nx.png,1\ny.png,0\n")
     preds = write(tmp_path / "p.csv", "image,score,label\na/x.png,0.9,1\ny.png,0.1,0\nb/x.png,0.2,0\n")
     with pytest.raises(FpindexError, match=r"p\.csv:4: prediction for 'b/x\.png' has the id 'x' of line 2 "
-                                           r"\('a/x\.png'\); images are matched by file stem, so each needs its own$"):
+                                           r"\('a/x\.png'\); images are matched by submission id: the file stem, with #k for image k of a multi-image file, so each needs its own$"):
         evaluate_files(preds, labels)
     # also when neither has a label: a duplicate is ambiguous whatever it would join to
     extra = write(tmp_path / "e.csv", "image,score,label\nx.png,0.9,1\nz.png,0.3,0\nq/z.jpg,0.4,0\n")

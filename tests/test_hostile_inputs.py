@@ -318,6 +318,7 @@ def test_cache_folder_that_is_a_file_is_named(monkeypatch, capsys, tmp_path, hel
     assert not (tmp_path / "idx").exists()
 
 
+@pytest.mark.slow
 def test_damaged_cached_weights_are_a_miss_rewritten_with_a_warning(tmp_path, helpers):
     import torch
 

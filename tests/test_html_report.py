@@ -139,12 +139,14 @@ def _browser():
         pytest.skip(f"chromium would not start: {str(e).splitlines()[0]}")
 
 
+@pytest.mark.slow
 def test_report_in_headless_chromium(report, tmp_path):
     from selenium.webdriver.common.by import By
 
     b = _browser()
     try:
         b.get((report / REPORT).resolve().as_uri())
+        b.execute_script("document.querySelectorAll('details').forEach(d => d.open = true)")   # folded parts
         sizes = b.execute_script("return [...document.images].map(i => [i.getAttribute('src'), i.complete, "
                                  "i.naturalWidth])")
         assert sizes and all(ok and w > 0 for _, ok, w in sizes), [s for s in sizes if not s[2]]
@@ -189,3 +191,69 @@ def test_the_threshold_drawn_is_the_decisions():
     assert _threshold({"decision": {"method": "calibrated"}, "verdict": {"leakage": True}}, p) == 0.5
     assert _threshold({"decision": {"method": "fixed", "threshold": 0.9}, "verdict": {"leakage": None}}, p) == 0.9
     assert _threshold({"decision": {"method": "reference"}, "verdict": {"leakage": True}}, p) == pytest.approx(0.55)
+
+
+def test_report_reads_volumes_like_the_audit_and_joins_labels_on_submission_ids(scenario, helpers, tmp_path):
+    """A NIfTI audit with --axis 0 and --window: the report's pictures are the slices the audit scored (not
+    the default axis and window), and its truth column joins `vol.nii.gz#k` to the label `vol#k`, as
+    `fpindex evaluate` does (it once joined on `vol.nii`, so nothing was labelled)."""
+    import hashlib
+
+    import cv2
+    import numpy as np
+
+    from fpindex import audit
+    from fpindex.load import ReadOptions, load_image
+
+    nibabel = pytest.importorskip("nibabel")
+    real = tmp_path / "real"
+    real.mkdir()
+    vol = np.stack([helpers.smooth_image(40 + k) * 1000.0 for k in range(6)]).astype(np.float32)   # (6, 64, 64)
+    nibabel.save(nibabel.Nifti1Image(vol, np.eye(4)), real / "vol.nii.gz")
+    cfg = helpers.CFG.override(embed={"axis": 0, "window": "500,1000"}, decide={"method": "fixed"})
+    out = tmp_path / "out"
+    audit(scenario / "generated", real, config=cfg, out=out)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,label\n" + "".join(f"vol#{k},{int(k in (1, 2))}\n" for k in range(6)))
+    html = write_report(out, top=6, labels=labels).read_text()
+    truth = dict(re.findall(r">(vol\.nii\.gz#\d)</a>.*?<td>(used|not used)</td></tr>", html))
+    assert truth == {f"vol.nii.gz#{k}": "used" if k in (1, 2) else "not used" for k in range(6)}
+    assert (out / FILES / "roc.png").is_file()
+    read = ReadOptions(window=(500.0, 1000.0), axis=0)
+    for k in (0, 3):
+        path = f"{real}/vol.nii.gz#{k}"
+        name = hashlib.sha256(path.encode()).hexdigest()[:20] + ".png"
+        shown = cv2.imread(str(out / FILES / name), cv2.IMREAD_UNCHANGED)
+        want = helpers.to_u8(load_image(path, 64, read)[0])
+        np.testing.assert_array_equal(shown, want)
+
+
+def test_long_parts_are_folded_and_the_weights_table_has_a_header(leak, tmp_path):
+    """The page once ran to ~37,000 px for 40 images: galleries past the first few and the table of every image
+    now sit in <details>; the weights table says what its columns are."""
+    from fpindex.report.html import OPEN_GALLERIES
+
+    out = tmp_path / "audit"
+    shutil.copytree(leak.audit_out, out, ignore=shutil.ignore_patterns("index"))
+    html = write_report(out, top=OPEN_GALLERIES + 3).read_text()
+    head, folded = html.split('<details id="more-galleries">')
+    assert head.count('class="real"') == OPEN_GALLERIES
+    assert folded.split("</details>")[0].count('class="real"') == 3
+    assert re.search(r'<details id="all-table"><summary>The table of all \d+ real images.*?<table id="all">.*?'
+                     r"</table>\s*</details>", html, re.S)
+    assert re.search(r'<h2 id="weights">.*?<table><tr><th>feature</th><th>weight</th>', html, re.S)
+    few = write_report(out, top=2).read_text()
+    assert "more-galleries" not in few and few.count('class="real"') == 2
+
+
+def test_a_perfect_roc_curve_is_drawn_above_the_frame(monkeypatch):
+    """AUC 1 runs along the left and top edges: the axes leave a margin and the curve is drawn over the frame."""
+    from fpindex.report import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda fig: figures.append(fig) or b"")
+    plots.roc_curve([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9])
+    ax = figures[0].axes[0]
+    curve = ax.lines[0]
+    assert ax.get_xlim()[0] < 0 and ax.get_ylim()[1] > 1
+    assert curve.get_zorder() > max(sp.get_zorder() for sp in ax.spines.values()) and not curve.get_clip_on()

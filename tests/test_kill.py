@@ -25,6 +25,8 @@ from fpindex.index import IndexStore
 from fpindex.report.html import read_outputs
 from fpindex.safeio import exchange_supported
 
+pytestmark = pytest.mark.slow      # SIGKILLed subprocesses: minutes, run by make test and CI
+
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--image-size", "64", "--device", "cpu", "--no-cache", "-q", "--model", "cnn", "--weights", "random",
         "--factory", "Flat"]

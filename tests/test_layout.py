@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fpindex"
 
 # Stages in pipeline order; a module may import its own stage, earlier stages and the support modules.
 STAGES = ["load", "pixels", "enhance", "embed", "index", "search", "evidence", "decide", "report"]
-SUPPORT = {"errors", "registry", "utils", "safeio", "config", "cache", "devices", "metrics", "plants"}
+SUPPORT = {"_version", "errors", "registry", "utils", "safeio", "config", "cache", "devices", "metrics", "plants"}
 ABOVE = {"pipeline", "api", "cli", "demo", "evaluate", "presets", "canaries", "simulator", "sweep", "engine",
          "__main__", "__init__"}   # compose the stages
 
@@ -21,8 +21,13 @@ def _module(path: Path) -> str:
     return ".".join(["fpindex", *parts])
 
 
+UP: list[str] = []     # modules that import the version from the package's top (filled by _imports)
+
+
 def _imports() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
+    up = UP
+    up.clear()
     for path in PACKAGE.rglob("*.py"):
         name = _module(path)
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
@@ -35,7 +40,8 @@ def _imports() -> dict[str, set[str]]:
                 else:
                     mod = node.module or ""
                 if mod == "fpindex" and all(a.name == "__version__" for a in node.names):
-                    continue        # the version string is set before anything is imported
+                    up.append(name)   # an arrow back up the package: fpindex._version is at the bottom
+                    continue
                 found |= {mod} | {f"{mod}.{a.name}" for a in node.names}
             elif isinstance(node, ast.Import):
                 found |= {a.name for a in node.names}
@@ -90,3 +96,25 @@ def test_no_import_circles_between_modules():
         if not state.get(m):
             visit(m, [m])
     assert cycles == []
+
+
+def test_the_version_comes_from_the_bottom_of_the_package():
+    """`from .. import __version__` draws an arrow from a stage back up to the package that imports it;
+    fpindex/_version.py sits below everything instead. (evidence/subspace.py is another change's to move.)"""
+    _imports()
+    assert sorted(set(UP) - {"fpindex.evidence.subspace"}) == []
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A name with a leading underscore is its module's own: a second module that needs it gets a public name
+    (json_default, Collate, Reader.data). decide/ keeps three of its own between its modules for now (another
+    change's to sort out)."""
+    pending = {("decide/pu.py", "_features"), ("decide/pu.py", "_grouping"), ("decide/fusion.py", "_features"),
+               ("decide/simple.py", "_score")}
+    found = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("fpindex")):
+                found |= {(path.relative_to(PACKAGE).as_posix(), a.name) for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")}
+    assert sorted(found - pending) == []

@@ -172,6 +172,7 @@ def _sets(tmp_path, helpers, n_gen=12, n_real=6):
     return gen, real_png, raw
 
 
+@pytest.mark.slow
 def test_dicom_audit_matches_16bit_png_and_dicom_copy_ranks_first(tmp_path, helpers):
     gen, real_png, raw = _sets(tmp_path, helpers)
     real_dcm = tmp_path / "real_dcm"

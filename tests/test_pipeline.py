@@ -104,6 +104,7 @@ def test_summary_records_write_time(leak):
     assert summary["timings"]["write"] > 0
 
 
+@pytest.mark.slow
 def test_build_then_query_equals_audit(leak, helpers, tmp_path):
     idx = tmp_path / "index"
     built = build_index(leak.generated, idx, helpers.CFG)
@@ -127,6 +128,7 @@ def test_build_then_query_equals_audit(leak, helpers, tmp_path):
                                   other.reconstruct(np.arange(other.ntotal)))
 
 
+@pytest.mark.slow
 def test_index_keeps_the_generated_subspace_and_old_indexes_still_query(leak, helpers, tmp_path):
     store = IndexStore.load(leak.audit_out / "index")
     assert subspace.FILE in store.attachments
@@ -181,6 +183,7 @@ def test_query_refuses_other_embedding_settings(leak, helpers, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_query_with_a_non_flat_index_and_reference_decision(leak, helpers, tmp_path):
     idx = tmp_path / "ivf"
     build_index(leak.generated, idx, helpers.CFG.override(index={"factory": "IVF4,Flat"}))
@@ -319,6 +322,7 @@ def test_query_input_errors(helpers, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_the_result_keeps_every_folders_evidence_and_its_sibling_groups(leak, helpers):
     result = open_index(leak.audit_out / "index", helpers.CFG).query(leak.real, reference=leak.not_used)
     assert result.decision.method == "pu" and set(result.evidence) == {"real", "reference"}

@@ -31,6 +31,7 @@ def toy():
     FEATURES.unregister("toy_mean")
 
 
+@pytest.mark.slow
 def test_a_feature_registered_here_is_computed_fused_reported_and_thresholded(toy, leak, helpers):
     result = fpindex.audit(leak.generated, leak.real, used=leak.used, not_used=leak.not_used, config=helpers.CFG)
     assert toy.calls > 0
@@ -48,6 +49,7 @@ def test_a_feature_registered_here_is_computed_fused_reported_and_thresholded(to
     np.testing.assert_array_equal(fixed.predictions["label"].to_numpy(), (best.to_numpy() >= 0.99).astype(np.int8))
 
 
+@pytest.mark.slow
 def test_a_feature_can_be_left_out_of_an_audit(toy, leak, helpers):
     cfg = helpers.CFG.override(evidence={"features": ("cosine", "ssim", "jaccard")})
     result = fpindex.audit(leak.generated, leak.real, used=leak.used, not_used=leak.not_used, config=cfg)

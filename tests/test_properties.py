@@ -130,6 +130,7 @@ def calibration_sets(draw):
     return used, not_used, target
 
 
+@pytest.mark.slow
 @SLOW
 @given(calibration_sets())
 def test_calibrated_probabilities_are_in_range_and_monotone_in_every_feature(sets):

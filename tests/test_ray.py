@@ -18,6 +18,8 @@ from fpindex.engine import faults, ray_index, ray_rerank  # noqa: E402
 from fpindex.engine.ray_embed import known_hashes  # noqa: E402
 from fpindex.index import IndexStore  # noqa: E402
 
+pytestmark = pytest.mark.slow      # a Ray cluster: minutes, run by make test and CI
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):

@@ -127,19 +127,28 @@ def test_a_single_file_output_replaces_only_an_earlier_one(monkeypatch, capsys, 
     assert json.loads(ok.read_text())["n"] == 2
 
 
-@pytest.mark.parametrize("case", ["file", "images", "link"])
+@pytest.mark.parametrize("case", ["file", "images", "link", "own_outputs"])
 def test_an_output_folder_that_is_not_fpindex_s_is_refused_before_any_work(leak, helpers, tmp_path, case):
+    """A folder is fpindex's by the record of a run in it (fpindex-run.json), not by its file names: the user's
+    own predictions.csv and summary.json, without that record, are never replaced (they once were)."""
     out = tmp_path / "out"
     if case == "file":
         out.write_text("keep me")
     elif case == "images":
         shutil.copytree(leak.real, out)
+    elif case == "own_outputs":
+        out.mkdir()
+        (out / "predictions.csv").write_text("image,score\nmine.png,0.5\n")
+        (out / "summary.json").write_text('{"mine": true}')
     else:
         (tmp_path / "elsewhere").mkdir()
         out.symlink_to(tmp_path / "elsewhere")
     before = snapshot(tmp_path)
     message = {"file": r"is a file, not a folder", "images": r"^output folder .* holds files fpindex did not write "
-               r"\(real_\d+\.png and \d+ more\); refusing to write into it", "link": r"is a symbolic link"}[case]
+               r"\(real_\d+\.png and \d+ more\) and no fpindex-run\.json \(fpindex's record of a run\); refusing to "
+               r"write into it", "link": r"is a symbolic link",
+               "own_outputs": r"^output folder .* holds files fpindex did not write \(predictions\.csv and 1 more\) "
+                              r"and no fpindex-run\.json"}[case]
     with pytest.raises(FpindexError, match=message):
         audit(leak.generated, leak.real, config=helpers.CFG, out=out)
     assert snapshot(tmp_path) == before and not (tmp_path / "elsewhere" / "index").exists()
@@ -173,6 +182,10 @@ def test_mixed_or_incomplete_outputs_are_refused(tmp_path, case, message):
         (out / MARKER).write_text(json.dumps(m))
     with pytest.raises(FpindexError, match=message):
         read_outputs(out)
+    if case == "no_marker":                        # without fpindex's record the files are not recognisably its
+        with pytest.raises(FpindexError, match=r"holds files fpindex did not write .* and no fpindex-run\.json"):
+            small_result().save(out)
+        return
     small_result().save(out)                       # the next save makes the folder whole again
     assert read_outputs(out).summary["run_id"] == json.loads((out / MARKER).read_text())["run_id"]
 
@@ -288,6 +301,7 @@ def test_unusual_names_work_and_messages_stay_one_line(monkeypatch, capsys, tmp_
         write_json_atomic(odd_link, {})
 
 
+@pytest.mark.slow
 def test_disk_full_is_one_line_and_keeps_the_old_file(monkeypatch, capsys, tmp_path):
     """A file-size limit stands in for a full disk (as root, nothing else makes a write fail this honestly):
     the write fails part way, with EFBIG where a full disk gives ENOSPC, through the same path."""

@@ -4,6 +4,7 @@ structure): the pixel memo is bounded and least-recently-used, and an audit's re
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import fpindex.pixels as pixels
 from fpindex import audit
@@ -36,6 +37,7 @@ def test_pixel_memo_is_bounded_and_drops_the_least_recently_used(helpers, tmp_pa
     assert img.shape == (helpers.SIZE, helpers.SIZE) and len(tiny) == 0 and tiny.held_bytes == 0
 
 
+@pytest.mark.slow
 def test_audit_results_do_not_depend_on_the_memo_size(leak, helpers, monkeypatch):
     """With room for only 8 images the memo never holds more, and every output number is the same."""
     cfg = helpers.CFG.override(embed={"cache": False})

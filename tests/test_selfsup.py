@@ -15,6 +15,8 @@ from fpindex.errors import FpindexError, FpindexWarning
 from fpindex.index import MANIFEST_FILE, IndexStore
 from fpindex.pipeline import build
 
+pytestmark = pytest.mark.slow      # self-supervised training: minutes, run by make test and CI
+
 
 def test_corrupt_keeps_shape_and_is_seeded():
     x = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -100,6 +100,7 @@ def test_simulate_refuses_bad_input_and_touches_nothing(real, tmp_path):
     assert sorted(p.stat().st_mtime_ns for p in (real / "images").rglob("*.png")) == before
 
 
+@pytest.mark.slow
 def test_sensitivity_curve_falls_with_strength(real, helpers, tmp_path):
     cfg = helpers.CFG.override(decide={"permutations": 19})
     rec = fpindex.sensitivity(real / "images", tmp_path / "sens", kinds=["rigid"], strengths=[2, 40], members=8,

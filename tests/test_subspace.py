@@ -19,6 +19,7 @@ def family(n: int, seed: int, basis_seed: int = 0, rank: int = 6, size: int = 64
     return np.clip(imgs, 0, 1).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_images_of_the_generated_family_are_reconstructed_and_others_are_not():
     space = subspace.fit(family(200, seed=1))
     assert 1 <= len(space.basis) <= 6                       # the rank of the family, found from the data

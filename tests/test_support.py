@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from fpindex.demo import ScenarioSize, make_scenario, read_labels
+from fpindex.demo import ScenarioSize, make_scenario
+from fpindex.load.tables import read_labels
 from fpindex.errors import FpindexError
 from fpindex.load import list_images, load_image
 from fpindex.registry import Registry
@@ -28,7 +29,7 @@ def test_scenario_layout_and_labels(scenario, helpers):
     assert len(list_images(scenario / "train" / "not_used")) == size.n_train_each
     test = list_images(scenario / "test")
     labels = read_labels(scenario / "test_labels.csv")
-    assert sorted(labels) == [p.name for p in test]
+    assert sorted(labels) == [p.stem for p in test]
     assert sum(labels.values()) == size.n_test_each and len(labels) == 2 * size.n_test_each
     img, _ = load_image(test[0], size.size)
     assert img.shape == (size.size, size.size) and 0 <= img.min() and img.max() <= 1 and img.std() > 0.05
@@ -126,3 +127,24 @@ def test_timings_accumulate_per_stage_on_a_fake_clock(monkeypatch):
         now[0] += 0.25
     d = t.as_dict()
     assert d["index"] == 1.25 and d["load"] == 0.5 and d["total"] == 5.5
+
+
+def test_available_memory_falls_back_to_sysconf_without_proc(monkeypatch):
+    """Where /proc/meminfo cannot be read (macOS, a sandbox), the sysconf fallback answers (it once raised
+    NameError: `os` was not imported)."""
+    import builtins
+
+    from fpindex.utils import available_memory
+
+    real_open = builtins.open
+
+    def no_proc(path, *a, **kw):
+        if str(path) == "/proc/meminfo":
+            raise OSError("no /proc here")
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    n = available_memory()
+    assert n is None or (isinstance(n, int) and n > 0)
+    if hasattr(os, "sysconf") and "SC_AVPHYS_PAGES" in os.sysconf_names:
+        assert n == os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

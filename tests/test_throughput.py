@@ -23,6 +23,8 @@ from fpindex.pipeline import build, progress_bar
 from fpindex.pixels import PixelStore
 from fpindex.utils import Timings
 
+pytestmark = pytest.mark.slow      # end-to-end audits and reruns: minutes, run by make test and CI
+
 
 def reference_ssim(a, b):
     return structural_similarity(a.astype(np.float64), b.astype(np.float64), gaussian_weights=True, sigma=1.5,

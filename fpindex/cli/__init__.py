@@ -12,10 +12,11 @@ from typing import Any, Optional
 
 import typer
 
-from .. import __version__
+from .._version import __version__
 from ..errors import FpindexError, FpindexWarning
 from ..safeio import shown
 from . import index_commands, simulate_commands
+from .help import App
 from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION, O_DEVICE, O_EF_SEARCH,
                       O_ENHANCE, O_FACTORY, O_K, O_MAX_MEMORY, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE,
                       O_PRECISION, O_PRESET, O_QUIET, O_REFERENCE, O_SCORE, O_SEED, O_SIZE, O_TARGET, O_THRESHOLD,
@@ -23,7 +24,7 @@ from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION,
                       Model, O_ADDRESS, O_ENGINE, O_HTML, O_JSON, O_MAX_PIXELS, O_TOP, Engine, PresetName, Precision,
                       Score, config_from, typed_embedding, O_CANARIES, O_CANARY_KINDS, Kind)
 
-app = typer.Typer(
+app = App(
     name="fpindex",
     help="Audit synthetic medical images for training-data leakage.\n\n"
          "Index generated images, query real images against them, and say which real images were very "
@@ -54,7 +55,7 @@ def _html(out: Path, top: int, labels: Optional[Path] = None, evaluation: Option
 def _finish(quiet: bool, verbose: bool, as_json: bool, html: bool, top: int, out: Path,
             summary: dict[str, Any]) -> None:
     """What audit and query print: the human lines, or one JSON document; then the report when asked."""
-    from ..utils import _json_default
+    from ..utils import json_default
 
     _report(quiet or as_json, verbose, out, summary)
     if html:
@@ -62,7 +63,7 @@ def _finish(quiet: bool, verbose: bool, as_json: bool, html: bool, top: int, out
         if not quiet:
             typer.echo(f"report: {page}", err=as_json)
     if as_json:
-        typer.echo(json.dumps(summary, indent=2, default=_json_default))
+        typer.echo(json.dumps(summary, indent=2, default=json_default))
 
 
 def _report(quiet: bool, verbose: bool, out: Path, summary: dict[str, Any]) -> None:
@@ -84,12 +85,25 @@ def _report(quiet: bool, verbose: bool, out: Path, summary: dict[str, Any]) -> N
     _canaries(quiet, summary.get("canaries"))
     for name, bad in summary.get("bad_files", {}).items():
         for b in bad[:5]:
-            typer.echo(f"warning: skipped unreadable {name} image {b['path']}: {b['reason']}", err=True)
+            _skipped(b, f"{name} ")
         if len(bad) > 5:
             typer.echo(f"warning: … and {len(bad) - 5} more (listed in summary.json)", err=True)
     if verbose:
         _say(quiet, "timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in summary["timings"].items()))
     _say(quiet, f"wrote {out}/predictions.csv, submission.csv, neighbours.parquet, summary.json")
+
+
+def _skipped(bad: dict[str, str], folder: str = "") -> None:
+    """One warning per skipped file, saying whether it is not an image at all or an image that failed."""
+    what = "file (not an image)" if bad["reason"].startswith("unsupported file type") else "unreadable image"
+    typer.echo(f"warning: skipped {folder}{what} {bad['path']}: {bad['reason']}", err=True)
+
+
+def _unmatched(result: dict[str, Any]) -> None:
+    """What evaluate and report --labels say when names in the two files do not all meet (a typo, a folder)."""
+    if result["unmatched_predictions"] or result["missing_predictions"]:
+        typer.echo(f"warning: {len(result['unmatched_predictions'])} predictions without a label, "
+                   f"{result['missing_predictions']} labels without a prediction", err=True)
 
 
 def _canaries(quiet: bool, c: Optional[dict[str, Any]]) -> None:
@@ -107,7 +121,8 @@ def _canaries(quiet: bool, c: Optional[dict[str, Any]]) -> None:
         _say(quiet, f"  would have flagged {kind}{'' if kind == 'exact' else f' ({unit})'}: {', '.join(cells)}")
 
 
-@app.command(epilog="Example: fpindex build data/generated --index indexes/gan-v1 --model cnn --enhance gaussian")
+@app.command(epilog="Example (on `fpindex demo`'s data): fpindex build fpindex-demo/data/generated --index indexes/demo-gan "
+                    "--save-embeddings emb.parquet")
 def build(
     ctx: typer.Context,
     generated: Path = typer.Argument(..., help="Folder of generated (synthetic) images; searched recursively."),
@@ -146,7 +161,7 @@ def build(
         emb = built.embedded
         write_embeddings(save_embeddings, emb.vectors, emb.rows(), built.manifest["embedder"])
     for b in summary["bad_files"][:5]:
-        typer.echo(f"warning: skipped unreadable image {b['path']}: {b['reason']}", err=True)
+        _skipped(b)
     e = built.manifest["embedder"]
     _say(quiet, f"index {index}: {summary['ntotal']} vectors ({summary['added']} added, "
                 f"{len(summary['bad_files'])} unreadable) · {e['model']} [{e['weights_id']}] · enhance "
@@ -155,8 +170,8 @@ def build(
         _say(quiet, "timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in built.timings.as_dict().items()))
 
 
-@app.command(epilog="Example: fpindex query --index indexes/gan-v1 data/real --out results "
-                    "--used data/train/used --not-used data/train/not_used")
+@app.command(epilog="Example (on `fpindex demo`'s data): fpindex query fpindex-demo/data/test --index indexes/demo-gan "
+                    "--out results-query --used fpindex-demo/data/train/used --not-used fpindex-demo/data/train/not_used")
 def query(
     ctx: typer.Context,
     real: Path = typer.Argument(..., help="Folder of real images to test for membership."),
@@ -194,8 +209,8 @@ def query(
     _finish(quiet, verbose, as_json, html, report_top, out, result.summary)
 
 
-@app.command(epilog="Example: fpindex audit --generated bench/generated --real bench/test --out results "
-                    "--used bench/train/used --not-used bench/train/not_used")
+@app.command(epilog="Example (on `fpindex demo`'s data): fpindex audit --generated fpindex-demo/data/generated --real "
+                    "fpindex-demo/data/test --out results --used fpindex-demo/data/train/used --not-used fpindex-demo/data/train/not_used")
 def audit(
     ctx: typer.Context,
     generated: Path = typer.Option(..., "--generated", "-g", help="Folder of generated images."),
@@ -226,7 +241,7 @@ def audit(
     _finish(quiet, verbose, as_json, html, report_top, out, result.summary)
 
 
-@app.command(epilog="Example: fpindex evaluate results/predictions.csv bench/test_labels.csv")
+@app.command(epilog="Example: fpindex evaluate results/predictions.csv fpindex-demo/data/test_labels.csv")
 def evaluate(
     predictions: Path = typer.Argument(..., help="predictions.csv written by query or audit."),
     labels: Path = typer.Argument(..., help="CSV with columns image,label (1 = used)."),
@@ -244,13 +259,11 @@ def evaluate(
         typer.echo(json.dumps(result, indent=2))
         return
     typer.echo(f"{result['n']} images matched ({result['positives']} used)")
-    if result["unmatched_predictions"] or result["missing_predictions"]:
-        typer.echo(f"warning: {len(result['unmatched_predictions'])} predictions without a label, "
-                   f"{result['missing_predictions']} labels without a prediction", err=True)
+    _unmatched(result)
     typer.echo(format_table(result))
 
 
-@app.command(epilog="Example: fpindex demo --out /tmp/fpindex-demo")
+@app.command(epilog="Example: fpindex demo --small --out fpindex-demo")
 def demo(
     out: Path = typer.Option(Path("fpindex-demo"), "--out", "-o", help="Folder for the demo data and results."),
     seed: int = typer.Option(0, "--seed", help="Seed of the scenario."),
@@ -272,7 +285,7 @@ def demo(
     _say(quiet, format_table(r.evaluation))
 
 
-@app.command(epilog="Example: fpindex report results --labels bench/test_labels.csv")
+@app.command(epilog="Example: fpindex report results --labels fpindex-demo/data/test_labels.csv")
 def report(
     out: Path = typer.Argument(..., help="Output folder of `fpindex audit` or `fpindex query`."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="CSV image,label (1 = used): evaluate the "
@@ -289,6 +302,7 @@ def report(
 
         read_outputs(out)                 # a missing or damaged OUT is named before the labels are read
         evaluation = evaluate_files(out / "predictions.csv", labels)
+        _unmatched(evaluation)
     page = _html(out, report_top, labels=labels, evaluation=evaluation)
     _say(quiet, f"wrote {page}")
 
@@ -332,6 +346,7 @@ def main() -> None:
 
 
 def _run(click, no_args) -> None:
+    as_json = _wants_json(sys.argv[1:])
     try:
         code = app(standalone_mode=False)
     except no_args as e:
@@ -339,19 +354,31 @@ def _run(click, no_args) -> None:
         sys.exit(e.exit_code)
     except click.ClickException as e:
         where = f" (see {e.ctx.command_path} --help)" if isinstance(e, click.UsageError) and e.ctx else ""
-        typer.echo(shown(f"fpindex: error: {e.format_message()}{where}"), err=True)
-        sys.exit(e.exit_code)
+        _fail(f"{e.format_message()}{where}", e.exit_code, as_json)
     except FpindexError as e:
-        typer.echo(shown(f"fpindex: error: {e}"), err=True)
-        sys.exit(2)
+        _fail(str(e), 2, as_json)
     except OSError as e:
         what = f"{e.filename}: " if e.filename else ""
-        typer.echo(shown(f"fpindex: error: {what}{e.strerror or e}"), err=True)
-        sys.exit(1)
+        _fail(f"{what}{e.strerror or e}", 1, as_json)
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("fpindex: interrupted", err=True)
+        if as_json:
+            typer.echo(json.dumps({"error": "interrupted", "exit_code": 130}))
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _wants_json(args: list[str]) -> bool:
+    return "--json" in args[: args.index("--") if "--" in args else len(args)]
+
+
+def _fail(message: str, code: int, as_json: bool) -> None:
+    """One line on stderr; with --json also `{"error": …, "exit_code": …}` on stdout, so a script reading
+    stdout learns why there is no result."""
+    typer.echo(shown(f"fpindex: error: {message}"), err=True)
+    if as_json:
+        typer.echo(json.dumps({"error": shown(message), "exit_code": code}))
+    sys.exit(code)
 
 
 if __name__ == "__main__":

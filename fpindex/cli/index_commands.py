@@ -11,6 +11,7 @@ import typer
 
 from ..config import IndexConfig
 from ..index import parse_bytes
+from .help import App
 from .options import (O_DEVICE, O_EF_SEARCH, O_FACTORY, O_MAX_MEMORY, O_NPROBE, O_QUIET, O_SEED, O_TARGET,
                       Device)
 
@@ -23,18 +24,18 @@ def _index_cfg(factory, max_memory, nprobe, ef_search, target_recall, device, se
 
 def register(app: typer.Typer) -> None:
     """Add these commands to the main app (cli/__init__.py)."""
-    app.command("index-embeddings", epilog="Example: fpindex index-embeddings emb.parquet --index indexes/big "
-                                           "--index-type auto --max-memory 8G")(index_embeddings_cmd)
-    shard_app = typer.Typer(help="Build an IVF index in shards (separate processes or machines) and merge them "
-                            "with on-disk inverted lists. Steps: train → add (once per part, anywhere) → merge.",
-                            no_args_is_help=True)
-    shard_app.command("train", epilog="Example: fpindex shard train emb.parquet --work shards/ --index-type auto")(
-        shard_train_cmd)
-    shard_app.command("add", epilog="Example: fpindex shard add --work shards/ --part 0 --parts 4")(shard_add_cmd)
-    shard_app.command("merge", epilog="Example: fpindex shard merge --work shards/ --parts 4 --index indexes/big")(
+    app.command("index-embeddings", epilog="Example (after build's): fpindex index-embeddings emb.parquet --index "
+                                           "indexes/from-vectors --max-memory 1G")(index_embeddings_cmd)
+    shard_app = App(help="Build an IVF index in shards (separate processes or machines) and merge them "
+                         "with on-disk inverted lists. Steps: train → add (once per part, anywhere) → merge.",
+                    no_args_is_help=True)
+    shard_app.command("train", epilog="Example (after build's): fpindex shard train emb.parquet --work shards/ "
+                                      "--index-type IVF2,Flat")(shard_train_cmd)
+    shard_app.command("add", epilog="Example (once per part, 0 then 1): fpindex shard add --work shards/ --part 0 --parts 2")(shard_add_cmd)
+    shard_app.command("merge", epilog="Example: fpindex shard merge --work shards/ --parts 2 --index indexes/merged")(
         shard_merge_cmd)
     app.add_typer(shard_app, name="shard")
-    app.command(epilog="Example: fpindex bench --n 1000000 --dim 256 --index-type auto --json")(bench)
+    app.command(epilog="Example: fpindex bench --n 20000 --dim 64 --index-type auto --json")(bench)
 
 
 def index_embeddings_cmd(

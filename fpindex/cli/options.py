@@ -100,8 +100,10 @@ O_SCORE = typer.Option(Score("cosine"), "--score", help=SCORE_HELP, rich_help_pa
 O_THRESHOLD = typer.Option(None, "--threshold", help="fixed: label used when score ≥ this (default: " +
                            ", ".join(f"{n} {FEATURES.get(n).threshold:.2f}" for n in FEATURES.names()) + ").",
                            rich_help_panel="Decision")
-O_ALPHA = typer.Option(0.05, "--alpha", min=0.0, max=1.0, help="False-alarm rate per image and for the verdict (pu, reference, copies: label used when p ≤ "
-                       "alpha; calibrated and pu share it with the copy channel).",
+O_ALPHA = typer.Option(0.05, "--alpha", min=0.0, max=1.0, help="Significance level, for every decision: "
+                       "the verdict says leakage when its p ≤ alpha (else every label is 0); an image's p-value "
+                       "combines the fused score (0.8 alpha) and the copy channel (0.2 alpha); reference and pu "
+                       "label an image used when its p ≤ alpha; a canary counts as found when its p ≤ alpha.",
                        rich_help_panel="Decision")
 O_USED = typer.Option(None, "--used", help="Real images known to be used in training (labelled, for calibration).",
                       rich_help_panel="Decision")
@@ -121,7 +123,8 @@ O_ENGINE = typer.Option(Engine("local"), "--engine", help="local: this process (
                         "answers are the same.", rich_help_panel="Scale-out")
 O_ADDRESS = typer.Option(None, "--address", help="--engine ray: the cluster to join, auto or HOST:PORT. Default: "
                          "$RAY_ADDRESS, else a Ray cluster started on this machine.", rich_help_panel="Scale-out")
-O_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or report; errors only.")
+O_QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (no progress bars, no summary "
+                       "lines); files, the report included, are written as usual.")
 O_VERIFY = typer.Option(False, "--verify", help="Hash every file of the index against its manifest's checksums "
                         "before using it. Default: only files whose size or modification time changed.",
                         rich_help_panel="Index")
@@ -130,8 +133,8 @@ O_VERBOSE = typer.Option(False, "--verbose", "-v", help="Also print per-stage ti
 O_PRESET = typer.Option(PresetName("default"), "--preset", help="Named settings; options given explicitly "
                         "override them. " + "; ".join(f"{n}: {PRESETS.help(n)}" for n in PRESETS.names()))
 
-O_JSON = typer.Option(False, "--json", help="Print the summary (what summary.json holds) as one JSON document "
-                      "on stdout instead of the human lines; progress and warnings stay on stderr.")
+O_JSON = typer.Option(False, "--json", help="Print the summary (summary.json) as one JSON document on stdout, "
+                      "or {\"error\": …} on failure; progress and warnings stay on stderr.")
 O_HTML = typer.Option(False, "--report", help="Also write OUT/report.html (see `fpindex report`).")
 O_TOP = typer.Option(50, "--report-top", min=0, help="Real images, by score, shown beside their neighbours in "
                      "the HTML report.")

@@ -30,10 +30,10 @@ O_SIM_SEED = typer.Option(0, "--seed", help="Seed of every choice (split, plante
 
 
 def register(app: typer.Typer) -> None:
-    app.command(epilog="Example: fpindex simulate --real data/lidc-ct128 --manifest data/lidc-ct128/manifest.csv "
-                       "--out sim/ --members 200 --kinds rigid --strength 10")(simulate)
-    app.command(epilog="Example: fpindex sensitivity --real data/lidc-ct128 --manifest "
-                       "data/lidc-ct128/manifest.csv --out sens/ --members 60 --kinds rigid --kinds blend")(sensitivity)
+    app.command(epilog="Example (on `fpindex demo`'s data): fpindex simulate --real fpindex-demo/data/test "
+                       "--out sim/ --members 10 --kinds rigid --strength 10")(simulate)
+    app.command(epilog="Example (on `fpindex demo`'s data): fpindex sensitivity --real fpindex-demo/data/test "
+                       "--out sens/ --members 10 --kinds rigid --strength 10 --weights random")(sensitivity)
 
 
 def _kinds(kinds: Optional[list[Any]]) -> Optional[list[str]]:

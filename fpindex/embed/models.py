@@ -153,7 +153,7 @@ class CompactCNN(nn.Module):
         return f - f.mean(dim=1, keepdim=True)  # ReLU features are all ≥ 0: centre them so cosine discriminates
 
 
-@EMBEDDERS.register("cnn", "compact 4-block CNN for 128–256 px grayscale, 512-d (weights: selfsup = trained on the "
+@EMBEDDERS.register("cnn", "compact 4-block CNN on grayscale, 64 px by default (32–1024 with --image-size), 512-d (weights: selfsup = trained on the "
                     "generated set, random seeded, or a checkpoint)")
 class CNNEmbedder(Embedder):
     name = "cnn"

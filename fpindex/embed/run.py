@@ -70,7 +70,7 @@ def vector_cache(cfg: EmbedConfig, embedder: Embedder) -> ContentCache | None:
         return None
     import torch
 
-    from .. import __version__
+    from .._version import __version__
 
     # `weights` is how the weights were asked for (a path can differ between runs); `weights_id` is what they are.
     identity = {k: v for k, v in embed_identity(cfg, embedder).items() if k != "weights"}

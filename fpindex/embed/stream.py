@@ -63,7 +63,7 @@ def _context():
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["fpindex.stream"])
+    ctx.set_forkserver_preload([__name__])     # this module, by its own name: it cannot go stale
     return ctx
 
 
@@ -143,7 +143,7 @@ class FileStream(Dataset):
         return item
 
 
-class _Collate:
+class Collate:
     """Runs in the worker: enhancement and stacking, so the main process only feeds the model."""
 
     def __init__(self, enhance: Sequence[str]) -> None:
@@ -175,7 +175,7 @@ def batches(files: Sequence[Path], size: int, enhance: Sequence[str], batch_size
             pin: bool = False, read: ReadOptions = ReadOptions()) -> Iterator[Batch]:
     ds = FileStream(files, size, enhance, known, skip, preloaded or {}, read)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=_Collate(enhance), pin_memory=pin, worker_init_fn=_init_worker if workers else None,
+                        collate_fn=Collate(enhance), pin_memory=pin, worker_init_fn=_init_worker if workers else None,
                         prefetch_factor=2 if workers else None, persistent_workers=False,
                         multiprocessing_context=_context() if workers else None)
     if workers:
@@ -187,5 +187,5 @@ def batches(files: Sequence[Path], size: int, enhance: Sequence[str], batch_size
         yield from loader
 
 
-__all__ = ["batches", "Batch", "Item", "optimise", "autocast", "check_precision", "default_batch_size",
+__all__ = ["batches", "Batch", "Collate", "FileStream", "Item", "optimise", "autocast", "check_precision", "default_batch_size",
            "default_workers", "PRECISIONS"]

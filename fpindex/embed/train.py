@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..cache import blob_meta, blob_path, cache_root, read_blob, write_blob
 from ..config import EmbedConfig
 from ..enhance import REVISION as ENHANCE_REVISION, enhance_batch

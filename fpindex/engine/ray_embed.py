@@ -2,7 +2,7 @@
 (an actor per GPU, or on CPUs the same tasks) → Parquet shards of (path, sha256, vector), plus the rows back to
 the driver.
 
-Each step is the local code: `FileStream` items and `_Collate` enhancement from embed/stream.py, the driver's
+Each step is the local code: `FileStream` items and `Collate` enhancement from embed/stream.py, the driver's
 own embedder (trained or loaded there, then broadcast through the object store), so the vectors are the local
 ones. Shards live in the cache root under a name keyed by the embedding identity; each is written whole
 (temporary name, then renamed), so a killed or re-run job finds only complete shards and embeds only the
@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from ..cache import ContentCache, identity_key
 from ..config import EmbedConfig
 from ..embed import Embedded, Embedder
-from ..embed.stream import FileStream, _Collate, autocast, default_batch_size
+from ..embed.stream import FileStream, Collate, autocast, default_batch_size
 from ..errors import FpindexError
 from ..load import BadFile, ReadOptions
 from ..utils import Timings, opencv_threads
@@ -115,12 +115,12 @@ def _fetch(ref: list[Any]) -> Any:
 
 def decode_batch(batch: dict[str, np.ndarray], size: int, enhance: tuple[str, ...], read: ReadOptions,
                  known: list[Any], skip: list[Any]) -> dict[str, np.ndarray]:
-    """Read, hash, decode and enhance one batch with the local stream's own code (FileStream, _Collate)."""
+    """Read, hash, decode and enhance one batch with the local stream's own code (FileStream, Collate)."""
     files = [Path(p) for p in batch["path"].tolist()]
     stream = FileStream(files, size, enhance, _fetch(known), _fetch(skip), {}, read)
     with opencv_threads(1):
         items = [stream[i] for i in range(len(files))]
-        x = _Collate(enhance)(items).x
+        x = Collate(enhance)(items).x
     shape = (len(enhance), size, size)
     status, pixels, j = [], [], 0
     for it in items:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import FpindexError, FpindexWarning
-from ..utils import _json_default, sha256_bytes, sha256_file
+from ..utils import json_default, sha256_bytes, sha256_file
 
 FILES_KEY = "files"
 DIGEST_KEY = "digest"
@@ -97,7 +97,7 @@ def check_manifest(manifest: Any, path: Path, newest: int, readable: tuple[int, 
 
 def canonical(manifest: dict[str, Any]) -> bytes:
     """The manifest as JSON reads it back (string keys, lists), keys sorted, without its digest."""
-    plain = json.loads(json.dumps(manifest, default=_json_default))
+    plain = json.loads(json.dumps(manifest, default=json_default))
     plain.pop(DIGEST_KEY, None)
     return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 

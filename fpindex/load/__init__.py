@@ -276,6 +276,11 @@ class Reader:
             data = _read(base)
             self._key, self._data, self._sha, self._images = key, data, sha256_bytes(data), None
 
+    @property
+    def data(self) -> bytes:
+        """The bytes of the multi-image file read last (b"" before any)."""
+        return self._data
+
     def content(self, path: str | Path) -> tuple[str, int, bytes | None]:
         """(content id, file size, the bytes for a single-image file). Raises ValueError."""
         base, k = split_frame(path)
@@ -317,4 +322,4 @@ def load_image(path: str | Path, size: int, read: ReadOptions = ReadOptions(),
         data = _read(base)
         return fit_size(reader.image(base, data), size), data
     img = reader.image(path)
-    return fit_size(img, size), reader._data
+    return fit_size(img, size), reader.data

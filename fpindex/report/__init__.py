@@ -31,7 +31,7 @@ from ..evidence import Evidence
 from ..errors import FpindexError
 from ..load import image_id
 from ..search import Neighbours
-from ..safeio import WriteError, _json_default, reason, pause_for_tests
+from ..safeio import WriteError, json_default, reason, pause_for_tests
 from ..utils import Timings
 from . import outputs
 
@@ -109,7 +109,7 @@ class AuditResult:
                 # Column by column from numpy: pandas conversion would turn NaN ("not computed") into null.
                 pq.write_table(pa.table({c: self.neighbours[c].to_numpy() for c in self.neighbours.columns}), tmp)
             self.summary["timings"] = self.timings.as_dict()
-            self._text(out, staged, "summary.json", json.dumps(self.summary, indent=2, default=_json_default) + "\n")
+            self._text(out, staged, "summary.json", json.dumps(self.summary, indent=2, default=json_default) + "\n")
             pause_for_tests("outputs-staged")
             outputs.commit(out, run_id, staged)
         except OSError as e:

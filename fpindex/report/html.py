@@ -10,7 +10,6 @@ name and swapped in, then report.html is renamed into place; either is replaced 
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -21,15 +20,16 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from .. import __version__
+from .._version import __version__
 from ..errors import FpindexError
+from ..load import DEFAULT_MAX_PIXELS, ReadOptions, Reader, image_id, load_image
+from ..load.tables import read_labels
 from ..metrics import METRICS
 from ..utils import atomic_dir, write_text_atomic
 from .outputs import FILES, GENERATOR, MARK, REPORT, recover, verify
 
+OPEN_GALLERIES = 5      # shown unfolded; the rest and the full table sit in <details>, so the page stays short
 META = ("image", "rank", "generated_id", "generated")    # neighbours.parquet columns that are not evidence
-LABEL_WORDS = {"1": 1, "used": 1, "true": 1, "yes": 1, "0": 0, "not_used": 0, "not used": 0, "unused": 0,
-               "false": 0, "no": 0}
 
 
 @dataclass
@@ -84,13 +84,6 @@ def read_outputs(out: str | Path) -> Outputs:
     return Outputs(out, summary, predictions, neighbours)
 
 
-def read_label_file(path: str | Path) -> dict[str, int]:
-    """image stem → 0/1, like `fpindex evaluate` matches them (it has already checked the file)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return {PurePosixPath(r["image"]).stem: LABEL_WORDS[r["label"].strip().lower()]
-                for r in csv.DictReader(f) if r["label"].strip().lower() in LABEL_WORDS}
-
-
 def _threshold(summary: dict, p: pd.DataFrame) -> Optional[float]:
     """The decision's threshold on the reported score: stored for `fixed`, 0.5 for `calibrated`; for `reference`
     the midpoint between the highest score labelled not used and the lowest labelled used."""
@@ -115,20 +108,29 @@ def _num(v: Any, fmt: str = ".3f") -> str:
     return "—" if math.isnan(f) else format(f, fmt)
 
 
+def read_options(summary: dict[str, Any]) -> ReadOptions:
+    """How the audit read its images (--window, --axis, --max-pixels: the index's embedder records the first
+    two), so the report shows the pixels that were scored, not the files' default rendering."""
+    e = summary.get("settings", {}).get("embedder") or {}
+    embed = (summary.get("config") or {}).get("embed") or {}
+    window = e.get("window")
+    return ReadOptions(window=tuple(float(v) for v in window) if window else None, axis=int(e.get("axis", 2)),
+                       max_pixels=int(embed.get("max_pixels") or DEFAULT_MAX_PIXELS))
+
+
 class _Images:
     """Canonical pixels of the report's images, each read once and written once as a PNG in report_files/."""
 
-    def __init__(self, folder: Path, size: int):
+    def __init__(self, folder: Path, size: int, read: ReadOptions = ReadOptions()):
         self.folder, self.size = folder, size
+        self.reader = Reader(read)
         self.pixels: dict[str, Any] = {}
         self.names: dict[str, str] = {}
 
     def load(self, path: str):
-        from ..load import load_image
-
         if path not in self.pixels:
             try:
-                self.pixels[path] = load_image(path, self.size)[0]
+                self.pixels[path] = load_image(path, self.size, reader=self.reader)[0]
             except (ValueError, OSError) as e:
                 self.pixels[path] = str(e)
         return self.pixels[path]
@@ -235,9 +237,8 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise FpindexError(f"{out / 'evaluation.json'}: not valid JSON ({e})") from None
     s, p = o.summary, o.predictions
-    truth = read_label_file(labels) if labels is not None else {}
-    stems = [PurePosixPath(i).stem for i in p["image"]]
-    known = np.array([truth.get(st, -1) for st in stems])
+    truth = read_labels(labels) if labels is not None else {}
+    known = np.array([truth.get(image_id(i), -1) for i in p["image"]])     # joined as `fpindex evaluate` joins
     scores = p["score"].to_numpy(np.float64)
     threshold = _threshold(s, p)
     evidence = [c for c in o.neighbours.columns if c not in META]
@@ -245,7 +246,7 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
     best = o.neighbours.sort_values("rank").groupby("image", sort=False).first()
     with atomic_dir(out / FILES) as tmp:
         (tmp / MARK).write_text("written by fpindex report; replaced whole on the next report\n")
-        images = _Images(tmp, size)
+        images = _Images(tmp, size, read_options(s))
         (tmp / "scores.png").write_bytes(plots.score_histogram(
             {"used": scores[known == 1], "not used": scores[known == 0], "unlabelled": scores[known < 0]},
             threshold, "membership score"))
@@ -269,7 +270,7 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
         html = env.get_template("report.html.j2").render(
             generator=f"{GENERATOR} {__version__}", s=s, verdict=s["verdict"], decision=s["decision"],
             threshold=threshold, evaluation=evaluation, metrics=METRICS, roc=roc, galleries=galleries,
-            evidence=evidence, rows=rows, top=top, labelled=bool(truth), files=FILES,
+            evidence=evidence, rows=rows, top=top, open_galleries=OPEN_GALLERIES, labelled=bool(truth), files=FILES,
             canaries=s.get("canaries"), sensitivity=sensitivity,
             settings_json=json.dumps(s.get("settings", {}), indent=2, sort_keys=True),
             config_json=json.dumps(s.get("config", {}), indent=2, sort_keys=True),

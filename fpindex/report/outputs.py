@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..errors import FpindexError
 from ..safeio import (TMP, WriteError, clean_temps, read_json, reason, refuse_special, shown, temp_name,
                       pause_for_tests, write_json_atomic)
@@ -28,8 +28,6 @@ OUTPUTS = ("predictions.csv", "submission.csv", "neighbours.parquet", "summary.j
 REPORT, FILES, MARK = "report.html", "report_files", ".written-by-fpindex"
 GENERATOR = "fpindex report"
 EVALUATION = "evaluation.json"
-# Names fpindex writes into OUT: a folder holding only these (and fpindex temporaries) is fpindex's.
-KNOWN = {*OUTPUTS, MARKER, REPORT, FILES, EVALUATION, "index"}
 
 
 def _marker(out: Path) -> dict[str, Any] | None:
@@ -38,18 +36,28 @@ def _marker(out: Path) -> dict[str, Any] | None:
         else None
 
 
+def _ours_without_a_run(out: Path, name: str) -> bool:
+    """What an audit may leave in OUT before its first run is committed (a kill, a failure after the build):
+    its temporaries and OUT/index, each recognised by fpindex's own record, never by its name alone."""
+    from ..index.store import is_index_dir
+
+    return name.endswith(TMP) or (name == "index" and is_index_dir(out / name))
+
+
 def check_folder(out: str | Path) -> None:
-    """Refuse an OUT that is not fpindex's to write into: a link, a file, or a folder of other things (e.g.
-    the real images). Cheap, so callers run it before any work."""
+    """Refuse an OUT that is not fpindex's to write into: a link, a file, or a folder holding anything without
+    fpindex's record of a run in it (OUT/fpindex-run.json): the real images, or the user's own predictions.csv
+    and summary.json, which a name alone cannot tell from fpindex's. Cheap, so callers run it before any work."""
     out = Path(out)
     refuse_special(out, "folder")
     if not out.exists() or _marker(out) is not None:
         return
-    foreign = sorted(n for n in os.listdir(out) if n not in KNOWN and not n.endswith(TMP))
+    foreign = sorted(n for n in os.listdir(out) if not _ours_without_a_run(out, n))
     if foreign:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
         raise FpindexError(f"output folder {shown(out)} holds files fpindex did not write ({shown(foreign[0])}"
-                           f"{more}); refusing to write into it: choose a new or empty --out")
+                           f"{more}) and no {MARKER} (fpindex's record of a run); refusing to write into it: "
+                           "choose a new or empty --out")
     for name in OUTPUTS:
         refuse_special(out / name)
 

@@ -41,6 +41,7 @@ def test_save_load_every_index_type(tmp_path, data, factory):
     assert (cos > (0.9999 if factory in ("Flat", "IVF64,Flat", "IVF64_HNSW32,Flat", "HNSW16") else 0.8)).all()
 
 
+@pytest.mark.slow
 def test_opq_rotation_round_trip(tmp_path, data):
     x, q = data
     store = built("OPQ4_32,IVF16,PQ4x4", x[:1200])
