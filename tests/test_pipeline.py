@@ -332,3 +332,12 @@ def test_the_result_keeps_every_folders_evidence_and_its_sibling_groups(leak, he
     assert real.groups is not None and len(real.groups) == len(real) and not set(real.groups) & set(ref.groups)
     again = decide(helpers.CFG.decide, real, Labelled(reference=ref), method="pu")
     np.testing.assert_array_equal(again.score, result.decision.score)     # re-decidable from what it kept
+
+
+def test_a_stage_with_nothing_left_to_do_draws_no_progress_bar():
+    """A cached stage used to draw an empty bar ("0img [00:00, ?img/s]")."""
+    from fpindex.pipeline import progress_bar
+
+    assert progress_bar(False)(0, "re-rank real").disable is True
+    assert progress_bar(False)(5, "re-rank real").disable is False
+    assert progress_bar(True)(5, "re-rank real").disable is True
