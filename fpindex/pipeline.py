@@ -274,10 +274,9 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
 
     emb, nb, pair, ev = results["real"]
     null = null_of(method, labelled)
-    generated_sha = store.hashes()
     warned = audit_warnings(decision, Inputs(
         n_real=len(emb.paths), n_generated=store.ntotal, n_null=0 if null is None else len(null),
-        real_in_generated=sum(h in generated_sha for h in emb.sha256)))
+        real_in_generated=store.count_known(emb.sha256)))
     emit(warned)
     summary = {
         "counts": {name: {"files": len(listed[name][1]) + len(found[name][2]), "embedded": len(r[0].paths), "bad": len(r[0].bad)}

@@ -173,6 +173,16 @@ class IndexStore:
     def hashes(self) -> set[str]:
         return set(self.items.column("sha256").to_pylist())
 
+    def count_known(self, sha256: list[str]) -> int:
+        """How many of these content hashes the index holds (vectorised: no Python set of the whole index)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not sha256:
+            return 0
+        return int(pc.sum(pc.is_in(pa.array(sha256, pa.string()), value_set=self.items.column("sha256"))).as_py()
+                   or 0)
+
     # The generated files behind ids, for the stages that read their pixels (pixels.IndexedFiles).
     def files(self, ids: np.ndarray) -> list[str]:
         """Paths of the stored files, refused when one resolves (symlinks followed) outside its root."""
