@@ -1,0 +1,1 @@
+"""Generators that build benchmark scenarios (trained models, not replays)."""
