@@ -141,6 +141,7 @@ def test_guardrails_name_the_likely_cause():
     assert w.startswith("only 2 known-unused images: too few for any claim")
     (w,) = warnings_for(auc=0.315, ci=(0.25, 0.38))
     assert "well below chance" in w and "swapped" in w
+    assert warnings_for(auc=0.437, ci=(0.382, 0.492)) == []       # dev-null's: patients differ, nothing swapped
     (w,) = warnings_for(n_generated=50)
     assert w.startswith("only 50 generated images for 100 real ones")
     (w,) = warnings_for(same=95)
