@@ -315,11 +315,11 @@ def audit(generated: str | Path, real: str | Path, config: AuditConfig, index_di
     timings = Timings()
     # Check every input folder before the expensive build, so a typo fails in a second, not after it.
     check_distinct({"real": real, "used": used, "not_used": not_used, "reference": reference})
-    given = {"used": used, "not_used": not_used, "reference": reference}
-    choose_method(config.decide, Labelled(**{n: _EMPTY for n, p in given.items() if p is not None}))
     for name, p in {"real-image": real, "used": used, "not-used": not_used, "reference": reference}.items():
         if p is not None:
             list_images(p, f"{name} folder", ReadOptions.of(config.embed))
+    given = {"used": used, "not_used": not_used, "reference": reference}
+    choose_method(config.decide, Labelled(**{n: _EMPTY for n, p in given.items() if p is not None}))
     if index_dir is not None:
         recover_dir(index_dir)
     if index_dir is not None and os.path.lexists(index_dir) and not overwrite:
