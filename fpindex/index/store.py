@@ -54,6 +54,11 @@ def as_queries(x: np.ndarray, dim: int) -> np.ndarray:
     x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
     if x.shape[1] != dim:
         raise FpindexError(f"vectors have dimension {x.shape[1]}, the index expects {dim}")
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():       # FAISS answers NaN with ids -1 and -inf scores: silently wrong, so refused here
+        rows = np.flatnonzero(bad)
+        raise FpindexError(f"{len(rows)} vector(s) hold NaN or infinite values (row {int(rows[0])} first); "
+                           "vectors must be finite")
     return x
 
 
