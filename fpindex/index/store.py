@@ -175,6 +175,11 @@ class IndexStore:
         paths = self.items.column("path").to_pylist()
         return [str(Path(roots[i]) / paths[i]) if i >= 0 else "" for i in np.asarray(ids).ravel()]
 
+    def sha256_of(self, ids: np.ndarray) -> list[str]:
+        """Content ids of FAISS ids ('' for the -1 of a missing slot)."""
+        sha = self.items.column("sha256").to_pylist()
+        return [sha[i] if i >= 0 else "" for i in np.asarray(ids).ravel()]
+
     def hashes(self) -> set[str]:
         return set(self.items.column("sha256").to_pylist())
 
