@@ -354,12 +354,12 @@ def _run(click, no_args) -> None:
         sys.exit(e.exit_code)
     except click.ClickException as e:
         where = f" (see {e.ctx.command_path} --help)" if isinstance(e, click.UsageError) and e.ctx else ""
-        _fail(f"{e.format_message()}{where}", e.exit_code, as_json)
+        _fail(f"{e.format_message()}{where}", 2, as_json)
     except FpindexError as e:
         _fail(str(e), 2, as_json)
     except OSError as e:
         what = f"{e.filename}: " if e.filename else ""
-        _fail(f"{what}{e.strerror or e}", 1, as_json)
+        _fail(f"{what}{e.strerror or e}", 2, as_json)
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("fpindex: interrupted", err=True)
         if as_json:

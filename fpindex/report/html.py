@@ -216,6 +216,10 @@ def _sensitivity(out: Path, files: Path) -> Optional[dict[str, Any]]:
         data = json.loads(table.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FpindexError(f"{table}: not valid JSON ({e})") from None
+    fpr = data.get("fpr") if isinstance(data, dict) else None
+    if not (isinstance(fpr, (int, float)) and not isinstance(fpr, bool) and 0 < fpr < 1):
+        raise FpindexError(f"{table}: not a sensitivity table (needs \"fpr\", a number between 0 and 1, "
+                           f"got {fpr!r})")
     (files / "sensitivity.png").write_bytes(png.read_bytes())
     return data
 
