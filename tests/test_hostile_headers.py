@@ -101,3 +101,37 @@ def test_index_search_refuses_nan_vectors(tmp_path, helpers):
     q[1, 3] = np.nan
     with pytest.raises(FpindexError, match=r"1 vector\(s\) hold NaN or infinite values \(row 1 first\)"):
         index.search(q, 2)
+
+
+def test_an_image_1200_folders_deep_is_listed_without_recursion(tmp_path, helpers):
+    import os
+
+    deep = tmp_path / "gen"
+    os.makedirs(deep)
+    fd = os.open(deep, os.O_RDONLY)           # relative steps: the absolute path would pass PATH_MAX
+    try:
+        for _ in range(1200):
+            os.mkdir("d", dir_fd=fd)
+            nxt = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        ok, buf = __import__("cv2").imencode(".png", helpers.to_u8(helpers.smooth_image(1)))
+        out = os.open("x.png", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(out, buf.tobytes())
+        os.close(out)
+    finally:
+        os.close(fd)
+    helpers.write_png(deep / "top.png", helpers.smooth_image(0))
+    try:
+        files, bad = list_folder(deep)
+        assert sorted(f.name for f in files) == ["top.png", "x.png"] and not bad
+        assert str(files[0]).count("/d") == 1200
+    finally:                                  # shutil.rmtree (pytest's clean-up) recurses too: unchain first
+        while (deep / "d").exists():
+            if (deep / "d" / "d").exists():
+                os.rename(deep / "d" / "d", deep / "next")
+            for f in (deep / "d").iterdir():
+                f.unlink()
+            os.rmdir(deep / "d")
+            if (deep / "next").exists():
+                os.rename(deep / "next", deep / "d")
