@@ -33,7 +33,7 @@ class Index:
 
     def __init__(self, store: IndexStore, built: pipeline.Built | None = None,
                  config: AuditConfig | None = None) -> None:
-        self.store, self._built, self.config = store, built, config or AuditConfig()
+        self.store, self._built, self.config = store, built, AuditConfig.of(config)
 
     @property
     def ntotal(self) -> int:
@@ -66,7 +66,7 @@ class Index:
               config: AuditConfig | None = None, out: PathLike | None = None) -> AuditResult:
         """Score the real images against this index (see `audit` for the labelled folders); `k` neighbours
         per image (default: the config's, 10)."""
-        cfg = config or self.config
+        cfg = AuditConfig.of(config) if config is not None else self.config
         if out is not None:
             check_output_folder(out)              # before the work, not after it
         if k is not None:
@@ -105,7 +105,7 @@ def build_index(generated: PathLike, index_dir: PathLike | None = None, config: 
     refused, since appending always embeds like the index did."""
     if add and overwrite:
         raise FpindexError("--add and --overwrite exclude each other")
-    cfg = config or AuditConfig()
+    cfg = AuditConfig.of(config)
     built = pipeline.build(generated, cfg, index_dir, mode="add" if add else "overwrite" if overwrite else "new",
                            expect=expect)
     return Index(built.store, built, cfg)
@@ -119,7 +119,7 @@ def open_index(index_dir: PathLike, config: AuditConfig | None = None, *, nprobe
     silently ignored. nprobe / ef_search override the stored search parameters for this session. Files whose
     size or mtime changed since the build are hashed against the manifest's checksums; `verify` (default
     `config.run.verify`) hashes every file."""
-    cfg = config or AuditConfig()
+    cfg = AuditConfig.of(config)
     verify = cfg.run.verify if verify is None else verify
     store = IndexStore.load(index_dir, device=faiss_device(cfg.index.device), verify=verify)
     own = store.manifest["embedder"]
@@ -138,9 +138,12 @@ def audit(generated: PathLike, real: PathLike, *, used: PathLike | None = None, 
     images) the decision is calibrated on them; with only `reference` (or `not_used`), tested against them;
     else the fixed thresholds. `out`: also write the output files there (the index goes to `index_dir`, by
     default `out/index`; an existing index is replaced only with `overwrite`)."""
-    cfg = config or AuditConfig()
+    cfg = AuditConfig.of(config)
     if out is not None:
         check_output_folder(out)                  # before the build, which may write OUT/index
+        if index_dir is not None and Path(out).absolute().is_relative_to(Path(index_dir).absolute()):
+            raise FpindexError(f"index_dir {index_dir} is (or holds) the output folder {out}: the outputs would "
+                               "be written into the index; leave index_dir out (OUT/index) or give another folder")
     if index_dir is None and out is not None:
         index_dir, overwrite = Path(out) / "index", True     # the output folder's own index is fpindex's to replace
     result = pipeline.audit(generated, real, cfg, index_dir=index_dir, overwrite=overwrite, used=used,
@@ -170,4 +173,5 @@ def sensitivity(real: PathLike, out: PathLike, generated: PathLike | None = None
     from .sweep import sensitivity as run
 
     return run(real, out, generated, kinds=kinds, strengths=strengths, members=members, rate=rate, seed=seed,
-               manifest=manifest, size=size, fresh=fresh, fpr=fpr, config=config)
+               manifest=manifest, size=size, fresh=fresh, fpr=fpr,
+               config=AuditConfig.of(config) if config is not None else None)

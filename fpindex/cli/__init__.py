@@ -16,6 +16,7 @@ from .._version import __version__
 from ..errors import FpindexError, FpindexWarning
 from ..safeio import shown
 from . import index_commands, simulate_commands
+from .checks import canaries_unplanted, report_target
 from .help import App
 from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION, O_DEVICE, O_EF_SEARCH,
                       O_ENHANCE, O_FACTORY, O_K, O_MAX_MEMORY, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE,
@@ -204,8 +205,10 @@ def query(
 
     params = {n: v for n, v in _params(locals()).items() if n not in ("model", "enhance", "nprobe", "ef_search")}
     expect = {"model": model.value if model else None, "enhance": list(parse_enhance(enhance)) if enhance else None}
+    report_target(html, out)
     idx = open_index(index, config_from(ctx, **params), nprobe=nprobe, ef_search=ef_search, expect=expect)
     result = idx.query(real, used=used, not_used=not_used, reference=reference, out=out)
+    canaries_unplanted(ctx, canaries, result.summary)
     _finish(quiet, verbose, as_json, html, report_top, out, result.summary)
 
 
@@ -235,9 +238,11 @@ def audit(
     """Build an index of the generated images, then query it with the real ones, in one go."""
     from ..api import audit as run_audit
 
+    report_target(html, out)
     result = run_audit(generated, real, used=used, not_used=not_used, reference=reference,
                        config=config_from(ctx, preset, **_params(locals())), out=out, index_dir=index,
                        overwrite=overwrite)
+    canaries_unplanted(ctx, canaries, result.summary)
     _finish(quiet, verbose, as_json, html, report_top, out, result.summary)
 
 

@@ -224,7 +224,7 @@ def _sensitivity(out: Path, files: Path) -> Optional[dict[str, Any]]:
     return data
 
 
-def _owned(out: Path) -> None:
+def check_target(out: Path) -> None:
     """Refuse to replace a report.html or report_files/ that fpindex did not write."""
     page, files = out / REPORT, out / FILES
     if page.exists():
@@ -246,7 +246,7 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
 
     o = read_outputs(out)
     out = o.out
-    _owned(out)
+    check_target(out)
     if evaluation is None and (out / "evaluation.json").is_file():
         try:
             evaluation = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
