@@ -21,6 +21,7 @@ from .config import AuditConfig
 from .devices import faiss_device
 from .errors import FpindexError
 from .index import IndexStore, search_overrides
+from .locks import writing
 from .report import AuditResult
 from .report.outputs import check_folder as check_output_folder
 from .search import Neighbours, search as search_vectors
@@ -67,15 +68,16 @@ class Index:
         """Score the real images against this index (see `audit` for the labelled folders); `k` neighbours
         per image (default: the config's, 10)."""
         cfg = AuditConfig.of(config) if config is not None else self.config
-        if out is not None:
-            check_output_folder(out)              # before the work, not after it
-        if k is not None:
-            cfg = cfg.override(evidence={"k": k})
-        target = self._built if self._built is not None else self.store
-        result = pipeline.query(target, real, cfg, used=used, not_used=not_used, reference=reference,
-                                pixels=self._built.pixels if self._built is not None else None)
-        if out is not None:
-            result.save(out)
+        with writing(out, what="output folder"):
+            if out is not None:
+                check_output_folder(out)              # before the work, not after it
+            if k is not None:
+                cfg = cfg.override(evidence={"k": k})
+            target = self._built if self._built is not None else self.store
+            result = pipeline.query(target, real, cfg, used=used, not_used=not_used, reference=reference,
+                                    pixels=self._built.pixels if self._built is not None else None)
+            if out is not None:
+                result.save(out)
         return result
 
     def search(self, queries: np.ndarray | PathLike, k: int = 10) -> Neighbours:
@@ -106,8 +108,9 @@ def build_index(generated: PathLike, index_dir: PathLike | None = None, config: 
     if add and overwrite:
         raise FpindexError("--add and --overwrite exclude each other")
     cfg = AuditConfig.of(config)
-    built = pipeline.build(generated, cfg, index_dir, mode="add" if add else "overwrite" if overwrite else "new",
-                           expect=expect)
+    with writing(index_dir, what="index"):
+        built = pipeline.build(generated, cfg, index_dir, mode="add" if add else "overwrite" if overwrite else "new",
+                               expect=expect)
     return Index(built.store, built, cfg)
 
 
@@ -146,10 +149,14 @@ def audit(generated: PathLike, real: PathLike, *, used: PathLike | None = None, 
                                "be written into the index; leave index_dir out (OUT/index) or give another folder")
     if index_dir is None and out is not None:
         index_dir, overwrite = Path(out) / "index", True     # the output folder's own index is fpindex's to replace
-    result = pipeline.audit(generated, real, cfg, index_dir=index_dir, overwrite=overwrite, used=used,
-                            not_used=not_used, reference=reference)
-    if out is not None:
-        result.save(out)
+    inside = out is not None and Path(index_dir).absolute().is_relative_to(Path(out).absolute())
+    with writing(out, None if inside else index_dir, what="output folder or index"):
+        if out is not None:
+            check_output_folder(out)              # again under the lock: another run may have just written it
+        result = pipeline.audit(generated, real, cfg, index_dir=index_dir, overwrite=overwrite, used=used,
+                                not_used=not_used, reference=reference)
+        if out is not None:
+            result.save(out)
     return result
 
 

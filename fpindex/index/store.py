@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -248,7 +249,26 @@ class IndexStore:
     def load(cls, directory: str | Path, device: str = "cpu", verify: bool = False) -> "IndexStore":
         """Read an index directory; `device` 'cuda' moves it to the GPU (see fpindex.devices.faiss_device).
         Its files are checked against the manifest's checksums first: those whose size or mtime changed are
-        hashed, and with `verify` all of them (integrity.py)."""
+        hashed, and with `verify` all of them (integrity.py). A load that fails while a writer swaps the
+        directory (its inode changed under the reader) is read again, up to 5 times: a swap, not damage."""
+        def identity() -> tuple[int, int] | None:
+            try:
+                st = os.stat(directory)
+                return st.st_dev, st.st_ino
+            except OSError:
+                return None
+        for attempt in range(5):
+            before = identity()
+            try:
+                return cls._load(directory, device, verify)
+            except FpindexError:
+                if attempt == 4 or identity() == before:
+                    raise
+            time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load(cls, directory: str | Path, device: str, verify: bool) -> "IndexStore":
         d = Path(directory)
         recover_dir(d)                   # a swap cut short by a kill is finished first
         if not d.is_dir():
