@@ -21,6 +21,10 @@ from .safeio import WriteError, reason
 LOCK_SUFFIX = ".fpindex-lock"
 
 
+class Busy(FpindexError):
+    """Another run holds the lock."""
+
+
 def lock_path(folder: str | Path) -> Path:
     folder = Path(os.path.abspath(folder))
     return folder.parent / f".{folder.name}{LOCK_SUFFIX}"
@@ -66,7 +70,7 @@ def _acquire(path: Path, folder: Path, what: str) -> int:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
             by = f" (pid {holder})" if holder.isdigit() else ""
-            raise FpindexError(f"{what} {folder} is being written by another fpindex run{by}; wait for it to "
+            raise Busy(f"{what} {folder} is being written by another fpindex run{by}; wait for it to "
                                "finish, or write elsewhere") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
@@ -74,4 +78,21 @@ def _acquire(path: Path, folder: Path, what: str) -> int:
             same = False
         if same:
             return fd
+        os.close(fd)
+
+
+def clear_stale(folder: str | Path) -> None:
+    """Remove the lock file of `folder` that a killed writer left (nobody holds it); a held one is left."""
+    path = lock_path(folder)
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            os.unlink(path)
+    except OSError:
+        pass
+    finally:
         os.close(fd)

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import FpindexError
+from ..locks import clear_stale
 from ..safeio import WriteError, atomic_dir, read_json, recover_dir
 from ..utils import versions, write_json_atomic
 from .base import faiss_reason, has_ondisk_lists, make_faiss_index
@@ -271,6 +272,7 @@ class IndexStore:
     def _load(cls, directory: str | Path, device: str, verify: bool) -> "IndexStore":
         d = Path(directory)
         recover_dir(d)                   # a swap cut short by a kill is finished first
+        clear_stale(d)                   # and the lock file of a killed writer removed (locks.py)
         if not d.is_dir():
             raise FpindexError(f"index {d} does not exist (build one with `fpindex build`)")
         for name in (INDEX_FILE, ITEMS_FILE, MANIFEST_FILE):

@@ -128,6 +128,10 @@ def recover(out: str | Path) -> None:
         if ready:
             _finish(out, m)
     clean_temps(out)
+    from ..locks import clear_stale
+
+    clear_stale(out)
+    clear_stale(out / "index")
 
 
 def verify(out: Path, summary: dict[str, Any]) -> None:
