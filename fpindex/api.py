@@ -21,6 +21,7 @@ from .config import AuditConfig
 from .devices import faiss_device
 from .errors import FpindexError
 from .index import IndexStore, search_overrides
+from .locks import writing
 from .report import AuditResult
 from .report.outputs import check_folder as check_output_folder
 from .search import Neighbours, search as search_vectors
@@ -33,7 +34,7 @@ class Index:
 
     def __init__(self, store: IndexStore, built: pipeline.Built | None = None,
                  config: AuditConfig | None = None) -> None:
-        self.store, self._built, self.config = store, built, config or AuditConfig()
+        self.store, self._built, self.config = store, built, AuditConfig.of(config)
 
     @property
     def ntotal(self) -> int:
@@ -66,16 +67,17 @@ class Index:
               config: AuditConfig | None = None, out: PathLike | None = None) -> AuditResult:
         """Score the real images against this index (see `audit` for the labelled folders); `k` neighbours
         per image (default: the config's, 10)."""
-        cfg = config or self.config
-        if out is not None:
-            check_output_folder(out)              # before the work, not after it
-        if k is not None:
-            cfg = cfg.override(evidence={"k": k})
-        target = self._built if self._built is not None else self.store
-        result = pipeline.query(target, real, cfg, used=used, not_used=not_used, reference=reference,
-                                pixels=self._built.pixels if self._built is not None else None)
-        if out is not None:
-            result.save(out)
+        cfg = AuditConfig.of(config) if config is not None else self.config
+        with writing(out, what="output folder"):
+            if out is not None:
+                check_output_folder(out)              # before the work, not after it
+            if k is not None:
+                cfg = cfg.override(evidence={"k": k})
+            target = self._built if self._built is not None else self.store
+            result = pipeline.query(target, real, cfg, used=used, not_used=not_used, reference=reference,
+                                    pixels=self._built.pixels if self._built is not None else None)
+            if out is not None:
+                result.save(out)
         return result
 
     def search(self, queries: np.ndarray | PathLike, k: int = 10) -> Neighbours:
@@ -105,9 +107,10 @@ def build_index(generated: PathLike, index_dir: PathLike | None = None, config: 
     refused, since appending always embeds like the index did."""
     if add and overwrite:
         raise FpindexError("--add and --overwrite exclude each other")
-    cfg = config or AuditConfig()
-    built = pipeline.build(generated, cfg, index_dir, mode="add" if add else "overwrite" if overwrite else "new",
-                           expect=expect)
+    cfg = AuditConfig.of(config)
+    with writing(index_dir, what="index"):
+        built = pipeline.build(generated, cfg, index_dir, mode="add" if add else "overwrite" if overwrite else "new",
+                               expect=expect)
     return Index(built.store, built, cfg)
 
 
@@ -119,7 +122,7 @@ def open_index(index_dir: PathLike, config: AuditConfig | None = None, *, nprobe
     silently ignored. nprobe / ef_search override the stored search parameters for this session. Files whose
     size or mtime changed since the build are hashed against the manifest's checksums; `verify` (default
     `config.run.verify`) hashes every file."""
-    cfg = config or AuditConfig()
+    cfg = AuditConfig.of(config)
     verify = cfg.run.verify if verify is None else verify
     store = IndexStore.load(index_dir, device=faiss_device(cfg.index.device), verify=verify)
     own = store.manifest["embedder"]
@@ -138,15 +141,22 @@ def audit(generated: PathLike, real: PathLike, *, used: PathLike | None = None, 
     images) the decision is calibrated on them; with only `reference` (or `not_used`), tested against them;
     else the fixed thresholds. `out`: also write the output files there (the index goes to `index_dir`, by
     default `out/index`; an existing index is replaced only with `overwrite`)."""
-    cfg = config or AuditConfig()
+    cfg = AuditConfig.of(config)
     if out is not None:
         check_output_folder(out)                  # before the build, which may write OUT/index
+        if index_dir is not None and Path(out).absolute().is_relative_to(Path(index_dir).absolute()):
+            raise FpindexError(f"index_dir {index_dir} is (or holds) the output folder {out}: the outputs would "
+                               "be written into the index; leave index_dir out (OUT/index) or give another folder")
     if index_dir is None and out is not None:
         index_dir, overwrite = Path(out) / "index", True     # the output folder's own index is fpindex's to replace
-    result = pipeline.audit(generated, real, cfg, index_dir=index_dir, overwrite=overwrite, used=used,
-                            not_used=not_used, reference=reference)
-    if out is not None:
-        result.save(out)
+    inside = out is not None and Path(index_dir).absolute().is_relative_to(Path(out).absolute())
+    with writing(out, None if inside else index_dir, what="output folder or index"):
+        if out is not None:
+            check_output_folder(out)              # again under the lock: another run may have just written it
+        result = pipeline.audit(generated, real, cfg, index_dir=index_dir, overwrite=overwrite, used=used,
+                                not_used=not_used, reference=reference)
+        if out is not None:
+            result.save(out)
     return result
 
 
@@ -170,4 +180,5 @@ def sensitivity(real: PathLike, out: PathLike, generated: PathLike | None = None
     from .sweep import sensitivity as run
 
     return run(real, out, generated, kinds=kinds, strengths=strengths, members=members, rate=rate, seed=seed,
-               manifest=manifest, size=size, fresh=fresh, fpr=fpr, config=config)
+               manifest=manifest, size=size, fresh=fresh, fpr=fpr,
+               config=AuditConfig.of(config) if config is not None else None)

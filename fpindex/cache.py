@@ -167,8 +167,18 @@ class ContentCache:
             raise _write_error(self.kind, self.dir, e) from None
 
     def _compact(self) -> None:
-        """Merge every shard into one: the shards are re-read (a concurrent run may have added some), and removed
-        only once the merged shard holding their rows is in place."""
+        """Merge every shard into one, under the folder's writer lock (locks.py; a run that finds another
+        merging leaves it to that one): the shards are re-read (a concurrent run may have added some), and
+        removed only once the merged shard holding their rows is in place."""
+        from .locks import Busy, writing
+
+        try:
+            with writing(self.dir, what="cache folder"):
+                self._merge()
+        except Busy:
+            return
+
+    def _merge(self) -> None:
         old = self._shards()
         merged: dict[str, np.ndarray] = {}
         for shard in old:

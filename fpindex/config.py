@@ -143,6 +143,29 @@ class AuditConfig:
     canaries: CanaryConfig = field(default_factory=CanaryConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def __post_init__(self) -> None:
+        """`AuditConfig(embed={"seed": 1})`: a section given as a mapping is built like `from_dict` builds it
+        (unknown keys refused in one line); anything else that is not the section is refused here, not by an
+        AttributeError deep in a run."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), type(_default(f))
+            if isinstance(value, dict):
+                object.__setattr__(self, f.name, _build(kind, value, f.name + "."))
+            elif not isinstance(value, kind):
+                raise FpindexError(f"config section {f.name}: expected a {kind.__name__} or a mapping, got "
+                                   f"{type(value).__name__}")
+
+    @classmethod
+    def of(cls, config: "AuditConfig | dict[str, Any] | None") -> "AuditConfig":
+        """What the API accepts as `config`: an AuditConfig, a mapping like `to_dict`'s, or None (defaults)."""
+        if config is None:
+            return cls()
+        if isinstance(config, dict):
+            return cls.from_dict(config)
+        if not isinstance(config, cls):
+            raise FpindexError(f"config: expected an AuditConfig or a mapping, got {type(config).__name__}")
+        return config
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

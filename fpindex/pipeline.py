@@ -288,7 +288,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
                      "embedder": store.manifest["embedder"],
                      "index": {"factory": store.manifest["factory"], "metric": store.manifest["metric"],
                                "ntotal": store.ntotal},
-                     "folders": {n: str(p) for n, p in folders.items() if p is not None}},
+                     "folders": {n: str(Path(p).absolute()) for n, p in folders.items() if p is not None}},
         "config": config.to_dict(),
         "evidence": {name: {"level": FEATURES.get(name).level, "help": FEATURES.help(name),
                             "computed": not FEATURES.get(name).on_demand or name in wanted} for name in names},
@@ -305,7 +305,8 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
     if build_summary is not None:
         summary["build"] = {k: v for k, v in build_summary.items() if k != "manifest"}
     return AuditResult.of(emb.paths, decision, nb, pair, np.array(store.paths(nb.ids), dtype=object), summary,
-                          timings, evidence={name: r[3] for name, r in results.items()})
+                          timings, evidence={name: r[3] for name, r in results.items()},
+                          sha256=emb.sha256, generated_sha256=store.sha256_of(nb.ids))
 
 
 def audit(generated: str | Path, real: str | Path, config: AuditConfig, index_dir: str | Path | None = None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -32,6 +32,22 @@ class Plant:
     strengths: tuple[float, ...]
     noun: str                    # e.g. "copies rotated by {s:g}°"
     others: Callable[[float], int] = lambda s: 0   # other images the kind mixes in at a strength
+    limits: tuple[float, float] = (0.0, 0.0)       # the strengths that mean something, both ends included
+    whole: bool = False                            # strengths are counts (blend: images)
+
+    def check(self, strength: Any) -> float:
+        """The strength as a float, or a one-line refusal: each kind knows its range (a negative σ, a crop of
+        more than the whole side, NaN, inf are no copies at all)."""
+        try:
+            s = float(strength)
+        except (TypeError, ValueError, OverflowError):
+            raise FpindexError(f"--strength {strength!r} for plant kind {self.name}: not a number") from None
+        lo, hi = self.limits
+        if not (np.isfinite(s) and lo <= s <= hi) or (self.whole and s != round(s)):
+            what = "a whole number" if self.whole else "a number"
+            raise FpindexError(f"--strength {s:g} for plant kind {self.name}: expected {what} of {self.unit} "
+                               f"from {lo:g} to {hi:g}")
+        return s
 
     def describe(self, strength: float) -> str:
         return self.noun.format(s=strength)
@@ -60,9 +76,10 @@ def write_png(path: str | Path, img: np.ndarray) -> None:
 
 
 def plant(name: str, unit: str, strengths: tuple[float, ...], noun: str, help: str,
-          others: Callable[[float], int] = lambda s: 0) -> Callable[[PlantFn], PlantFn]:
+          others: Callable[[float], int] = lambda s: 0, limits: tuple[float, float] = (0.0, 0.0),
+          whole: bool = False) -> Callable[[PlantFn], PlantFn]:
     def deco(fn: PlantFn) -> PlantFn:
-        PLANTS.register(name, help)(Plant(name, fn, unit, strengths, noun, others))
+        PLANTS.register(name, help)(Plant(name, fn, unit, strengths, noun, others, limits, whole))
         return fn
     return deco
 
@@ -78,7 +95,7 @@ def exact(img, s, rng, others):
 
 @plant("rigid", "degrees", (3.0, 10.0, 25.0), "copies rotated by {s:g}° (and shifted, rescaled)",
        "rotation by STRENGTH degrees with a shift of STRENGTH·0.4 % of the side and a scale change of "
-       "STRENGTH·0.4 %")
+       "STRENGTH·0.4 %", limits=(0.0, 180.0))
 def rigid(img, s, rng, others):
     n = img.shape[0]
     m = cv2.getRotationMatrix2D((n / 2, n / 2), _sign(rng) * s, 1.0 + _sign(rng) * 0.004 * s)
@@ -87,7 +104,7 @@ def rigid(img, s, rng, others):
 
 
 @plant("elastic", "% of side", (2.0, 5.0, 10.0), "elastic warps of up to {s:g} % of the side",
-       "smooth random displacement field, largest displacement STRENGTH % of the side")
+       "smooth random displacement field, largest displacement STRENGTH % of the side", limits=(0.0, 50.0))
 def elastic(img, s, rng, others):
     n = img.shape[0]
     field = rng.standard_normal((2, n, n)).astype(np.float32)
@@ -97,19 +114,20 @@ def elastic(img, s, rng, others):
     return cv2.remap(img, xx + field[0], yy + field[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
-@plant("noise", "σ", (0.02, 0.05, 0.1), "copies with noise σ = {s:g}", "additive Gaussian noise of σ = STRENGTH")
+@plant("noise", "σ", (0.02, 0.05, 0.1), "copies with noise σ = {s:g}", "additive Gaussian noise of σ = STRENGTH",
+       limits=(0.0, 1.0))
 def noise(img, s, rng, others):
     return img + s * rng.standard_normal(img.shape).astype(np.float32)
 
 
 @plant("blur", "% of side", (1.0, 2.0, 4.0), "copies blurred by σ = {s:g} % of the side",
-       "Gaussian blur of σ = STRENGTH % of the side")
+       "Gaussian blur of σ = STRENGTH % of the side", limits=(0.0, 50.0))
 def blur(img, s, rng, others):
     return cv2.GaussianBlur(img, (0, 0), max(s / 100.0 * img.shape[0], 0.1))
 
 
 @plant("intensity", "relative change", (0.1, 0.25, 0.5), "copies with contrast/gamma changed by {s:g}",
-       "gamma 1 ± STRENGTH and contrast × (1 ± STRENGTH/2) about the mean")
+       "gamma 1 ± STRENGTH and contrast × (1 ± STRENGTH/2) about the mean", limits=(0.0, 1.0))
 def intensity(img, s, rng, others):
     gamma = (1.0 + s) ** _sign(rng)
     out = np.clip(img, 0, 1) ** gamma
@@ -118,7 +136,7 @@ def intensity(img, s, rng, others):
 
 
 @plant("crop", "share of side cut", (0.1, 0.25, 0.5), "crops keeping {s:g} less of the side, resized back",
-       "a random window of side (1 − STRENGTH) of the image, resized to the full size")
+       "a random window of side (1 − STRENGTH) of the image, resized to the full size", limits=(0.0, 0.9))
 def crop(img, s, rng, others):
     n = img.shape[0]
     w = max(4, int(round((1.0 - s) * n)))
@@ -128,7 +146,7 @@ def crop(img, s, rng, others):
 
 @plant("patch", "share of area replaced", (0.25, 0.5, 0.75), "patches: {s:g} of the area from another image",
        "another image with a window of (1 − STRENGTH) of the area copied in from this one, at its place",
-       others=lambda s: 1)
+       others=lambda s: 1, limits=(0.0, 1.0))
 def patch(img, s, rng, others):
     n = img.shape[0]
     base = _other(others, 0, "patch").copy()
@@ -139,7 +157,8 @@ def patch(img, s, rng, others):
 
 
 @plant("blend", "images blended", (2.0, 3.0, 5.0), "{s:g}-image blends", "equal-weight average of the image "
-       "and STRENGTH − 1 others", others=lambda s: max(0, int(round(s)) - 1))
+       "and STRENGTH − 1 others", others=lambda s: max(0, int(round(s)) - 1),
+       limits=(1.0, 16.0), whole=True)
 def blend(img, s, rng, others):
     m = int(round(s))
     if m < 1:
@@ -155,10 +174,10 @@ def _other(others: Sequence[np.ndarray], i: int, kind: str) -> np.ndarray:
 
 def grid(kinds: Sequence[str] | None = None, strengths: Sequence[float] | None = None) -> list[tuple[str, float]]:
     """(kind, strength) pairs: each kind at the strengths given (default: its own grid); exact only at 0."""
-    names = list(kinds) if kinds else PLANTS.names()
+    names = list(dict.fromkeys(kinds)) if kinds else PLANTS.names()
     out = []
     for k in names:
         p = PLANTS.get(k)
         values = p.strengths if strengths is None or k == "exact" else tuple(strengths)
-        out += [(k, float(v)) for v in values]
-    return out
+        out += [(k, p.check(v)) for v in values]
+    return list(dict.fromkeys(out))                  # a strength given twice is one cell

@@ -40,18 +40,60 @@ class Simulated:
 
 
 def read_manifest(path: str | Path) -> dict[str, str]:
-    """file (relative to the real folder, POSIX) → patient id."""
+    """file (relative to the real folder, POSIX) → patient id; read like the label tables (BOM, CRLF, line
+    numbers), an empty field or a file listed twice refused naming the lines."""
+    from .load.tables import read_csv_columns
+
     path = Path(path)
+    if path.is_dir():
+        raise FpindexError(f"manifest {path} is a folder, expected a CSV file with columns file,patient_id")
+    out: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for r in read_csv_columns(path, ("file", "patient_id")):
+        f, pid, line = r["file"].strip().replace("\\", "/"), r["patient_id"].strip(), r["_line"]
+        if not f or not pid:
+            raise FpindexError(f"{path}:{line}: empty {'file' if not f else 'patient_id'}")
+        if f in out:
+            how = "another patient" if out[f] != pid else "the same patient again"
+            raise FpindexError(f"{path}:{line}: {f!r} is listed on line {lines[f]} already ({how}); list each "
+                               "file once")
+        out[f], lines[f] = pid, line
+    return out
+
+
+MAX_PLANT_SIZE = 1024          # like --image-size: a planted image is held several times in memory
+
+
+def check_arguments(real: str | Path, out: str | Path, generated: str | Path | None, *, members: Any, rate: Any,
+                    seed: Any, size: Any, fresh: Any) -> None:
+    """Every argument of a simulation checked before any work, one line each (simulate and sensitivity)."""
+    def whole(name: str, v: Any, lo: int, hi: int | None = None) -> None:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
+            span = f"from {lo:,} to {hi:,}" if hi is not None else f"at least {lo:,}"
+            raise FpindexError(f"{name} must be a whole number {span}, got {v!r}")
+
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        raise FpindexError(f"manifest {path} does not exist") from None
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise FpindexError(f"manifest {path}: not a readable CSV ({e})") from None
-    if not rows or not {"file", "patient_id"} <= set(rows[0]):
-        raise FpindexError(f"manifest {path}: needs columns file,patient_id")
-    return {r["file"].strip(): r["patient_id"].strip() for r in rows}
+        ok = 0.0 <= float(rate) <= 1.0
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise FpindexError(f"--rate must be between 0 and 1, got {rate!r}")
+    whole("--seed", seed, 0, 2**32 - 1)
+    whole("--plant-size", size, 16, MAX_PLANT_SIZE)
+    if members is not None:
+        whole("--members", members, 2)
+    if fresh is not None:
+        whole("--fresh", fresh, 1)
+    o = Path(out).absolute()
+    for name, p in (("--real", real), ("--generated", generated)):
+        if p is None:
+            continue
+        q = Path(p).absolute()
+        if o.is_relative_to(q) or q.is_relative_to(o):
+            raise FpindexError(f"--out {out} overlaps {name} {p}: what one run writes would be read as input by "
+                               "the next (or by a later cell); choose an --out outside it")
+    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        raise FpindexError(f"output folder {out} exists and is not empty; choose another --out")
 
 
 def _groups(root: Path, files: list[Path], manifest: dict[str, str] | None, where: str) -> list[list[Path]]:
@@ -113,11 +155,8 @@ def simulate(real: str | Path, out: str | Path, generated: str | Path | None = N
     that get a planted copy; kinds and strengths as in plants.grid (each planted copy takes the next
     (kind, strength) in turn); `size`: the side of planted images; `fresh`: without a generated set, how many
     images of other patients stand in for it (default three times the members)."""
+    check_arguments(real, out, generated, members=members, rate=rate, seed=seed, size=size, fresh=fresh)
     real, out = Path(real), Path(out)
-    if not 0.0 <= rate <= 1.0:
-        raise FpindexError(f"--rate must be between 0 and 1, got {rate:g}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FpindexError(f"output folder {out} exists and is not empty; choose another --out")
     cells = grid(kinds, strengths)
     files = list_images(real, "real-image folder")
     gen_files = list_images(generated, "generated-image folder") if generated is not None else []
@@ -126,8 +165,9 @@ def simulate(real: str | Path, out: str | Path, generated: str | Path | None = N
     groups = _groups(real, files, table, str(manifest))
     groups = [groups[i] for i in rng.permutation(len(groups))]
     n_members = len(files) // 3 if members is None else members
-    if n_members < 2:
-        raise FpindexError(f"--members must be at least 2 (train and test each need one), got {n_members}")
+    if n_members < 2:               # only the default can get here (a third of the images)
+        raise FpindexError(f"real-image folder {real}: {len(files)} images are too few to simulate (a third of "
+                           "them become members, and train and test each need one; at least 6 images)")
     member_groups, rest = _take(groups, n_members)
     non_groups, rest = _take(rest, sum(map(len, member_groups)))
     background: list[list[Path]] = []
@@ -139,7 +179,8 @@ def simulate(real: str | Path, out: str | Path, generated: str | Path | None = N
     if len(member_groups) < 2 or len(non_groups) < 2 or (generated is None and not background):
         parts = "members, non-members" + (" and a generated stand-in" if generated is None else "")
         raise FpindexError(f"real-image folder {real}: {len(groups)} {'patients' if table else 'images'} are too "
-                           f"few to split into {parts}; give more images or fewer --members")
+                           f"few to split into {parts}; give more images"
+                           + (" or fewer --members" if members is not None else ""))
     used_tr, used_te = _halves(member_groups)
     not_tr, not_te = _halves(non_groups)
     gen_sources = gen_files or [f for g in background for f in g]

@@ -21,7 +21,7 @@ from .errors import FpindexError
 from .load import image_id
 from .load.tables import read_labels
 from .plants import PLANTS, grid
-from .simulator import simulate
+from .simulator import check_arguments, read_manifest, simulate
 from .metrics import metrics, tpr_at_fpr
 from .utils import atomic_path, versions, write_json_atomic, write_text_atomic
 
@@ -48,11 +48,23 @@ def sensitivity(real: str | Path, out: str | Path, generated: str | Path | None 
     from .report import plots
 
     out = Path(out)
-    if not 0.0 < fpr < 1.0:
-        raise FpindexError(f"--fpr must be between 0 and 1, got {fpr:g}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FpindexError(f"output folder {out} exists and is not empty; choose another --out")
+    try:
+        ok = 0.0 < float(fpr) < 1.0
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise FpindexError(f"--fpr must be between 0 and 1, got {fpr!r}")
+    check_arguments(real, out, generated, members=members, rate=rate, seed=seed, size=size, fresh=fresh)
     cells = grid(kinds, strengths)
+    names: dict[str, tuple[str, float]] = {}
+    for kind, strength in cells:        # each cell's folder is its own: two cells never share one
+        name = f"{kind}-{strength:g}"
+        if name in names:
+            raise FpindexError(f"--strength {names[name][1]!r} and {strength!r} of {kind} would share the cell "
+                               f"folder cells/{name}; give strengths that differ in their first 6 digits")
+        names[name] = (kind, strength)
+    if manifest is not None:
+        read_manifest(manifest)
     cfg = (config or AuditConfig()).override(canaries={"n": 0})
     rows = []
     for kind, strength in cells:

@@ -152,7 +152,7 @@ def test_demo(runner, tmp_path, monkeypatch):
 
     with open(res / "predictions.csv") as f:
         header = f.readline().strip()
-    assert header == "image,score,label,p_value"
+    assert header == "image,score,label,p_value,flagged_by"
 
     sub = (res / "submission.csv").read_text().splitlines()
     assert len(sub) == len(real) == 40

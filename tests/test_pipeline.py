@@ -75,7 +75,7 @@ def test_audit_writes_consistent_outputs(leak, helpers):
 
     nb = helpers.read_parquet(out / "neighbours.parquet")
     assert set(nb) == {"image", "rank", "generated_id", "generated", "cosine", "ssim", "ssim_aligned", "jaccard",
-                       "bandpass"}
+                       "bandpass", "sha256", "generated_sha256"}          # content ids: the report checks them
     assert len(nb["image"]) == len(real) * 3
     store = IndexStore.load(out / "index")
     assert store.paths(np.array(nb["generated_id"])) == nb["generated"]

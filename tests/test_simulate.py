@@ -91,8 +91,8 @@ def test_simulate_refuses_bad_input_and_touches_nothing(real, tmp_path):
     bad.write_text("file,patient_id\np00/s0.png,P0\n")
     with pytest.raises(FpindexError, match=r"manifest .*manifest\.csv: no patient_id for p00/s1\.png"):
         fpindex.simulate(real / "images", tmp_path / "b", manifest=bad)
-    bad.write_text("name,who\n")
-    with pytest.raises(FpindexError, match="needs columns file,patient_id"):
+    bad.write_text("name,who\nx,y\n")
+    with pytest.raises(FpindexError, match=r"manifest\.csv: missing column\(s\) file, patient_id"):
         fpindex.simulate(real / "images", tmp_path / "c", manifest=bad)
     with pytest.raises(FpindexError, match="too few to split"):
         fpindex.simulate(real / "images", tmp_path / "d", members=46)

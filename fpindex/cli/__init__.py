@@ -16,6 +16,8 @@ from .._version import __version__
 from ..errors import FpindexError, FpindexWarning
 from ..safeio import shown
 from . import index_commands, simulate_commands
+from .checks import canaries_unplanted, report_target
+from .streams import echo_json, stdout_for_json
 from .help import App
 from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION, O_DEVICE, O_EF_SEARCH,
                       O_ENHANCE, O_FACTORY, O_K, O_MAX_MEMORY, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE,
@@ -63,7 +65,7 @@ def _finish(quiet: bool, verbose: bool, as_json: bool, html: bool, top: int, out
         if not quiet:
             typer.echo(f"report: {page}", err=as_json)
     if as_json:
-        typer.echo(json.dumps(summary, indent=2, default=json_default))
+        echo_json(json.dumps(summary, indent=2, default=json_default))
 
 
 def _report(quiet: bool, verbose: bool, out: Path, summary: dict[str, Any]) -> None:
@@ -204,8 +206,10 @@ def query(
 
     params = {n: v for n, v in _params(locals()).items() if n not in ("model", "enhance", "nprobe", "ef_search")}
     expect = {"model": model.value if model else None, "enhance": list(parse_enhance(enhance)) if enhance else None}
+    report_target(html, out)
     idx = open_index(index, config_from(ctx, **params), nprobe=nprobe, ef_search=ef_search, expect=expect)
     result = idx.query(real, used=used, not_used=not_used, reference=reference, out=out)
+    canaries_unplanted(ctx, canaries, result.summary)
     _finish(quiet, verbose, as_json, html, report_top, out, result.summary)
 
 
@@ -235,9 +239,11 @@ def audit(
     """Build an index of the generated images, then query it with the real ones, in one go."""
     from ..api import audit as run_audit
 
+    report_target(html, out)
     result = run_audit(generated, real, used=used, not_used=not_used, reference=reference,
                        config=config_from(ctx, preset, **_params(locals())), out=out, index_dir=index,
                        overwrite=overwrite)
+    canaries_unplanted(ctx, canaries, result.summary)
     _finish(quiet, verbose, as_json, html, report_top, out, result.summary)
 
 
@@ -256,7 +262,7 @@ def evaluate(
     if save:        # replaces only an earlier evaluation: a file of the same shape
         write_json_atomic(save, result, owned=same_json_keys(result))
     if as_json:
-        typer.echo(json.dumps(result, indent=2))
+        echo_json(json.dumps(result, indent=2))
         return
     typer.echo(f"{result['n']} images matched ({result['positives']} used)")
     _unmatched(result)
@@ -342,7 +348,8 @@ def main() -> None:
 
     with warnings.catch_warnings():          # restores Python's hook on the way out (tests call main() in-process)
         warnings.showwarning = _warning
-        _run(click, no_args)
+        with stdout_for_json(_wants_json(sys.argv[1:])):
+            _run(click, no_args)
 
 
 def _run(click, no_args) -> None:
@@ -354,16 +361,16 @@ def _run(click, no_args) -> None:
         sys.exit(e.exit_code)
     except click.ClickException as e:
         where = f" (see {e.ctx.command_path} --help)" if isinstance(e, click.UsageError) and e.ctx else ""
-        _fail(f"{e.format_message()}{where}", e.exit_code, as_json)
+        _fail(f"{e.format_message()}{where}", 2, as_json)
     except FpindexError as e:
         _fail(str(e), 2, as_json)
     except OSError as e:
         what = f"{e.filename}: " if e.filename else ""
-        _fail(f"{what}{e.strerror or e}", 1, as_json)
+        _fail(f"{what}{e.strerror or e}", 2, as_json)
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("fpindex: interrupted", err=True)
         if as_json:
-            typer.echo(json.dumps({"error": "interrupted", "exit_code": 130}))
+            echo_json(json.dumps({"error": "interrupted", "exit_code": 130}))
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 
@@ -377,7 +384,7 @@ def _fail(message: str, code: int, as_json: bool) -> None:
     stdout learns why there is no result."""
     typer.echo(shown(f"fpindex: error: {message}"), err=True)
     if as_json:
-        typer.echo(json.dumps({"error": shown(message), "exit_code": code}))
+        echo_json(json.dumps({"error": shown(message), "exit_code": code}))
     sys.exit(code)
 
 

@@ -12,6 +12,7 @@ import typer
 from ..config import IndexConfig
 from ..index import parse_bytes
 from .help import App
+from .streams import echo_json
 from .options import (O_DEVICE, O_EF_SEARCH, O_FACTORY, O_MAX_MEMORY, O_NPROBE, O_QUIET, O_SEED, O_TARGET,
                       Device)
 
@@ -130,7 +131,7 @@ def bench(
     if save:
         write_json_atomic(save, r, owned=same_json_keys(r))
     if as_json:
-        typer.echo(json.dumps(r))
+        echo_json(json.dumps(r))
         return
     typer.echo(f"{r['factory']} · {r['n']:,} × {r['dim']}-d · {r['device']} · params {r['search_params']}\n"
                f"build {r['build_s']:.1f} s · index {format_bytes(r['index_bytes'])} · peak RSS "

@@ -14,7 +14,7 @@ from ..cache import ContentCache, cache_root
 from ..config import EmbedConfig
 from ..enhance import REVISION as ENHANCE_REVISION
 from ..errors import FpindexError
-from ..load import BadFile, ReadOptions
+from ..load import BadFile, ReadOptions, bad_file
 from ..pixels import PixelStore
 from ..utils import Timings
 from .models import Embedder, build_embedder
@@ -108,7 +108,7 @@ def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedCo
                 timings.add("load", it.t_load)
                 timings.add("enhance", it.t_enhance)
                 if it.error is not None:
-                    out.bad.append(BadFile(str(files[it.pos]), it.error))
+                    bad_file(files[it.pos], it.error, out.bad)
                     continue
                 if it.skipped:
                     continue

@@ -61,7 +61,7 @@ def engine_for(run: RunConfig) -> Any:
         raise FpindexError("Ray is not installed: pip install 'fpindex[ray]'")
     from .ray_engine import RayEngine
 
-    return RayEngine.connect(address)
+    return RayEngine.connect(address, run.quiet)
 
 
 __all__ = ["ENGINES", "LocalEngine", "check_address", "engine_for"]

@@ -27,7 +27,7 @@ from ..config import EmbedConfig
 from ..embed import Embedded, Embedder
 from ..embed.stream import FileStream, Collate, autocast, default_batch_size
 from ..errors import FpindexError
-from ..load import BadFile, ReadOptions
+from ..load import BadFile, ReadOptions, bad_file
 from ..utils import Timings, opencv_threads
 from .faults import crash_once_for_tests
 
@@ -252,7 +252,7 @@ def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedCo
     rows = {k: v[order] for k, v in rows.items()}
     keep = np.flatnonzero(np.isin(rows["status"], [NEW, CACHED]))
     for i in np.flatnonzero(rows["status"] == BAD).tolist():
-        result.bad.append(BadFile(str(files[int(rows["pos"][i])]), str(rows["error"][i])))
+        bad_file(files[int(rows["pos"][i])], str(rows["error"][i]), result.bad)
     result.paths = [files[int(p)].relative_to(root).as_posix() for p in rows["pos"][keep].tolist()]
     result.sha256 = rows["sha256"][keep].tolist()
     result.nbytes = [int(n) for n in rows["nbytes"][keep].tolist()]

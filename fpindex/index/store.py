@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import FpindexError
+from ..locks import clear_stale
 from ..safeio import WriteError, atomic_dir, read_json, recover_dir
 from ..utils import versions, write_json_atomic
 from .base import faiss_reason, has_ondisk_lists, make_faiss_index
@@ -54,6 +56,11 @@ def as_queries(x: np.ndarray, dim: int) -> np.ndarray:
     x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
     if x.shape[1] != dim:
         raise FpindexError(f"vectors have dimension {x.shape[1]}, the index expects {dim}")
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():       # FAISS answers NaN with ids -1 and -inf scores: silently wrong, so refused here
+        rows = np.flatnonzero(bad)
+        raise FpindexError(f"{len(rows)} vector(s) hold NaN or infinite values (row {int(rows[0])} first); "
+                           "vectors must be finite")
     return x
 
 
@@ -170,6 +177,11 @@ class IndexStore:
         paths = self.items.column("path").to_pylist()
         return [str(Path(roots[i]) / paths[i]) if i >= 0 else "" for i in np.asarray(ids).ravel()]
 
+    def sha256_of(self, ids: np.ndarray) -> list[str]:
+        """Content ids of FAISS ids ('' for the -1 of a missing slot)."""
+        sha = self.items.column("sha256").to_pylist()
+        return [sha[i] if i >= 0 else "" for i in np.asarray(ids).ravel()]
+
     def hashes(self) -> set[str]:
         return set(self.items.column("sha256").to_pylist())
 
@@ -238,9 +250,29 @@ class IndexStore:
     def load(cls, directory: str | Path, device: str = "cpu", verify: bool = False) -> "IndexStore":
         """Read an index directory; `device` 'cuda' moves it to the GPU (see fpindex.devices.faiss_device).
         Its files are checked against the manifest's checksums first: those whose size or mtime changed are
-        hashed, and with `verify` all of them (integrity.py)."""
+        hashed, and with `verify` all of them (integrity.py). A load that fails while a writer swaps the
+        directory (its inode changed under the reader) is read again, up to 5 times: a swap, not damage."""
+        def identity() -> tuple[int, int] | None:
+            try:
+                st = os.stat(directory)
+                return st.st_dev, st.st_ino
+            except OSError:
+                return None
+        for attempt in range(5):
+            before = identity()
+            try:
+                return cls._load(directory, device, verify)
+            except FpindexError:
+                if attempt == 4 or identity() == before:
+                    raise
+            time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load(cls, directory: str | Path, device: str, verify: bool) -> "IndexStore":
         d = Path(directory)
         recover_dir(d)                   # a swap cut short by a kill is finished first
+        clear_stale(d)                   # and the lock file of a killed writer removed (locks.py)
         if not d.is_dir():
             raise FpindexError(f"index {d} does not exist (build one with `fpindex build`)")
         for name in (INDEX_FILE, ITEMS_FILE, MANIFEST_FILE):

@@ -149,20 +149,51 @@ def list_folder(root: str | Path, what: str = "image folder",
     return out, skipped
 
 
+def bad_file(path: str | Path, reason: str, bad: list[BadFile]) -> None:
+    """Append a bad image to `bad`; image k of a multi-image file that fails as a whole (same reason as an
+    earlier image of that file) is the one bad *file* it is, listed and counted once under the file's path."""
+    base, k = split_frame(path)
+    if k is not None and not reason.startswith(("holds ", "now holds ")):
+        if any(b.path == str(base) and b.reason == reason for b in bad[-1:]):
+            return
+        path = base
+    bad.append(BadFile(str(path), reason))
+
+
 def image_count(path: Path, read: ReadOptions) -> int:
-    """From the header only; a file whose header cannot be read counts once (decoding then says why)."""
+    """From the header only; a file whose header cannot be read, or claims more than `--max-pixels` or more
+    images than its bytes can hold, counts once (decoding then says why): a 500-byte header declaring 10^9
+    frames must not become 10^9 list entries, nor 20,000 bad-file rows."""
     k = kind(path)
     try:
         if k == "dicom":
             import pydicom
 
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-            return max(1, int(ds.get("NumberOfFrames", 1) or 1))
+            n = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+            if n == 1:
+                return 1
+            per = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * int(ds.get("SamplesPerPixel", 1) or 1)
+            if per < 1 or per * n > read.max_pixels:
+                return 1
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            compressed = syntax is not None and getattr(syntax, "is_compressed", False)
+            bits = max(1, int(ds.get("BitsAllocated", 8) or 8))
+            need = n if compressed else (per * n * bits + 7) // 8   # a compressed frame is still ≥ 1 byte
+            return n if path.stat().st_size >= need else 1
         if k == "nifti":
             import nibabel
 
-            shape = _volume_shape(nibabel.load(path).shape)
-            return shape[read.axis] if len(shape) == 3 else 1
+            img = nibabel.load(path)
+            shape = _volume_shape(img.shape)
+            n = shape[read.axis] if len(shape) == 3 else 1
+            total = int(np.prod(shape, dtype=object))
+            if n == 1 or total > read.max_pixels:
+                return 1
+            need = total * max(1, img.get_data_dtype().itemsize)
+            if path.name.lower().endswith(".gz"):
+                need //= 1100                                      # deflate inflates at most ~1032:1
+            return n if path.stat().st_size >= need else 1
     except Exception:
         return 1
     return 1

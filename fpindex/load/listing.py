@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 from ..errors import FpindexError
 
@@ -66,6 +67,29 @@ def _utf8(name: str) -> bool:
         return False
 
 
+def walk(root: Path, onerror: Callable[[OSError], None]) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk top-down, with an explicit stack instead of recursion (Python < 3.12's os.walk recurses, so a
+    file 1,200 folders deep raised RecursionError); the caller may prune `dirs` in place, as with os.walk."""
+    stack = [os.fspath(root)]
+    while stack:
+        top = stack.pop()
+        try:
+            with os.scandir(top) as it:
+                entries = list(it)
+        except OSError as e:
+            onerror(e)
+            continue
+        dirs, names = [], []
+        for e in entries:
+            try:
+                is_dir = e.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            (dirs if is_dir else names).append(e.name)
+        yield top, dirs, names
+        stack.extend(os.path.join(top, d) for d in reversed(dirs))
+
+
 def list_files(root: str | Path, what: str = "image folder") -> tuple[list[Path], list[BadFile]]:
     """(the files fpindex can read below `root`, sorted; every other non-hidden entry as a BadFile)."""
     root = Path(root)
@@ -81,7 +105,7 @@ def list_files(root: str | Path, what: str = "image folder") -> tuple[list[Path]
     def unreadable(e: OSError) -> None:
         skipped.append(BadFile(printable(e.filename or root), f"folder cannot be read ({e.strerror or e})"))
 
-    for top, dirs, names in os.walk(root, onerror=unreadable):
+    for top, dirs, names in walk(root, unreadable):
         for d in dirs:
             if not d.startswith(".") and os.path.islink(os.path.join(top, d)):
                 skipped.append(BadFile(printable(Path(top) / d), "symbolic link to a folder (not followed)"))

@@ -77,12 +77,20 @@ def dicom_images(data: bytes, window: Window, max_pixels: int = DEFAULT_MAX_PIXE
         return list(windowed(luma, 0.0, top))
     if arr.ndim != 3 or min(arr.shape) < 1:
         raise ValueError(f"unsupported DICOM pixel array of shape {arr.shape}")
-    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    try:
+        slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"a DICOM file with an unreadable RescaleSlope/RescaleIntercept ({e})") from None
+    for tag, v in (("RescaleSlope", slope), ("RescaleIntercept", intercept)):
+        if not np.isfinite(v):            # NaN would make every pixel NaN: scored as garbage, never flagged
+            raise ValueError(f"a DICOM file whose {tag} is {v}, not a finite number")
     values = arr.astype(np.float64) * slope + intercept
     if window is not None:
         lo, hi = _bounds(window)
     elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
         lo, hi = _bounds((_first(ds.WindowCenter), _first(ds.WindowWidth)))
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError("a DICOM file whose WindowCenter/WindowWidth is not finite; give --window")
     else:                                              # every value the stored bits can hold, rescaled
         bits = int(ds.get("BitsStored", arr.dtype.itemsize * 8))
         signed = int(ds.get("PixelRepresentation", 0)) == 1
@@ -121,11 +129,13 @@ def nifti_images(data: bytes, window: Window, axis: int, max_pixels: int = DEFAU
         vol = vol[..., 0]
     if vol.ndim not in (2, 3) or min(vol.shape) < 1:
         raise ValueError(f"a NIfTI volume of shape {vol.shape}: only 2-D and 3-D ones are read")
+    if not np.isfinite(vol).any():        # all NaN/inf: not a black volume, no image at all
+        raise ValueError("a NIfTI volume with no finite value (all NaN or infinite)")
     if window is not None:
         lo, hi = _bounds(window)
     else:
         finite = vol[np.isfinite(vol)]
-        lo, hi = (float(v) for v in np.percentile(finite, [0.5, 99.5])) if finite.size else (0.0, 1.0)
+        lo, hi = (float(v) for v in np.percentile(finite, [0.5, 99.5]))
     out = windowed(np.nan_to_num(vol, nan=lo), lo, hi)
     if out.ndim == 2:
         return [out]

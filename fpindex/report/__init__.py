@@ -71,7 +71,10 @@ class AuditResult:
     @classmethod
     def of(cls, images: list[str], decision: Decision, nb: Neighbours, pair: dict[str, np.ndarray],
            generated: np.ndarray, summary: dict[str, Any], timings: Timings,
-           evidence: dict[str, Evidence] | None = None) -> "AuditResult":
+           evidence: dict[str, Evidence] | None = None, sha256: list[str] | None = None,
+           generated_sha256: list[str] | None = None) -> "AuditResult":
+        """`sha256`, `generated_sha256`: content ids of each real image and each neighbour, kept in
+        neighbours.parquet so `fpindex report` shows an image only while its bytes are still the scored ones."""
         n, k = nb.ids.shape
         predictions = pd.DataFrame({
             "image": images, "score": np.asarray(decision.score, np.float64),
@@ -82,6 +85,9 @@ class AuditResult:
             "image": np.repeat(np.array(images, dtype=object), k), "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
             "generated_id": nb.ids.ravel(), "generated": generated.ravel(), "cosine": nb.cosine.ravel(),
             **{name: values.ravel() for name, values in pair.items() if name != "cosine"}})
+        if sha256 is not None and generated_sha256 is not None:
+            neighbours["sha256"] = np.repeat(np.array(sha256, dtype=object), k)
+            neighbours["generated_sha256"] = np.array(generated_sha256, dtype=object)
         summary = {**summary, "timings": timings.as_dict()}
         return cls(predictions, neighbours, decision.verdict, summary, decision, timings, dict(evidence or {}))
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from .._version import __version__
 from ..errors import FpindexError
-from ..load import DEFAULT_MAX_PIXELS, ReadOptions, Reader, image_id, load_image
+from ..load import DEFAULT_MAX_PIXELS, ReadOptions, Reader, image_id, load_image, split_frame
 from ..load.tables import read_labels
 from ..metrics import METRICS
 from ..utils import atomic_dir, write_text_atomic
@@ -30,6 +30,7 @@ from .outputs import FILES, GENERATOR, MARK, REPORT, recover, verify
 
 OPEN_GALLERIES = 5      # shown unfolded; the rest and the full table sit in <details>, so the page stays short
 META = ("image", "rank", "generated_id", "generated")    # neighbours.parquet columns that are not evidence
+HASHES = ("sha256", "generated_sha256")                 # content ids of the scored images (newer audits)
 
 
 @dataclass
@@ -127,9 +128,17 @@ class _Images:
         self.pixels: dict[str, Any] = {}
         self.names: dict[str, str] = {}
 
-    def load(self, path: str):
+    def load(self, path: str, sha256: str | None = None):
+        """The pixels at `path`, or why not: a file whose content id is no longer the audited one (`sha256`)
+        is not shown, since it would sit beside scores computed from other bytes."""
         if path not in self.pixels:
             try:
+                if not Path(split_frame(path)[0]).is_absolute():
+                    raise ValueError("the audit recorded this folder as a relative path (an older fpindex); "
+                                     "not shown, since it may name other images from here")
+                if sha256 and self.reader.content(path)[0] != sha256:
+                    raise ValueError(f"{path} changed since the audit (its content is not the one scored); "
+                                     "not shown")
                 self.pixels[path] = load_image(path, self.size, reader=self.reader)[0]
             except (ValueError, OSError) as e:
                 self.pixels[path] = str(e)
@@ -148,8 +157,8 @@ class _Images:
             self.names[key] = f"{FILES}/{name}"
         return self.names[key]
 
-    def picture(self, path: str) -> dict[str, str]:
-        px = self.load(path)
+    def picture(self, path: str, sha256: str | None = None) -> dict[str, str]:
+        px = self.load(path, sha256)
         if isinstance(px, str):
             return {"src": "", "error": px}
         return {"src": self.png(path, px), "error": ""}
@@ -186,11 +195,14 @@ def _galleries(o: Outputs, images: _Images, top: int, evidence: list[str]) -> li
                 if int(n.generated_id) < 0:
                     continue            # fewer generated images than k
                 neighbours.append({"rank": int(n.rank), "name": PurePosixPath(str(n.generated)).name,
-                                   "path": str(n.generated), **images.picture(str(n.generated)),
+                                   "path": str(n.generated),
+                                   **images.picture(str(n.generated), getattr(n, "generated_sha256", None)),
                                    "scores": [(c, _num(getattr(n, c))) for c in evidence]})
+        shown = images.picture(real, nb["sha256"].iloc[0] if nb is not None and "sha256" in nb else None)
         views = _pair_views(images, real, neighbours[0]["path"]) if neighbours else []
         out.append({"position": rank, "image": row.image, "anchor": f"g{rank}", "score": _num(row.score, ".4f"),
-                    "label": int(row.label), "real": images.picture(real), "neighbours": neighbours,
+                    "label": int(row.label), "neighbours": neighbours,
+                    "real": shown,
                     "views": views})
     return out
 
@@ -204,11 +216,15 @@ def _sensitivity(out: Path, files: Path) -> Optional[dict[str, Any]]:
         data = json.loads(table.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FpindexError(f"{table}: not valid JSON ({e})") from None
+    fpr = data.get("fpr") if isinstance(data, dict) else None
+    if not (isinstance(fpr, (int, float)) and not isinstance(fpr, bool) and 0 < fpr < 1):
+        raise FpindexError(f"{table}: not a sensitivity table (needs \"fpr\", a number between 0 and 1, "
+                           f"got {fpr!r})")
     (files / "sensitivity.png").write_bytes(png.read_bytes())
     return data
 
 
-def _owned(out: Path) -> None:
+def check_target(out: Path) -> None:
     """Refuse to replace a report.html or report_files/ that fpindex did not write."""
     page, files = out / REPORT, out / FILES
     if page.exists():
@@ -230,7 +246,7 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
 
     o = read_outputs(out)
     out = o.out
-    _owned(out)
+    check_target(out)
     if evaluation is None and (out / "evaluation.json").is_file():
         try:
             evaluation = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
@@ -241,7 +257,7 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
     known = np.array([truth.get(image_id(i), -1) for i in p["image"]])     # joined as `fpindex evaluate` joins
     scores = p["score"].to_numpy(np.float64)
     threshold = _threshold(s, p)
-    evidence = [c for c in o.neighbours.columns if c not in META]
+    evidence = [c for c in o.neighbours.columns if c not in META + HASHES]
     size = int(s["settings"].get("embedder", {}).get("image_size") or 256)
     best = o.neighbours.sort_values("rank").groupby("image", sort=False).first()
     with atomic_dir(out / FILES) as tmp:

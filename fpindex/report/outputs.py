@@ -41,7 +41,9 @@ def _ours_without_a_run(out: Path, name: str) -> bool:
     its temporaries and OUT/index, each recognised by fpindex's own record, never by its name alone."""
     from ..index.store import is_index_dir
 
-    return name.endswith(TMP) or (name == "index" and is_index_dir(out / name))
+    from ..locks import LOCK_SUFFIX
+
+    return name.endswith((TMP, LOCK_SUFFIX)) or (name == "index" and is_index_dir(out / name))
 
 
 def check_folder(out: str | Path) -> None:
@@ -126,6 +128,10 @@ def recover(out: str | Path) -> None:
         if ready:
             _finish(out, m)
     clean_temps(out)
+    from ..locks import clear_stale
+
+    clear_stale(out)
+    clear_stale(out / "index")
 
 
 def verify(out: Path, summary: dict[str, Any]) -> None:
