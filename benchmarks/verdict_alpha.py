@@ -11,7 +11,8 @@ audit per bench-dev scenario (its evidence reused, nothing recomputed):
   images (train/not_used plus the test images that test_labels.csv marks unused; the labels are read here only
   to build the null), so both sides are exchangeable by construction. Per image: the share of the 250 whose
   p-value is ≤ α (not gated by the verdict: the p-value's own rate).
-- copies (no known-unused images at all): 250 known-unused images alone; any image flagged is a false alarm.
+- copies (no known-unused images at all): 250 known-unused images alone, against the copy level measured on the
+  scenario's test images; any image flagged is a false alarm.
 Each row: how often the verdict said "leakage detected" (95 % Clopper-Pearson interval), and the per-image
 rate. Writes benchmarks/results/verdict_alpha.json and .md.
 
@@ -60,6 +61,8 @@ def null_draws(scenario: Path, draws: int, alpha: float, seed: int, ref_sizes: l
     labelled = join(ev["used"], ev["not_used"])
     n_used = len(ev["used"])
     unused = join(ev["not_used"], take(ev["real"], unused_test))
+    # The copies decision's copy level, as the pipeline measures it on this scenario's test images (no labels).
+    levels = audit(scenario / "generated", scenario / "test", config=cfg).decision.details["copy_levels"]
     rng = np.random.default_rng([seed, len(scenario.name)])
     rows = []
     cells = [("calibrated", None)] + [(m, n) for n in ref_sizes for m in ("reference", "pu")] + [("copies", None)]
@@ -75,7 +78,7 @@ def null_draws(scenario: Path, draws: int, alpha: float, seed: int, ref_sizes: l
                 data = Labelled(used=take(labelled, order[:n_used]), not_used=take(labelled, order[n_used:]))
                 target = ev["real"]
             elif method == "copies":
-                data, target = Labelled(), take(unused, rng.permutation(len(unused))[:250])
+                data, target = Labelled(copy_levels=levels), take(unused, rng.permutation(len(unused))[:250])
             else:
                 order = rng.permutation(len(unused))
                 n = min(n_ref, len(unused) // 3)
@@ -83,8 +86,8 @@ def null_draws(scenario: Path, draws: int, alpha: float, seed: int, ref_sizes: l
                 target = take(unused, order[n:n + 250])
             d = decide(dcfg, target, data)
             hits += bool(d.verdict.leakage)
-            if method != "calibrated":
-                flagged += int((d.p_value <= alpha).sum())
+            if method != "calibrated":      # copies has no p-value: its label is the claim
+                flagged += int((d.label if d.p_value is None else d.p_value <= alpha).sum())
                 tested += len(target)
         ci = binomtest(hits, draws).proportion_ci(0.95, method="exact")
         pci = binomtest(flagged, tested).proportion_ci(0.95, method="exact")
