@@ -87,9 +87,23 @@ def helpers():
 
     h = H()
     h.to_u8, h.write_png, h.smooth_image, h.perturb = to_u8, write_png, smooth_image, perturb
-    h.read_csv, h.read_parquet = read_csv, read_parquet
+    h.read_csv, h.read_parquet, h.run_main = read_csv, read_parquet, run_main
     h.SIZE, h.EMBED, h.CFG, h.QUIET, h.FLAT, h.SMALL = SIZE, EMBED, CFG, QUIET, FLAT, SMALL
     return h
+
+
+def run_main(monkeypatch, capsys, *args) -> tuple[int, list[str]]:
+    """`fpindex ARGS` through the CLI's main(), as a user runs it: (exit code, stderr lines), never a traceback."""
+    import sys
+
+    from fpindex.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fpindex", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return e.value.code, err.strip().splitlines()
 
 
 def read_csv(path: Path, header: bool = True) -> list:

@@ -20,23 +20,12 @@ def _folders(tmp_path, helpers, n=6):
     return gen, real
 
 
-def _cli(monkeypatch, capsys, *args):
-    from fpindex.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["fpindex", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return e.value.code, err.strip().splitlines()
-
-
 def test_report_over_the_users_report_is_refused_before_the_audit(tmp_path, helpers, monkeypatch, capsys):
     gen, real = _folders(tmp_path, helpers)
     out = tmp_path / "out"
     out.mkdir()
     (out / "report.html").write_text("<html>my own notes</html>")
-    code, err = _cli(monkeypatch, capsys, "audit", "-g", gen, "-r", real, "--out", out, "--report", "--quiet",
+    code, err = helpers.run_main(monkeypatch, capsys, "audit", "-g", gen, "-r", real, "--out", out, "--report", "--quiet",
                      "--weights", "random", "--image-size", "32")
     assert code == 2 and len(err) == 1 and "report.html exists and was not written by fpindex" in err[0]
     assert sorted(p.name for p in out.iterdir()) == ["report.html"]          # no OUT/index: nothing was built
@@ -55,7 +44,7 @@ def test_index_dir_equal_to_out_is_refused_before_the_build(tmp_path, helpers):
 
 def test_canaries_that_cannot_be_planted_are_said(tmp_path, helpers, monkeypatch, capsys):
     gen, real = _folders(tmp_path, helpers)
-    code, err = _cli(monkeypatch, capsys, "audit", "-g", gen, "-r", real, "--out", tmp_path / "out", "--quiet",
+    code, err = helpers.run_main(monkeypatch, capsys, "audit", "-g", gen, "-r", real, "--out", tmp_path / "out", "--quiet",
                      "--decision", "fixed", "--canaries", "5", "--weights", "random", "--image-size", "32")
     assert code == 0
     assert any(line.startswith("fpindex: warning: --canaries 5: no canaries planted: the fixed decision")

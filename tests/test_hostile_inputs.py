@@ -24,6 +24,8 @@ from fpindex.errors import FpindexError, FpindexWarning
 from fpindex.evaluate import evaluate_files
 from fpindex.load import ReadOptions, decode_file, fit_size, list_folder, list_images, load_image
 
+from conftest import run_main  # noqa: E402  (the CLI as a user runs it; shared with other test modules)
+
 T = re.escape
 
 
@@ -40,17 +42,6 @@ def images(folder: Path, helpers, n: int = 4, seed: int = 0) -> Path:
     for i in range(n):
         helpers.write_png(folder / f"img{i}.png", helpers.smooth_image(seed + i))
     return folder
-
-
-def run_main(monkeypatch, capsys, *args) -> tuple[int, list[str]]:
-    from fpindex.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["fpindex", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return e.value.code, err.strip().splitlines()
 
 
 # ---- limits ----------------------------------------------------------------------------------------
