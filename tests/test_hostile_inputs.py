@@ -24,8 +24,6 @@ from fpindex.errors import FpindexError, FpindexWarning
 from fpindex.evaluate import evaluate_files
 from fpindex.load import ReadOptions, decode_file, fit_size, list_folder, list_images, load_image
 
-from conftest import run_main  # noqa: E402  (the CLI as a user runs it; shared with other test modules)
-
 T = re.escape
 
 
@@ -269,21 +267,21 @@ def test_settings_out_of_range_are_refused(section, values, message):
 ])
 def test_bad_options_are_one_line_and_exit_2(monkeypatch, capsys, tmp_path, helpers, args, message):
     gen = images(tmp_path / "gen", helpers, n=2)
-    code, lines = run_main(monkeypatch, capsys, "audit", "-g", gen, "-r", gen, "-o", tmp_path / "out", *args)
+    code, lines = helpers.run_main(monkeypatch, capsys, "audit", "-g", gen, "-r", gen, "-o", tmp_path / "out", *args)
     assert code == 2 and len(lines) == 1 and re.search(message, lines[0]), lines
     assert lines[0].startswith("fpindex: error: ") and not (tmp_path / "out").exists()
 
 
-def test_unusual_file_names_in_errors_stay_one_line(monkeypatch, capsys, tmp_path):
+def test_unusual_file_names_in_errors_stay_one_line(monkeypatch, capsys, tmp_path, helpers):
     for name in ["two\nlines", os.fsdecode(b"not-utf8-\xff")]:
-        code, lines = run_main(monkeypatch, capsys, "build", tmp_path / name, "--index", tmp_path / "idx")
+        code, lines = helpers.run_main(monkeypatch, capsys, "build", tmp_path / name, "--index", tmp_path / "idx")
         assert code == 2 and len(lines) == 1 and lines[0].endswith("does not exist"), lines
 
 
 def test_add_with_other_embedding_settings_is_refused(monkeypatch, capsys, tmp_path, helpers):
     gen = images(tmp_path / "gen", helpers)
     build_index(gen, tmp_path / "idx", helpers.CFG)
-    code, lines = run_main(monkeypatch, capsys, "build", gen, "--index", tmp_path / "idx", "--add", "--model",
+    code, lines = helpers.run_main(monkeypatch, capsys, "build", gen, "--index", tmp_path / "idx", "--add", "--model",
                            "pixels", "-q")
     assert code == 2 and lines == [f"fpindex: error: index {tmp_path / 'idx'} was built with model='cnn'; --add "
                                    "embeds with the index's own settings, so --model 'pixels' is refused: drop it "
@@ -303,7 +301,7 @@ def test_cache_folder_that_is_a_file_is_named(monkeypatch, capsys, tmp_path, hel
     with pytest.raises(FpindexError, match=rf"^cache folder {T(str(tmp_path / 'cache' / 'sub'))}: "
                                            rf"{T(str(tmp_path / 'cache'))} is a file, not a folder; pass --cache-dir"):
         build_index(gen, config=cfg)
-    code, lines = run_main(monkeypatch, capsys, "build", gen, "--index", tmp_path / "idx", "--cache-dir",
+    code, lines = helpers.run_main(monkeypatch, capsys, "build", gen, "--index", tmp_path / "idx", "--cache-dir",
                            tmp_path / "cache", "--weights", "random")
     assert code == 2 and len(lines) == 1 and "is a file, not a folder" in lines[0]
     assert not (tmp_path / "idx").exists()
