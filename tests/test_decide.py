@@ -228,7 +228,7 @@ def test_calibrated_needs_both_classes():
 ])
 def test_auto_picks_the_first_method_the_inputs_allow(given, expected):
     data = Labelled(**{k: synthetic(6, k == "used", 0) for k in given},
-                    copy_levels={"cosine": 0.99, "ssim_aligned": 0.9, "bandpass": 0.95})   # read by copies only
+                    copy_levels={"ssim_aligned": 0.9, "bandpass": 0.95})   # read by copies only
     assert choose_method(DecideConfig(method="auto"), data) == expected
     d = decide(DecideConfig(method="auto"), synthetic(4, True, 5), data)
     assert d.method == expected

@@ -67,7 +67,9 @@ def test_ray_build_and_query_give_the_local_answers(cluster, local, scenario, he
     assert got.predictions["label"].tolist() == want.predictions["label"].tolist()
     np.testing.assert_allclose(got.predictions["score"], want.predictions["score"], atol=1e-5)
     assert got.neighbours["generated_id"].tolist() == want.neighbours["generated_id"].tolist()
-    for col in want.neighbours.columns.drop(["image", "rank", "generated_id", "generated"]):
+    text = ["image", "rank", "generated_id", "generated", "sha256", "generated_sha256"]
+    assert got.neighbours[text[4:]].equals(want.neighbours[text[4:]])     # the images' content hashes
+    for col in want.neighbours.columns.drop(text):
         np.testing.assert_allclose(got.neighbours[col], want.neighbours[col], atol=1e-5, err_msg=col)
     assert got.summary["verdict"] == want.summary["verdict"]
 

@@ -12,7 +12,6 @@ class Cosine(Feature):
     name = "cosine"
     help = "cosine similarity of the embeddings to the nearest generated image"
     pool = "top1"
-    copy = True
     threshold = 0.90
 
     def pairs(self, batch: PairBatch) -> np.ndarray:
