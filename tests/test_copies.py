@@ -137,6 +137,7 @@ def test_guardrails_name_the_likely_cause():
     (w,) = warnings_for(n_null=10)
     assert w.startswith("only 10 known-unused images: the fused score's p-values cannot go below 1/11") and \
         "give at least 24 known-unused images" in w
+    assert warnings_for(method="calibrated", n_null=10) == []       # its labels are P ≥ 0.5, not p ≤ α
     (w,) = warnings_for(n_null=2)
     assert w.startswith("only 2 known-unused images: too few for any claim")
     (w,) = warnings_for(auc=0.315, ci=(0.25, 0.38))

@@ -3,8 +3,9 @@
 A fused decision learns its weights from whatever leak the labelled split (or the reference) happens to hold.
 On a clean generator they are noise, on a GAN they point elsewhere, and an exact copy of a training image can
 then rank like any other image. A privacy audit exists to find those copies, so every decision also tests each
-real image on the features a copy drives to their top value of 1 (`Feature.copy`: the embedding cosine, SSIM
-after alignment, the band-passed correlation), each against its own null, and the image's p-value is the
+real image on the features a copy drives to their top value of 1 (`Feature.copy`: SSIM after alignment and the
+band-passed correlation; not the embedding cosine, which typical CT images push to 0.98 as well), each against
+its own null, and the image's p-value is the
 weighted Bonferroni combination of the fused channel and the copy channel (`combine`). The fused channel keeps
 `1 − COPY_SHARE` of α, the copy channel the rest, split evenly over its features: the per-image false-alarm
 rate stays at α, and a copy is found whatever the fit learnt.
@@ -173,8 +174,8 @@ def copies_only(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision
     """Without known-unused images nothing says what an unused image scores, so no label can be calibrated and no
     p-value computed. What can be measured is what a copy scores: `data.copy_levels`, per copy feature, the 5th
     percentile of near copies of the audit's own real images against their sources (canaries.copy_levels). An
-    image is flagged when AGREE of its copy features reach that level: one alone can be reached by a typical
-    image (an embedding cosine of 0.98 is common on CT), two together only by a copy. Score: the margin by which
+    image is flagged when AGREE of its copy features reach that level (one alone can be an accident of one
+    measure, two together only a copy). Score: the margin by which
     the AGREE-th feature passes its level, as a share of the way from the level to the cap of 1."""
     levels = data.copy_levels or {}
     feats = tuple(f for f in copy_features(target) if f in levels)

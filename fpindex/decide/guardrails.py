@@ -47,7 +47,7 @@ def audit_warnings(decision: Decision, facts: Inputs) -> list[str]:
         if facts.n_null < 3:
             out.append(f"only {facts.n_null} known-unused images: too few for any claim (the copy channel needs "
                        f"at least 3, the fused score {need}); give more with --not-used or --reference")
-        elif facts.n_null < need:
+        elif facts.n_null < need and decision.method != "calibrated":   # calibrated labels by P ≥ 0.5, not by p
             out.append(f"only {facts.n_null} known-unused images: the fused score's p-values cannot go below "
                        f"1/{facts.n_null + 1} = {1 / (facts.n_null + 1):.3g}, above its share of α "
                        f"({(1 - COPY_SHARE) * alpha:.3g}), so only copy-level evidence can flag an image; give at "
