@@ -14,8 +14,8 @@ calibrated → pu → copies):
   out-of-fold scores; label = p ≤ α; the share of used images estimated with an interval.
 - `reference` (simple.py, opt-in): one `--score` against the reference: p = (1 + #{null ≥ s}) / (1 + n_null);
   label = p ≤ α. Score = the raw similarity.
-- `copies` (copies.py): nothing known to be unused: only copy-level evidence, against the real images' matches
-  among each other, Benjamini-Hochberg at α. Score = −log10 of its p-value.
+- `copies` (copies.py): nothing known to be unused: only copy-level evidence, an image whose copy features reach
+  what near copies of the audit's own images score (canaries.copy_levels). Score = that margin; no p-value.
 - `fixed` (simple.py): the paper's way: label = `--score` ≥ a fixed threshold. Score = the raw similarity.
 
 calibrated, pu and reference are each one channel of two: `decide` runs them at 0.8 α and adds the copy

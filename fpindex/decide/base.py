@@ -25,7 +25,8 @@ class Verdict:
     ci: tuple[float, float] | None = None
     p_value: float | None = None
     # The copy channel (copies.py): how many real images carry copy-level evidence on their own, and the
-    # set-level p-value of the most extreme one (Bonferroni over the images); None: no copy channel.
+    # smallest Benjamini-Hochberg adjusted p-value over the images (None: no null, as for `copies`);
+    # copies None: no copy channel.
     copies: int | None = None
     copy_p: float | None = None
     fused: bool | None = None       # with a copy channel: did the fused score alone show leakage (at its share of α)?

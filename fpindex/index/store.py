@@ -178,16 +178,15 @@ class IndexStore:
         return [str(Path(roots[i]) / paths[i]) if i >= 0 else "" for i in np.asarray(ids).ravel()]
 
     def sha256_of(self, ids: np.ndarray) -> list[str]:
-        """Content ids of FAISS ids ('' for the -1 of a missing slot)."""
-        sha = self.items.column("sha256").to_pylist()
-        return [sha[i] if i >= 0 else "" for i in np.asarray(ids).ravel()]
+        """Content ids of FAISS ids ('' for the -1 of a missing slot), as `sha256` reads them."""
+        flat = np.asarray(ids, dtype=np.int64).ravel()
+        return [h if i >= 0 else "" for h, i in zip(self.sha256(np.maximum(flat, 0)), flat.tolist())]
 
     def hashes(self) -> set[str]:
         return set(self.items.column("sha256").to_pylist())
 
     def count_known(self, sha256: list[str]) -> int:
         """How many of these content hashes the index holds (vectorised: no Python set of the whole index)."""
-        import pyarrow as pa
         import pyarrow.compute as pc
 
         if not sha256:

@@ -1,7 +1,7 @@
 """Stage 8 — the audit's result in memory (`AuditResult`), and its files when asked (`save`), each atomically.
 
 OUT/predictions.csv     image,score,label,p_value,flagged_by  (image: path relative to the real folder; p_value
-                        empty when the decision method has no null, i.e. `fixed`; flagged_by: the channel(s)
+                        empty when the decision method has no null (`fixed`, `copies`); flagged_by: the channel(s)
                         that labelled the image, 'fused' and/or 'copy:<feature>' (decide/copies.py))
 OUT/submission.csv      <image id>,<0|1>           (ImageCLEF format, no header; id: see `submission_ids`)
 OUT/neighbours.parquet  image, rank, generated_id, generated, cosine, then every other pair-level evidence
