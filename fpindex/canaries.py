@@ -121,16 +121,11 @@ def run_canaries(cfg: AuditConfig, decision: Decision, folder: Folder, embedder:
     evidence = _what_if(folder, src, cosine, new_pair, names)
     with timings.stage("decide"):
         score, p_value = decision.rescore(evidence)
-    if decision.method == "copies":
-        found = score >= float(decision.details["threshold"])
-        criterion = (f"{decision.details['agree']} copy features at least at the copy level of near copies of the "
-                     "real images")
-    elif p_value is None:
-        found = score >= float(decision.details["threshold"])
-        criterion = f"{decision.details['score']} ≥ {decision.details['threshold']:g} (fixed threshold)"
-    else:
-        found = p_value <= alpha
+    found = decision.rule.found(score, p_value)       # the decision's own rule, without the verdict's gate
+    if p_value is not None and decision.rule.alpha is not None:
         criterion = f"p ≤ α = {alpha:g} against the {folder.name.replace('_', '-')} images (fused or copy channel)"
+    else:
+        criterion = decision.rule.text
     for r, s, pv, f, cs, sha in zip(rows, score.tolist(), (p_value if p_value is not None else [None] * len(rows)),
                                      found.tolist(), cosine.tolist(), shas):
         r.pop("row"), r.pop("slot")

@@ -32,6 +32,7 @@ from .pixels import PixelStore, QueryImages
 from .report import AuditResult, submission_ids
 from .safeio import recover_dir, refuse_special, shown
 from .search import Neighbours, search, search_real, sibling_groups
+from .summary import Counts, DecisionRecord, FolderCounts, Settings, Summary
 from .utils import Timings, versions
 
 
@@ -278,32 +279,31 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
         n_real=len(emb.paths), n_generated=store.ntotal, n_null=0 if null is None else len(null),
         real_in_generated=store.count_known(emb.sha256)))
     emit(warned)
-    summary = {
-        "counts": {name: {"files": len(listed[name][1]) + len(found[name][2]), "embedded": len(r[0].paths), "bad": len(r[0].bad)}
-                   for name, r in results.items()} | {"generated_indexed": store.ntotal,
-                                                      "predicted_used": int(decision.label.sum())},
-        "verdict": decision.verdict.as_dict(),
-        "decision": {"method": decision.method, **decision.details},
-        "settings": {"k": config.evidence.k, "decide": config.to_dict()["decide"],
-                     "embedder": store.manifest["embedder"],
-                     "index": {"factory": store.manifest["factory"], "metric": store.manifest["metric"],
-                               "ntotal": store.ntotal},
-                     "folders": {n: str(Path(p).absolute()) for n, p in folders.items() if p is not None}},
-        "config": config.to_dict(),
-        "evidence": {name: {"level": FEATURES.get(name).level, "help": FEATURES.help(name),
-                            "computed": not FEATURES.get(name).on_demand or name in wanted} for name in names},
-        "bad_files": {name: [b.__dict__ for b in r[0].bad] for name, r in results.items() if r[0].bad},
-        "warnings": warned,
-        "versions": versions(),
-    }
+    summary = Summary(
+        counts=Counts({name: FolderCounts(files=len(listed[name][1]) + len(found[name][2]),
+                                          embedded=len(r[0].paths), bad=len(r[0].bad))
+                       for name, r in results.items()},
+                      generated_indexed=store.ntotal, predicted_used=int(decision.label.sum())),
+        verdict=decision.verdict,
+        decision=DecisionRecord(decision.method, decision.rule, dict(decision.details)),
+        settings=Settings(k=config.evidence.k, decide=config.to_dict()["decide"],
+                          embedder=store.manifest["embedder"],
+                          index={"factory": store.manifest["factory"], "metric": store.manifest["metric"],
+                                 "ntotal": store.ntotal},
+                          folders={n: str(Path(p).absolute()) for n, p in folders.items() if p is not None}),
+        config=config.to_dict(),
+        evidence={name: {"level": FEATURES.get(name).level, "help": FEATURES.help(name),
+                         "computed": not FEATURES.get(name).on_demand or name in wanted} for name in names},
+        bad_files={name: [b.__dict__ for b in r[0].bad] for name, r in results.items() if r[0].bad},
+        warnings=warned, versions=versions())
     canary_from = source_folder(method, set(results)) if config.canaries.n > 0 else None
     if canary_from is not None:        # beside the index, never in it: nothing above changes (canaries.py)
         folder = Folder(canary_from, *results[canary_from], real_cosine=real_cosines[canary_from])
-        summary["canaries"] = run_canaries(config, decision, folder, embedder,
+        summary.canaries = run_canaries(config, decision, folder, embedder,
                                            pixels, store.attachments, wanted, names, cache_root(embed_cfg),
                                            timings, bar)
     if build_summary is not None:
-        summary["build"] = {k: v for k, v in build_summary.items() if k != "manifest"}
+        summary.build = {k: v for k, v in build_summary.items() if k != "manifest"}
     return AuditResult.of(emb.paths, decision, nb, pair, np.array(store.paths(nb.ids), dtype=object), summary,
                           timings, evidence={name: r[3] for name, r in results.items()},
                           sha256=emb.sha256, generated_sha256=store.sha256_of(nb.ids))

@@ -182,15 +182,40 @@ def test_report_in_headless_chromium(report, tmp_path):
         b.quit()
 
 
-def test_the_threshold_drawn_is_the_decisions():
-    import pandas as pd
+def test_the_threshold_drawn_is_the_decisions_own_rule():
+    """The report draws the line each method's LabelRule states, never one guessed from the method's name: `pu`
+    and `reference` label on the p-value (no score line; `pu` once fell into a guessed midpoint), `calibrated`
+    at P(used) = 0.5, `fixed` at its threshold, `copies` at margin 0. The canaries apply the same rule."""
+    import numpy as np
 
+    from fpindex.config import DecideConfig
+    from fpindex.decide import Labelled, decide
+    from fpindex.evidence import Evidence
     from fpindex.report.html import _threshold
+    from fpindex.summary import DecisionRecord, Summary
 
-    p = pd.DataFrame({"score": [0.2, 0.4, 0.7, 0.9], "label": [0, 0, 1, 1]})
-    assert _threshold({"decision": {"method": "calibrated"}, "verdict": {"leakage": True}}, p) == 0.5
-    assert _threshold({"decision": {"method": "fixed", "threshold": 0.9}, "verdict": {"leakage": None}}, p) == 0.9
-    assert _threshold({"decision": {"method": "reference"}, "verdict": {"leakage": True}}, p) == pytest.approx(0.55)
+    rng = np.random.default_rng(0)
+
+    def ev(n, hi):
+        return Evidence({f: np.clip(rng.normal(0.9 if hi else 0.6, 0.05, n), 0, 1)
+                         for f in ("cosine", "ssim", "jaccard", "ssim_aligned", "bandpass")})
+
+    target, used, unused = ev(30, True), ev(20, True), ev(20, False)
+    cases = {"fixed": (Labelled(), 0.97), "calibrated": (Labelled(used=used, not_used=unused), 0.5),
+             "pu": (Labelled(reference=unused), None), "reference": (Labelled(reference=unused), None),
+             "copies": (Labelled(copy_levels={"ssim_aligned": 0.95, "bandpass": 0.95}), 0.0)}
+    for method, (data, line) in cases.items():
+        d = decide(DecideConfig(method=method, score="cosine", threshold=0.97), target, data)
+        record = Summary.from_dict({"decision": DecisionRecord(d.method, d.rule, d.details).to_dict()})
+        assert record.decision.rule == d.rule and _threshold(record) == line, method
+        found = d.rule.found(*d.rescore(target))            # what the canaries apply
+        if d.rule.alpha is not None:
+            np.testing.assert_array_equal(found, d.p_value <= 0.05)
+        else:
+            np.testing.assert_array_equal(found, d.score >= line)
+    # an older summary.json (no rule recorded) still shows a stored threshold, and no guessed one
+    assert _threshold(Summary.from_dict({"decision": {"method": "fixed", "threshold": 0.9}})) == 0.9
+    assert _threshold(Summary.from_dict({"decision": {"method": "reference"}})) is None
 
 
 def test_report_reads_volumes_like_the_audit_and_joins_labels_on_submission_ids(scenario, helpers, tmp_path):

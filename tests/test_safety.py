@@ -20,6 +20,7 @@ from fpindex.cli import main
 from fpindex.decide import Decision, Verdict
 from fpindex.errors import FpindexError
 from fpindex.index import IndexStore
+from fpindex.summary import Summary
 from fpindex.report import AuditResult
 from fpindex.report.html import read_outputs
 from fpindex.report.outputs import MARKER
@@ -45,7 +46,7 @@ def small_result(n: int = 3) -> AuditResult:
     decision = Decision(score=np.linspace(0, 1, n), label=np.arange(n) % 2, method="fixed",
                         verdict=Verdict(leakage=None, alpha=0.05))
     nb = Neighbours(ids=np.zeros((n, 1), np.int64), cosine=np.ones((n, 1), np.float32))
-    summary = {"counts": {}, "verdict": {}, "decision": {"method": "fixed"}, "settings": {}}
+    summary = Summary.from_dict({"decision": {"method": "fixed"}})
     return AuditResult.of([f"r{i}.png" for i in range(n)], decision, nb, {}, np.array(["g.png"] * n, dtype=object),
                           summary, Timings())
 

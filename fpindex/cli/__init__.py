@@ -8,12 +8,13 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from .._version import __version__
 from ..errors import FpindexError, FpindexWarning
+from ..report.outputs import OUTPUTS
 from ..safeio import shown
 from . import index_commands, simulate_commands
 from .checks import canaries_unplanted, report_target
@@ -36,6 +37,9 @@ app = App(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+if TYPE_CHECKING:
+    from ..summary import Summary
+
 
 def _params(local: dict[str, Any]) -> dict[str, Any]:
     """A command's option values that map onto config fields."""
@@ -55,7 +59,7 @@ def _html(out: Path, top: int, labels: Optional[Path] = None, evaluation: Option
 
 
 def _finish(quiet: bool, verbose: bool, as_json: bool, html: bool, top: int, out: Path,
-            summary: dict[str, Any]) -> None:
+            summary: Summary) -> None:
     """What audit and query print: the human lines, or one JSON document; then the report when asked."""
     from ..utils import json_default
 
@@ -65,34 +69,39 @@ def _finish(quiet: bool, verbose: bool, as_json: bool, html: bool, top: int, out
         if not quiet:
             typer.echo(f"report: {page}", err=as_json)
     if as_json:
-        echo_json(json.dumps(summary, indent=2, default=json_default))
+        echo_json(json.dumps(summary.to_dict(), indent=2, default=json_default))
 
 
-def _report(quiet: bool, verbose: bool, out: Path, summary: dict[str, Any]) -> None:
-    c, d = summary["counts"], summary["decision"]
-    real = c["real"]
-    _say(quiet, f"real images: {real['embedded']} scored, {real['bad']} unreadable; "
-                f"generated images in index: {c['generated_indexed']}")
-    _say(quiet, f"decision: {d['method']} → {c['predicted_used']} of {real['embedded']} labelled used")
+def _report(quiet: bool, verbose: bool, out: Path, summary: Summary) -> None:
+    c, d = summary.counts, summary.decision.details
+    real = c.real
+    _say(quiet, f"real images: {real.embedded} scored, {real.bad} unreadable; "
+                f"generated images in index: {c.generated_indexed}")
+    _say(quiet, f"decision: {summary.decision.method} → {c.predicted_used} of {real.embedded} labelled used")
     cv = d.get("cross_validation")
     if cv:
         _say(quiet, f"calibration ({cv['folds']}-fold CV on the labelled images): AUC {cv['auc']:.3f}, "
                     f"kappa {cv['kappa']:.3f}, F1 {cv['f1']:.3f}")
-    _say(quiet, f"verdict: {summary['verdict']['text']}")
+    _say(quiet, f"verdict: {summary.verdict.text}")
+    g = summary.generated
+    if g is not None:
+        grades = ", ".join(f"{n} {grade}" for grade, n in g.grades.items() if n)
+        _say(quiet, f"generated images: {g.graded} among the real images' neighbours ({grades or 'none graded'}); "
+                    f"{g.withhold} to withhold (generated.parquet)")
     copy = d.get("copy_channel")
     if copy and "labelled_by" in copy:
         by = copy["labelled_by"]
         _say(quiet, f"labelled by: the fused score {by['fused']}, the copy channel ({', '.join(copy['features'])}) "
                     f"{by['copy']}, both {by['both']}")
-    _canaries(quiet, summary.get("canaries"))
-    for name, bad in summary.get("bad_files", {}).items():
+    _canaries(quiet, summary.canaries)
+    for name, bad in summary.bad_files.items():
         for b in bad[:5]:
             _skipped(b, f"{name} ")
         if len(bad) > 5:
             typer.echo(f"warning: … and {len(bad) - 5} more (listed in summary.json)", err=True)
     if verbose:
-        _say(quiet, "timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in summary["timings"].items()))
-    _say(quiet, f"wrote {out}/predictions.csv, submission.csv, neighbours.parquet, summary.json")
+        _say(quiet, "timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in summary.timings.items()))
+    _say(quiet, f"wrote {out}/" + ", ".join(OUTPUTS))
 
 
 def _skipped(bad: dict[str, str], folder: str = "") -> None:

@@ -17,9 +17,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +30,7 @@ from ..evidence import Evidence
 from ..errors import FpindexError
 from ..load import image_id
 from ..search import Neighbours
+from ..summary import Summary
 from ..safeio import WriteError, json_default, reason, pause_for_tests
 from ..utils import Timings
 from . import outputs
@@ -61,7 +61,7 @@ class AuditResult:
     predictions: pd.DataFrame        # image, score, label, p_value (NaN when the method has no null), flagged_by
     neighbours: pd.DataFrame         # image, rank, generated_id, generated, cosine, <pair-level evidence…>
     verdict: Verdict
-    summary: dict[str, Any]
+    summary: Summary                 # what summary.json holds (fpindex/summary.py)
     decision: Decision
     timings: Timings
     # Every folder's per-image evidence ('real', and 'used', 'not_used', 'reference' when given), in file order:
@@ -70,7 +70,7 @@ class AuditResult:
 
     @classmethod
     def of(cls, images: list[str], decision: Decision, nb: Neighbours, pair: dict[str, np.ndarray],
-           generated: np.ndarray, summary: dict[str, Any], timings: Timings,
+           generated: np.ndarray, summary: Summary, timings: Timings,
            evidence: dict[str, Evidence] | None = None, sha256: list[str] | None = None,
            generated_sha256: list[str] | None = None) -> "AuditResult":
         """`sha256`, `generated_sha256`: content ids of each real image and each neighbour, kept in
@@ -88,7 +88,7 @@ class AuditResult:
         if sha256 is not None and generated_sha256 is not None:
             neighbours["sha256"] = np.repeat(np.array(sha256, dtype=object), k)
             neighbours["generated_sha256"] = np.array(generated_sha256, dtype=object)
-        summary = {**summary, "timings": timings.as_dict()}
+        summary = replace(summary, timings=timings.as_dict())
         return cls(predictions, neighbours, decision.verdict, summary, decision, timings, dict(evidence or {}))
 
     def save(self, out: str | Path, run_id: str | None = None) -> Path:
@@ -97,7 +97,7 @@ class AuditResult:
         out = Path(out)
         outputs.check_folder(out)
         ids = submission_ids(list(self.predictions["image"]))   # first: a shared stem leaves nothing half-written
-        self.summary["run_id"] = run_id = run_id or outputs.new_run_id()
+        self.summary.run_id = run_id = run_id or outputs.new_run_id()
         staged: dict[str, Path] = {}
         try:
             with self.timings.stage("write"):
@@ -114,8 +114,8 @@ class AuditResult:
                 staged["neighbours.parquet"] = tmp = outputs.stage(out, "neighbours.parquet")
                 # Column by column from numpy: pandas conversion would turn NaN ("not computed") into null.
                 pq.write_table(pa.table({c: self.neighbours[c].to_numpy() for c in self.neighbours.columns}), tmp)
-            self.summary["timings"] = self.timings.as_dict()
-            self._text(out, staged, "summary.json", json.dumps(self.summary, indent=2, default=json_default) + "\n")
+            self.summary.timings = self.timings.as_dict()
+            self._text(out, staged, "summary.json", json.dumps(self.summary.to_dict(), indent=2, default=json_default) + "\n")
             pause_for_tests("outputs-staged")
             outputs.commit(out, run_id, staged)
         except OSError as e:

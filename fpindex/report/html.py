@@ -26,6 +26,7 @@ from ..load import DEFAULT_MAX_PIXELS, ReadOptions, Reader, image_id, load_image
 from ..load.tables import read_labels
 from ..metrics import METRICS
 from ..utils import atomic_dir, write_text_atomic
+from ..summary import REQUIRED, Summary
 from .outputs import FILES, GENERATOR, MARK, REPORT, recover, verify
 
 OPEN_GALLERIES = 5      # shown unfolded; the rest and the full table sit in <details>, so the page stays short
@@ -38,7 +39,7 @@ class Outputs:
     """What an audit wrote into OUT, read and checked."""
 
     out: Path
-    summary: dict[str, Any]
+    summary: Summary
     predictions: pd.DataFrame
     neighbours: pd.DataFrame
 
@@ -54,13 +55,16 @@ def read_outputs(out: str | Path) -> Outputs:
     if not path.is_file():
         raise FpindexError(f"{path}: no such file (is {out} an audit's output folder?)")
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FpindexError(f"{path}: not valid JSON ({e})") from None
-    missing = [k for k in ("counts", "verdict", "decision", "settings") if not isinstance(summary, dict)
-               or k not in summary]
+    missing = [k for k in REQUIRED if not isinstance(raw, dict) or k not in raw]
     if missing:
         raise FpindexError(f"{path}: not an audit summary (no {', '.join(missing)})")
+    try:
+        summary = Summary.from_dict(raw)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise FpindexError(f"{path}: not an audit summary of a known schema ({e})") from None
     path = out / "predictions.csv"
     try:
         predictions = pd.read_csv(path, dtype={"image": str})
@@ -81,24 +85,19 @@ def read_outputs(out: str | Path) -> Outputs:
     lack = [c for c in META if c not in neighbours.columns]
     if lack:
         raise FpindexError(f"{path}: missing column(s) {', '.join(lack)}")
-    verify(out, summary)
+    verify(out, {"run_id": summary.run_id})
     return Outputs(out, summary, predictions, neighbours)
 
 
-def _threshold(summary: dict, p: pd.DataFrame) -> Optional[float]:
-    """The decision's threshold on the reported score: stored for `fixed`, 0.5 for `calibrated`; for `reference`
-    the midpoint between the highest score labelled not used and the lowest labelled used."""
-    d = summary["decision"]
-    for key in ("threshold", "score_threshold"):
-        if isinstance(d.get(key), (int, float)):
-            return float(d[key])
-    if d.get("method") == "calibrated" and summary["verdict"].get("leakage"):
-        return 0.5                                    # label = P(used) ≥ 0.5 (decide/)
-    # reference: label = p ≤ α, and p falls as the score rises, so a separating score lies between the labels
-    pos, neg = p.loc[p["label"] == 1, "score"], p.loc[p["label"] == 0, "score"]
-    if len(pos) and len(neg):
-        return float((pos.min() + neg.max()) / 2) if neg.max() < pos.min() else float(pos.min())
-    return None
+def _threshold(summary: Summary) -> Optional[float]:
+    """The line the decision's own labelling rule draws on the score (decide/base.LabelRule); None when the
+    rule is on the p-value (reference, pu) or an older summary.json did not record it (then a stored
+    `threshold` detail, as `fixed` and `copies` always wrote one, is still read)."""
+    rule = summary.decision.rule
+    if rule is not None:
+        return rule.threshold
+    thr = summary.decision.details.get("threshold")
+    return float(thr) if isinstance(thr, (int, float)) and not isinstance(thr, bool) else None
 
 
 def _num(v: Any, fmt: str = ".3f") -> str:
@@ -109,11 +108,11 @@ def _num(v: Any, fmt: str = ".3f") -> str:
     return "—" if math.isnan(f) else format(f, fmt)
 
 
-def read_options(summary: dict[str, Any]) -> ReadOptions:
+def read_options(summary: Summary) -> ReadOptions:
     """How the audit read its images (--window, --axis, --max-pixels: the index's embedder records the first
     two), so the report shows the pixels that were scored, not the files' default rendering."""
-    e = summary.get("settings", {}).get("embedder") or {}
-    embed = (summary.get("config") or {}).get("embed") or {}
+    e = summary.settings.embedder
+    embed = summary.config.get("embed") or {}
     window = e.get("window")
     return ReadOptions(window=tuple(float(v) for v in window) if window else None, axis=int(e.get("axis", 2)),
                        max_pixels=int(embed.get("max_pixels") or DEFAULT_MAX_PIXELS))
@@ -182,7 +181,7 @@ def _pair_views(images: _Images, real: str, gen: str) -> list[dict[str, str]]:
 
 
 def _galleries(o: Outputs, images: _Images, top: int, evidence: list[str]) -> list[dict[str, Any]]:
-    real_dir = Path(o.summary["settings"].get("folders", {}).get("real", ""))
+    real_dir = Path(o.summary.settings.folders.get("real", ""))
     best = o.predictions.sort_values(["score", "image"], ascending=[False, True], kind="mergesort").head(top)
     by_image = {img: g.sort_values("rank") for img, g in o.neighbours.groupby("image", sort=False)}
     out = []
@@ -256,9 +255,9 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
     truth = read_labels(labels) if labels is not None else {}
     known = np.array([truth.get(image_id(i), -1) for i in p["image"]])     # joined as `fpindex evaluate` joins
     scores = p["score"].to_numpy(np.float64)
-    threshold = _threshold(s, p)
+    threshold = _threshold(s)
     evidence = [c for c in o.neighbours.columns if c not in META + HASHES]
-    size = int(s["settings"].get("embedder", {}).get("image_size") or 256)
+    size = int(s.settings.embedder.get("image_size") or 256)
     best = o.neighbours.sort_values("rank").groupby("image", sort=False).first()
     with atomic_dir(out / FILES) as tmp:
         (tmp / MARK).write_text("written by fpindex report; replaced whole on the next report\n")
@@ -284,12 +283,12 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
                           trim_blocks=True, lstrip_blocks=True)
         env.filters["num"] = _num
         html = env.get_template("report.html.j2").render(
-            generator=f"{GENERATOR} {__version__}", s=s, verdict=s["verdict"], decision=s["decision"],
-            threshold=threshold, evaluation=evaluation, metrics=METRICS, roc=roc, galleries=galleries,
+            generator=f"{GENERATOR} {__version__}", s=s.to_dict(), verdict=s.verdict.as_dict(),
+            decision=s.decision.to_dict(), rule=s.decision.rule, threshold=threshold, evaluation=evaluation, metrics=METRICS, roc=roc, galleries=galleries,
             evidence=evidence, rows=rows, top=top, open_galleries=OPEN_GALLERIES, labelled=bool(truth), files=FILES,
-            canaries=s.get("canaries"), sensitivity=sensitivity,
-            settings_json=json.dumps(s.get("settings", {}), indent=2, sort_keys=True),
-            config_json=json.dumps(s.get("config", {}), indent=2, sort_keys=True),
-            bad_files=[(name, b) for name, bad in (s.get("bad_files") or {}).items() for b in bad])
+            canaries=s.canaries, sensitivity=sensitivity,
+            settings_json=json.dumps(s.to_dict()["settings"], indent=2, sort_keys=True),
+            config_json=json.dumps(s.config, indent=2, sort_keys=True),
+            bad_files=[(name, b) for name, bad in s.bad_files.items() for b in bad])
     write_text_atomic(out / REPORT, html)
     return out / REPORT
