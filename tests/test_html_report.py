@@ -282,3 +282,25 @@ def test_a_perfect_roc_curve_is_drawn_above_the_frame(monkeypatch):
     curve = ax.lines[0]
     assert ax.get_xlim()[0] < 0 and ax.get_ylim()[1] > 1
     assert curve.get_zorder() > max(sp.get_zorder() for sp in ax.spines.values()) and not curve.get_clip_on()
+
+
+def test_report_truth_and_roc_for_multi_frame_dicom(scenario, helpers, tmp_path):
+    """A multi-frame DICOM's images are `scan.dcm#k` in predictions.csv and `scan#k` in a label table (the
+    submission id): the truth column labels every frame and the ROC is drawn from all of them."""
+    import numpy as np
+
+    from fpindex import audit
+    from test_medical import write_dicom
+
+    pytest.importorskip("pydicom")
+    real = tmp_path / "real"
+    frames = np.stack([np.rint(helpers.smooth_image(400 + k) * 2000).astype(np.int16) - 1024 for k in range(6)])
+    write_dicom(real / "scan.dcm", frames, intercept=0)
+    out = tmp_path / "out"
+    audit(scenario / "generated", real, config=helpers.CFG.override(decide={"method": "fixed"}), out=out)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,label\n" + "".join(f"scan#{k},{int(k % 2)}\n" for k in range(6)))
+    html = write_report(out, top=6, labels=labels).read_text()
+    truth = dict(re.findall(r">(scan\.dcm#\d)</a>.*?<td>(used|not used)</td></tr>", html))
+    assert truth == {f"scan.dcm#{k}": "used" if k % 2 else "not used" for k in range(6)}
+    assert (out / FILES / "roc.png").is_file()
