@@ -126,11 +126,14 @@ def run_canaries(cfg: AuditConfig, decision: Decision, folder: Folder, embedder:
         criterion = f"p ≤ α = {alpha:g} against the {folder.name.replace('_', '-')} images (fused or copy channel)"
     else:
         criterion = decision.rule.text
-    for r, s, pv, f, cs, sha in zip(rows, score.tolist(), (p_value if p_value is not None else [None] * len(rows)),
-                                     found.tolist(), cosine.tolist(), shas):
+    copy_feats = [f for f in new_pair if FEATURES.get(f).copy and np.isfinite(new_pair[f]).any()]
+    for i, (r, s, pv, f, cs, sha) in enumerate(zip(rows, score.tolist(), (p_value if p_value is not None else
+                                                                          [None] * len(rows)),
+                                                   found.tolist(), cosine.tolist(), shas)):
         r.pop("row"), r.pop("slot")
         r.update(score=round(float(s), 6), p_value=None if pv is None else round(float(pv), 6), found=bool(f),
-                 cosine=round(float(cs), 6), sha256=sha)
+                 cosine=round(float(cs), 6), sha256=sha,
+                 copy={c: round(float(new_pair[c][i, 0]), 6) for c in copy_feats})   # what replication.py reads
     table = _table(rows, n)
     return {"n_sources": n, "requested": c.n, "source_folder": folder.name, "method": decision.method, "criterion": criterion,
             "alpha": alpha, "kinds": {k: {"unit": PLANTS.get(k).unit, "help": PLANTS.help(k)}

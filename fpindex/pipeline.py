@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .cache import cache_root
-from .canaries import Folder, copy_levels, run_canaries, source_folder
+from .canaries import LEVEL_SOURCES, Folder, copy_levels, run_canaries, source_folder
 from .config import AuditConfig, EmbedConfig
 from .decide import COPY_CHECKED, FUSING, Inputs, Labelled, audit_warnings, choose_method, decide, emit, null_of
 from .devices import faiss_device
@@ -29,6 +29,7 @@ from .evidence import FEATURES, Evidence, FitInput, Query, Run
 from .index import MANIFEST_FILE, IndexStore, create_store, finish_in_memory, is_index_dir
 from .load import ReadOptions, check_distinct, list_folder, list_images
 from .pixels import PixelStore, QueryImages
+from .replication import assess
 from .report import AuditResult, submission_ids
 from .safeio import recover_dir, refuse_special, shown
 from .search import Neighbours, search, search_real, sibling_groups
@@ -302,11 +303,24 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
         summary.canaries = run_canaries(config, decision, folder, embedder,
                                            pixels, store.attachments, wanted, names, cache_root(embed_cfg),
                                            timings, bar)
+    generated = None
+    if method in COPY_CHECKED:     # which generated images copy a real image, graded (replication.py)
+        null_folder = source_folder(method, set(results)) or "real"
+
+        def plant() -> dict[str, Any]:      # the canaries' planting, when the audit's own did not cover every kind
+            cfg = config.override(canaries={"n": config.canaries.n or LEVEL_SOURCES, "kinds": None})
+            return run_canaries(cfg, decision, Folder(null_folder, *results[null_folder],
+                                                      real_cosine=real_cosines[null_folder]), embedder, pixels,
+                                store.attachments, wanted, names, cache_root(embed_cfg), timings, bar)
+        with timings.stage("decide"):
+            graded = assess(results, null_folder, summary.canaries, plant, store)
+        if graded is not None:
+            generated, summary.generated = graded
     if build_summary is not None:
         summary.build = {k: v for k, v in build_summary.items() if k != "manifest"}
     return AuditResult.of(emb.paths, decision, nb, pair, np.array(store.paths(nb.ids), dtype=object), summary,
                           timings, evidence={name: r[3] for name, r in results.items()},
-                          sha256=emb.sha256, generated_sha256=store.sha256_of(nb.ids))
+                          sha256=emb.sha256, generated_sha256=store.sha256_of(nb.ids), generated_answer=generated)
 
 
 def audit(generated: str | Path, real: str | Path, config: AuditConfig, index_dir: str | Path | None = None,
