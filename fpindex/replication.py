@@ -16,13 +16,15 @@ grade whose level it passes on AGREE copy features (as the `copies` decision ask
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import pandas as pd
 
 from .plants import PLANTS
 from .summary import GeneratedSummary
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 GRADES = ("exact", "near copy", "partial copy")      # from the most to the least certain; else NOT_A_COPY
 NOT_A_COPY = "not a copy"
@@ -95,7 +97,7 @@ def calibrate(planted: Sequence[dict[str, Any]], null: dict[str, np.ndarray], fe
                      **{f: {"median": round(float(np.median([r["copy"][f] for r in rs])), 6),
                             "p5": round(float(np.percentile([r["copy"][f] for r in rs], LEVEL_PERCENTILE)), 6)}
                         for f in feats}} for k, rs in by_kind.items()}
-    return Levels(feats, levels, {f: round(v, 6) for f, v in floor.items()}, described, null_what, source,
+    return Levels(feats, levels, {f: _down(v) for f, v in floor.items()}, described, null_what, source,
                   AGREE)
 
 
@@ -119,6 +121,8 @@ def answer(folders: Sequence[Folder], levels: Levels, paths, relative, sha256) -
     """One row per generated image among some real image's neighbours, its best pair first by grade, then
     margin, then cosine; `paths`, `relative`, `sha256`: the index's path, path in its folder and content id of
     FAISS ids. Sorted from the most certain copy down."""
+    import pandas as pd
+
     parts = []
     for f in folders:
         valid = f.ids >= 0
