@@ -8,9 +8,12 @@ The grades' levels are measured on this data, never guessed. Each grade has its 
 the canaries (canaries.py) plant every kind at every default strength on known-unused images (or, with
 nothing known to be unused, on the real images) and score each planted copy against its source. A grade's
 level on a copy feature (SSIM after alignment, band-passed correlation: those a copy drives to 1) is the
-LEVEL_PERCENTILE-th percentile of its kinds' planted copies — but never below what no copy scores: the
-highest value any known-unused image reaches with any of its neighbours (`floor`). A pair takes the highest
-grade whose level it passes on AGREE copy features (as the `copies` decision asks two features to agree).
+LEVEL_PERCENTILE-th percentile of its kinds' planted copies — but never below what no copy scores (`floor`):
+the value that a pair of a known-unused image with one of its neighbours exceeds with probability at most
+α / (number of pairs graded), read from their tail as the copy channel reads it (decide/copies.tail_p: the
+Student-t predictive tail beyond the largest value seen), so that over every pair of the audit an image that
+is no copy is graded one with probability ≤ α on each feature. A pair takes the highest grade whose level it
+passes on AGREE copy features (as the `copies` decision asks two features to agree).
 """
 
 from __future__ import annotations
@@ -75,12 +78,26 @@ class Levels:
         return out, np.sort(m, axis=1)[:, -need]
 
 
+def tail_floor(null: np.ndarray, p: float) -> float:
+    """The smallest value at or beyond the null's maximum whose tail p-value (copies.tail_p) is ≤ p."""
+    from .decide.copies import tail_p
+
+    null = np.asarray(null, np.float64)
+    null = null[np.isfinite(null)]
+    if not len(null):
+        return 0.0
+    grid = np.linspace(float(null.max()), 1.0, 4001)
+    ok = np.nonzero(tail_p(grid, null) <= p)[0]
+    return float(grid[ok[0]]) if len(ok) else 1.0
+
+
 def calibrate(planted: Sequence[dict[str, Any]], null: dict[str, np.ndarray], features: Sequence[str],
-              null_what: str, source: str) -> Levels:
+              null_what: str, source: str, p: float) -> Levels:
     """`planted`: the canaries' rows (kind, strength, and each copy feature's value against the source, under
-    "copy"); `null`: per copy feature, the values of pairs that are no copy."""
+    "copy"); `null`: per copy feature, the values of pairs that are no copy; `p`: the tail probability of the
+    floor (α over the pairs graded)."""
     feats = tuple(f for f in features if all(f in r.get("copy", {}) for r in planted))
-    floor = {f: float(np.nanmax(null[f])) if f in null and np.isfinite(null[f]).any() else 0.0 for f in feats}
+    floor = {f: tail_floor(null.get(f, np.zeros(0)), p) for f in feats}
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for r in planted:
         by_kind.setdefault(r["kind"], []).append(r)
@@ -167,13 +184,13 @@ def kinds_known() -> list[str]:
 
 
 def assess(results: dict[str, tuple[Any, Any, dict[str, np.ndarray], Any]], null_folder: str,
-           canaries: dict[str, Any] | None, plant: Callable[[], dict[str, Any]], store: Any
+           canaries: dict[str, Any] | None, plant: Callable[[], dict[str, Any]], store: Any, alpha: float
            ) -> tuple[pd.DataFrame, GeneratedSummary] | None:
     """The per-generated-image answer from the audit's own neighbour lists (`results`: per folder its
     embedded images, neighbours, pair-level values and evidence). The planted copies are the canaries'
     when they planted every graded kind, else `plant()`'s; the floor is `null_folder`'s pairs (the
-    known-unused images), or with none (`real`), the real images' pairs past their best neighbour, at their
-    99th percentile. None when the audit computed no copy feature (the `fixed` decision)."""
+    known-unused images), or with none (`real`), the real images' pairs past their best neighbour. None when the
+    audit computed no copy feature (the `fixed` decision)."""
     from .evidence import FEATURES
 
     feats = [f for f in next(iter(results.values()))[2]
@@ -191,12 +208,15 @@ def assess(results: dict[str, tuple[Any, Any, dict[str, np.ndarray], Any]], null
     if null_folder == "real":
         past = valid.copy()
         past[:, 0] = False
-        null = {f: np.array([np.nanpercentile(pair[f][past], 99.0)]) if past.any() else np.zeros(0) for f in feats}
-        what = "the real images' pairs past their best neighbour, 99th percentile (no known-unused images)"
+        null = {f: pair[f][past] for f in feats}
+        what = "the real images' pairs past their best neighbour (no known-unused images)"
     else:
         null = {f: pair[f][valid] for f in feats}
-        what = f"every pair of the {null_folder.replace('_', '-')} images (known unused), their maximum"
-    levels = calibrate(rows, null, feats, what, f"planted copies of {source.replace('_', '-')} images")
+        what = f"every pair of the {null_folder.replace('_', '-')} images (known unused)"
+    m = sum(int((r[1].ids >= 0).sum()) for r in results.values())
+    what += f"; floor at tail p ≤ α / {m} pairs = {alpha / max(m, 1):.3g}"
+    levels = calibrate(rows, null, feats, what, f"planted copies of {source.replace('_', '-')} images",
+                       alpha / max(m, 1))
     folders = [Folder(name, list(r[0].paths), r[1].ids, r[1].cosine, {f: r[2][f] for f in levels.features})
                for name, r in results.items()]
     table = answer(folders, levels, store.paths, store.relative, store.sha256_of)
