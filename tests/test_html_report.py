@@ -304,3 +304,19 @@ def test_report_truth_and_roc_for_multi_frame_dicom(scenario, helpers, tmp_path)
     truth = dict(re.findall(r">(scan\.dcm#\d)</a>.*?<td>(used|not used)</td></tr>", html))
     assert truth == {f"scan.dcm#{k}": "used" if k % 2 else "not used" for k in range(6)}
     assert (out / FILES / "roc.png").is_file()
+
+
+def test_the_report_shows_the_images_to_withhold_and_names_the_answers(leak, tmp_path):
+    """The withhold section shows each generated image graded a copy beside its real match (the leak's exact
+    copy first, graded exact), and the verdict box names the three answers."""
+    out = tmp_path / "audit"
+    shutil.copytree(leak.audit_out, out, ignore=shutil.ignore_patterns("index"))
+    html = write_report(out, top=10).read_text()
+    section = html.split('<h2 id="withhold">')[1].split('<h2 id="suspicious">')[0]
+    first = re.search(r"<h3>(.*?) — (.*?) of real image (.*?)</h3>", section)
+    assert first.groups() == (leak.exact_copy, "exact", leak.exact_real)
+    assert f"generated: {leak.moved_copy}" in section and section.count('class="real match"') >= 2
+    answers = re.findall(r"<tr><th>(.*?)</th><td>(.*?)</td></tr>", html.split('id="answers"')[1].split("</table>")[0])
+    assert [q for q, _ in answers] == ["Was the generator trained on these real images?",
+                                       "Which synthetic images must be withheld?", "Which patients are exposed?"]
+    assert re.match(r"\d+ of \d+ generated images graded a copy \(1 exact", answers[1][1])
