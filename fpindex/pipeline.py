@@ -313,7 +313,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
                                                       real_cosine=real_cosines[null_folder]), embedder, pixels,
                                 store.attachments, wanted, names, cache_root(embed_cfg), timings, bar)
         with timings.stage("decide"):
-            graded = assess(results, null_folder, summary.canaries, plant, store, config.decide.alpha)
+            graded = assess(results, null_folder, summary.canaries, plant, store)
         if graded is not None:
             generated, summary.generated = graded
     if build_summary is not None:

@@ -4,16 +4,14 @@ synthetic images to withhold), graded exact / near copy / partial copy / not a c
 Only pairs the audit already has are read: every real image's k generated neighbours with their pair-level
 evidence (no generated → real search, no n × m matrix). A generated image is graded by its best pair.
 
-The grades' levels are measured on this data, never guessed. Each grade has its plant kinds (`KIND_GRADE`);
-the canaries (canaries.py) plant every kind at every default strength on known-unused images (or, with
-nothing known to be unused, on the real images) and score each planted copy against its source. A grade's
-level on a copy feature (SSIM after alignment, band-passed correlation: those a copy drives to 1) is the
-LEVEL_PERCENTILE-th percentile of its kinds' planted copies — but never below what no copy scores (`floor`):
-the value that a pair of a known-unused image with one of its neighbours exceeds with probability at most
-α / (number of pairs graded), read from their tail as the copy channel reads it (decide/copies.tail_p: the
-Student-t predictive tail beyond the largest value seen), so that over every pair of the audit an image that
-is no copy is graded one with probability ≤ α on each feature. A pair takes the highest grade whose level it
-passes on AGREE copy features (as the `copies` decision asks two features to agree).
+The grades are measured on this data, never guessed. The canaries (canaries.py) plant every kind at every
+default strength on known-unused images (or, with nothing known to be unused, on the real images) and score
+each planted copy against its source on the copy features (SSIM after alignment, band-passed correlation:
+those a copy drives to 1). A pair is a copy when each of its copy features passes what no copy scores (the
+`floor`: the highest value any pair of a known-unused image with one of its neighbours reaches). A copy is
+`exact` when it also passes the LEVEL_PERCENTILE-th percentile of the planted exact copies on every feature;
+else it takes the grade most of its KNN nearest planted copies (in copy-feature space) have: near copy or
+partial copy, by their kind (`KIND_GRADE`).
 """
 
 from __future__ import annotations
@@ -32,90 +30,80 @@ if TYPE_CHECKING:
 GRADES = ("exact", "near copy", "partial copy")      # from the most to the least certain; else NOT_A_COPY
 NOT_A_COPY = "not a copy"
 # Which grade each plant kind's copies belong to (issue 20: near = rigid, intensity, noise, blur; partial = crop,
-# patch, blend). An elastic warp moves parts of the image against each other: a partial copy.
+# patch, blend). An elastic warp deforms the whole image, as a rigid move does: a near copy.
 KIND_GRADE = {"exact": "exact", "rigid": "near copy", "noise": "near copy", "blur": "near copy",
-              "intensity": "near copy", "elastic": "partial copy", "crop": "partial copy",
+              "intensity": "near copy", "elastic": "near copy", "crop": "partial copy",
               "patch": "partial copy", "blend": "partial copy"}
 LEVEL_PERCENTILE = 5.0
-AGREE = 2
-_FLOOR_STEP = 1e-6          # a level sits just above the highest unused value: "beyond anything unused"
+KNN = 5
+_FLOOR_STEP = 1e-6          # the floor sits just above the highest unused value: "beyond anything unused"
 COLUMNS = ("generated_id", "generated", "relative", "generated_sha256", "grade", "real", "folder", "rank", "cosine",
            "copy_margin", "n_real", "also")
 
 
 @dataclass(frozen=True)
 class Levels:
-    """The grades' calibrated levels per copy feature, and what they were measured on."""
+    """What the grades are calibrated on: the floor and exact level per copy feature, and the planted copies
+    (grade index, feature values) the nearest-neighbour vote reads."""
 
     features: tuple[str, ...]
-    levels: dict[str, dict[str, float]]          # grade → feature → level
-    floor: dict[str, float]                      # feature → highest value of no copy
-    planted: dict[str, dict[str, Any]]           # kind → {grade, n, per feature median and P5}
+    floor: dict[str, float]                      # feature → just above the highest value of no copy
+    exact: dict[str, float]                      # feature → the planted exact copies' percentile
+    points: np.ndarray                           # planted copies, n × features (near and partial only)
+    labels: np.ndarray                           # their grade index in GRADES
+    planted: dict[str, dict[str, Any]]           # kind → {grade, n, passing the floor, per feature median, P5}
     null: str                                    # what the floor was measured on
     source: str                                  # what the planted copies' sources were
-    agree: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {"features": list(self.features), "levels": self.levels, "floor": self.floor, "agree": self.agree,
+        return {"features": list(self.features), "floor": self.floor, "exact": self.exact, "knn": KNN,
                 "percentile": LEVEL_PERCENTILE, "kind_grade": KIND_GRADE, "planted": self.planted,
-                "null": self.null, "source": self.source}
+                "null": self.null, "source": self.source,
+                "rule": "a copy passes the floor on every copy feature; exact if it also passes the exact level on "
+                        f"every feature, else the grade of most of its {KNN} nearest planted copies"}
 
     def grade(self, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Per pair: the grade's index in GRADES (len(GRADES) = not a copy), and the margin by which the AGREE-th
-        copy feature passes the near-copy level, as a share of the way to 1 (for ordering)."""
-        n = len(next(iter(values.values()))) if values else 0
-        need = min(self.agree, len(self.features))
-        out = np.full(n, len(GRADES), np.int8)
-        for g in reversed(range(len(GRADES))):
-            lv = self.levels.get(GRADES[g])
-            if not lv:
-                continue
-            passed = np.column_stack([np.nan_to_num(values[f], nan=-np.inf) >= lv[f] for f in self.features])
-            out[passed.sum(1) >= need] = g
-        near = self.levels.get("near copy") or {f: 0.0 for f in self.features}
-        m = np.column_stack([(np.nan_to_num(values[f], nan=-1.0) - near[f]) / max(1.0 - near[f], 1e-6)
-                             for f in self.features])
-        return out, np.sort(m, axis=1)[:, -need]
-
-
-def tail_floor(null: np.ndarray, p: float) -> float:
-    """The smallest value at or beyond the null's maximum whose tail p-value (copies.tail_p) is ≤ p."""
-    from .decide.copies import tail_p
-
-    null = np.asarray(null, np.float64)
-    null = null[np.isfinite(null)]
-    if not len(null):
-        return 0.0
-    grid = np.linspace(float(null.max()), 1.0, 4001)
-    ok = np.nonzero(tail_p(grid, null) <= p)[0]
-    return float(grid[ok[0]]) if len(ok) else 1.0
+        """Per pair: the grade's index in GRADES (len(GRADES) = not a copy), and how far it passes the floor
+        (the least of its features' margins, as a share of the way from the floor to 1; for ordering)."""
+        x = np.column_stack([np.nan_to_num(values[f], nan=-1.0) for f in self.features])
+        floor = np.array([self.floor[f] for f in self.features])
+        margin = ((x - floor) / np.maximum(1.0 - floor, 1e-6)).min(1)
+        out = np.full(len(x), len(GRADES), np.int8)
+        copy = (x >= floor).all(1)
+        if copy.any() and len(self.points):
+            d = ((x[copy, None, :] - self.points[None, :, :]) ** 2).sum(-1)      # copies × planted copies
+            near = np.argsort(d, axis=1, kind="stable")[:, :min(KNN, len(self.points))]
+            # a tie goes to the more certain grade (both are withheld)
+            out[copy] = [np.bincount(v, minlength=len(GRADES)).argmax() for v in self.labels[near]]
+        elif copy.any():
+            out[copy] = GRADES.index("partial copy")
+        exact = copy & (x >= np.array([self.exact.get(f, 2.0) for f in self.features])).all(1)
+        out[exact] = GRADES.index("exact")
+        return out, margin
 
 
 def calibrate(planted: Sequence[dict[str, Any]], null: dict[str, np.ndarray], features: Sequence[str],
-              null_what: str, source: str, p: float) -> Levels:
+              null_what: str, source: str) -> Levels:
     """`planted`: the canaries' rows (kind, strength, and each copy feature's value against the source, under
-    "copy"); `null`: per copy feature, the values of pairs that are no copy; `p`: the tail probability of the
-    floor (α over the pairs graded)."""
+    "copy"); `null`: per copy feature, the values of pairs that are no copy."""
     feats = tuple(f for f in features if all(f in r.get("copy", {}) for r in planted))
-    floor = {f: tail_floor(null.get(f, np.zeros(0)), p) for f in feats}
+    floor = {f: _down(float(np.nanmax(null[f])) + _FLOOR_STEP) if f in null and np.isfinite(null[f]).any()
+             else 0.0 for f in feats}
+    exact_rows = [r for r in planted if KIND_GRADE.get(r["kind"]) == "exact"]
+    exact = {f: _down(max(float(np.percentile([r["copy"][f] for r in exact_rows], LEVEL_PERCENTILE)), floor[f]))
+             for f in feats} if exact_rows else {}
+    rest = [r for r in planted if KIND_GRADE.get(r["kind"]) in ("near copy", "partial copy")]
+    points = np.array([[r["copy"][f] for f in feats] for r in rest], np.float64).reshape(len(rest), len(feats))
+    labels = np.array([GRADES.index(KIND_GRADE[r["kind"]]) for r in rest], np.int64)
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for r in planted:
         by_kind.setdefault(r["kind"], []).append(r)
-    levels: dict[str, dict[str, float]] = {}
-    for grade in GRADES:
-        rows = [r for k, rs in by_kind.items() if KIND_GRADE.get(k) == grade for r in rs]
-        if rows:
-            levels[grade] = {f: _down(max(float(np.percentile([r["copy"][f] for r in rows], LEVEL_PERCENTILE)),
-                                          floor[f] + _FLOOR_STEP)) for f in feats}
-    for hi, lo in zip(GRADES, GRADES[1:]):        # a higher grade never asks less than a lower one
-        if hi in levels and lo in levels:
-            levels[hi] = {f: max(levels[hi][f], levels[lo][f]) for f in feats}
     described = {k: {"grade": KIND_GRADE.get(k, NOT_A_COPY), "n": len(rs),
+                     "passing_floor": sum(all(r["copy"][f] >= floor[f] for f in feats) for r in rs),
                      **{f: {"median": round(float(np.median([r["copy"][f] for r in rs])), 6),
                             "p5": round(float(np.percentile([r["copy"][f] for r in rs], LEVEL_PERCENTILE)), 6)}
                         for f in feats}} for k, rs in by_kind.items()}
-    return Levels(feats, levels, {f: _down(v) for f, v in floor.items()}, described, null_what, source,
-                  AGREE)
+    return Levels(feats, floor, exact, points, labels, described, null_what, source)
 
 
 def _down(v: float) -> float:
@@ -184,7 +172,7 @@ def kinds_known() -> list[str]:
 
 
 def assess(results: dict[str, tuple[Any, Any, dict[str, np.ndarray], Any]], null_folder: str,
-           canaries: dict[str, Any] | None, plant: Callable[[], dict[str, Any]], store: Any, alpha: float
+           canaries: dict[str, Any] | None, plant: Callable[[], dict[str, Any]], store: Any
            ) -> tuple[pd.DataFrame, GeneratedSummary] | None:
     """The per-generated-image answer from the audit's own neighbour lists (`results`: per folder its
     embedded images, neighbours, pair-level values and evidence). The planted copies are the canaries'
@@ -209,14 +197,11 @@ def assess(results: dict[str, tuple[Any, Any, dict[str, np.ndarray], Any]], null
         past = valid.copy()
         past[:, 0] = False
         null = {f: pair[f][past] for f in feats}
-        what = "the real images' pairs past their best neighbour (no known-unused images)"
+        what = "the real images' pairs past their best neighbour, their maximum (no known-unused images)"
     else:
         null = {f: pair[f][valid] for f in feats}
-        what = f"every pair of the {null_folder.replace('_', '-')} images (known unused)"
-    m = sum(int((r[1].ids >= 0).sum()) for r in results.values())
-    what += f"; floor at tail p ≤ α / {m} pairs = {alpha / max(m, 1):.3g}"
-    levels = calibrate(rows, null, feats, what, f"planted copies of {source.replace('_', '-')} images",
-                       alpha / max(m, 1))
+        what = f"every pair of the {null_folder.replace('_', '-')} images (known unused), their maximum"
+    levels = calibrate(rows, null, feats, what, f"planted copies of {source.replace('_', '-')} images")
     folders = [Folder(name, list(r[0].paths), r[1].ids, r[1].cosine, {f: r[2][f] for f in levels.features})
                for name, r in results.items()]
     table = answer(folders, levels, store.paths, store.relative, store.sha256_of)
