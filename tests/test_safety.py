@@ -199,8 +199,8 @@ def test_a_new_run_removes_the_report_and_evaluation_of_the_old_one(tmp_path):
     (out / "report_files" / ".written-by-fpindex").write_text("")
     (out / "evaluation.json").write_text(json.dumps({"n": 3, "method": {}, "all_used": {}, "all_not_used": {}}))
     small_result().save(out)
-    assert sorted(os.listdir(out)) == [MARKER, "neighbours.parquet", "predictions.csv", "submission.csv",
-                                       "summary.json"]
+    assert sorted(os.listdir(out)) == [MARKER, "generated.parquet", "neighbours.parquet", "predictions.csv",
+                                       "submission.csv", "summary.json"]
     (out / "report.html").write_text("<html>my notes</html>")      # not fpindex's: kept
     small_result().save(out)
     assert (out / "report.html").read_text() == "<html>my notes</html>"
