@@ -102,7 +102,7 @@ def score_scenario(sim_root: Path, result) -> dict:
     copies = {r for r, row in by_rel.items() if row.grade in GRADES}
     out["any_copy_precision"] = ratio(len(copies & set(truth)), len(copies))
     out["grades"] = result.summary.generated.grades
-    out["levels"] = {k: result.summary.generated.levels[k] for k in ("floor", "exact", "planted")}
+    out["levels"] = {k: result.summary.generated.levels[k] for k in ("floor", "exact", "cosine", "planted")}
     return out
 
 
@@ -138,7 +138,7 @@ def main() -> None:
                 "graded_copy_of_a_train_image": int(g[g["folder"] != "real"]["grade"].isin(list(GRADES)).sum()),
                 "wall_s": round(wall, 2), "grading_s": round(spent, 3), "grading_share": round(spent / wall, 4),
                 "timings": r.summary.timings,
-                "levels": {k: r.summary.generated.levels[k] for k in ("floor", "exact", "planted")}}
+                "levels": {k: r.summary.generated.levels[k] for k in ("floor", "exact", "cosine", "planted")}}
         print(json.dumps(null, indent=1), flush=True)
     record = {"scenarios": rows, "dev_null": null, "machine": machine(), "load_avg": os.getloadavg(),
               "command": " ".join(["python", *sys.argv])}

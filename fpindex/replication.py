@@ -8,7 +8,10 @@ The grades are measured on this data, never guessed. The canaries (canaries.py) 
 default strength on known-unused images (or, with nothing known to be unused, on the real images) and score
 each planted copy against its source on the copy features (SSIM after alignment, band-passed correlation:
 those a copy drives to 1). A pair is a copy when each of its copy features passes what no copy scores (the
-`floor`: the highest value any pair of a known-unused image with one of its neighbours reaches). A copy is
+`floor`: the highest value any pair of a known-unused image with one of its neighbours reaches) and its
+embedding cosine reaches what near copies reach (the LEVEL_PERCENTILE-th percentile of the planted exact and
+near copies' cosine to their sources: a pair far apart in the embedding that aligns well is a look-alike, such
+as two slices of one anatomy, not a copy). A copy is
 `exact` when it also passes the LEVEL_PERCENTILE-th percentile of the planted exact copies on every feature;
 else it takes the grade most of its KNN nearest planted copies (in copy-feature space) have: near copy or
 partial copy, by their kind (`KIND_GRADE`).
@@ -49,6 +52,7 @@ class Levels:
     features: tuple[str, ...]
     floor: dict[str, float]                      # feature → just above the highest value of no copy
     exact: dict[str, float]                      # feature → the planted exact copies' percentile
+    cosine: float                                # the planted exact and near copies' cosine percentile
     points: np.ndarray                           # planted copies, n × features (near and partial only)
     labels: np.ndarray                           # their grade index in GRADES
     planted: dict[str, dict[str, Any]]           # kind → {grade, n, passing the floor, per feature median, P5}
@@ -56,20 +60,22 @@ class Levels:
     source: str                                  # what the planted copies' sources were
 
     def as_dict(self) -> dict[str, Any]:
-        return {"features": list(self.features), "floor": self.floor, "exact": self.exact, "knn": KNN,
+        return {"features": list(self.features), "floor": self.floor, "exact": self.exact, "cosine": self.cosine,
+                "knn": KNN,
                 "percentile": LEVEL_PERCENTILE, "kind_grade": KIND_GRADE, "planted": self.planted,
                 "null": self.null, "source": self.source,
-                "rule": "a copy passes the floor on every copy feature; exact if it also passes the exact level on "
-                        f"every feature, else the grade of most of its {KNN} nearest planted copies"}
+                "rule": "a copy passes the floor on every copy feature and the cosine level; exact if it also passes "
+                        f"the exact level on every feature, else the grade of most of its {KNN} nearest planted "
+                        "copies"}
 
-    def grade(self, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def grade(self, values: dict[str, np.ndarray], cosine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per pair: the grade's index in GRADES (len(GRADES) = not a copy), and how far it passes the floor
         (the least of its features' margins, as a share of the way from the floor to 1; for ordering)."""
         x = np.column_stack([np.nan_to_num(values[f], nan=-1.0) for f in self.features])
         floor = np.array([self.floor[f] for f in self.features])
         margin = ((x - floor) / np.maximum(1.0 - floor, 1e-6)).min(1)
         out = np.full(len(x), len(GRADES), np.int8)
-        copy = (x >= floor).all(1)
+        copy = (x >= floor).all(1) & (np.nan_to_num(cosine, nan=-1.0) >= self.cosine)
         if copy.any() and len(self.points):
             d = ((x[copy, None, :] - self.points[None, :, :]) ** 2).sum(-1)      # copies × planted copies
             near = np.argsort(d, axis=1, kind="stable")[:, :min(KNN, len(self.points))]
@@ -90,6 +96,8 @@ def calibrate(planted: Sequence[dict[str, Any]], null: dict[str, np.ndarray], fe
     floor = {f: _down(float(np.nanmax(null[f])) + _FLOOR_STEP) if f in null and np.isfinite(null[f]).any()
              else 0.0 for f in feats}
     exact_rows = [r for r in planted if KIND_GRADE.get(r["kind"]) == "exact"]
+    close = [r["cosine"] for r in planted if KIND_GRADE.get(r["kind"]) in ("exact", "near copy")]
+    cosine = _down(float(np.percentile(close, LEVEL_PERCENTILE))) if close else -1.0
     exact = {f: _down(max(float(np.percentile([r["copy"][f] for r in exact_rows], LEVEL_PERCENTILE)), floor[f]))
              for f in feats} if exact_rows else {}
     rest = [r for r in planted if KIND_GRADE.get(r["kind"]) in ("near copy", "partial copy")]
@@ -99,11 +107,12 @@ def calibrate(planted: Sequence[dict[str, Any]], null: dict[str, np.ndarray], fe
     for r in planted:
         by_kind.setdefault(r["kind"], []).append(r)
     described = {k: {"grade": KIND_GRADE.get(k, NOT_A_COPY), "n": len(rs),
-                     "passing_floor": sum(all(r["copy"][f] >= floor[f] for f in feats) for r in rs),
+                     "passing_floor": sum(all(r["copy"][f] >= floor[f] for f in feats) and r["cosine"] >= cosine
+                                          for r in rs),
                      **{f: {"median": round(float(np.median([r["copy"][f] for r in rs])), 6),
                             "p5": round(float(np.percentile([r["copy"][f] for r in rs], LEVEL_PERCENTILE)), 6)}
                         for f in feats}} for k, rs in by_kind.items()}
-    return Levels(feats, floor, exact, points, labels, described, null_what, source)
+    return Levels(feats, floor, exact, cosine, points, labels, described, null_what, source)
 
 
 def _down(v: float) -> float:
@@ -135,9 +144,10 @@ def answer(folders: Sequence[Folder], levels: Levels, paths, relative, sha256) -
         if not len(rows):
             continue
         values = {name: f.pair[name][valid].astype(np.float64) for name in levels.features}
-        grade, margin = levels.grade(values)
+        cosine = f.cosine[valid].astype(np.float64)
+        grade, margin = levels.grade(values, cosine)
         parts.append(pd.DataFrame({"generated_id": f.ids[valid].astype(np.int64), "grade_i": grade,
-                                   "copy_margin": margin, "cosine": f.cosine[valid].astype(np.float64),
+                                   "copy_margin": margin, "cosine": cosine,
                                    "real": np.array(f.images, dtype=object)[rows], "folder": f.name,
                                    "rank": (ranks + 1).astype(np.int32)}))
     if not parts:
