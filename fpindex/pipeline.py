@@ -300,9 +300,8 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
     canary_from = source_folder(method, set(results)) if config.canaries.n > 0 else None
     if canary_from is not None:        # beside the index, never in it: nothing above changes (canaries.py)
         folder = Folder(canary_from, *results[canary_from], real_cosine=real_cosines[canary_from])
-        summary.canaries = run_canaries(config, decision, folder, embedder,
-                                           pixels, store.attachments, wanted, names, cache_root(embed_cfg),
-                                           timings, bar)
+        summary.canaries = run_canaries(config, decision, folder, embedder, pixels, store.attachments, wanted,
+                                        names, cache_root(embed_cfg), timings, bar)
     generated = None
     if method in COPY_CHECKED:     # which generated images copy a real image, graded (replication.py)
         null_folder = source_folder(method, set(results)) or "real"
@@ -312,8 +311,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
             return run_canaries(cfg, decision, Folder(null_folder, *results[null_folder],
                                                       real_cosine=real_cosines[null_folder]), embedder, pixels,
                                 store.attachments, wanted, names, cache_root(embed_cfg), timings, bar)
-        with timings.stage("decide"):
-            graded = assess(results, null_folder, summary.canaries, plant, store)
+        graded = assess(results, null_folder, summary.canaries, plant, store)     # plant() times its own stages
         if graded is not None:
             generated, summary.generated = graded
     if build_summary is not None:

@@ -15,7 +15,7 @@ import pytest
 from fpindex import audit
 from fpindex.errors import FpindexError
 from fpindex.release import check_policy, filter_generated, release_gate
-from fpindex.replication import GRADES
+from fpindex.replication import GRADES, KIND_GRADE
 from fpindex.summary import GeneratedSummary, Summary
 
 
@@ -129,3 +129,15 @@ def test_fail_on_copies_exits_3_with_one_line_and_the_same_in_json(leak, monkeyp
     assert doc["gate"] == {"policy": "copies", "passed": False, "reason": line.split("failed: ", 1)[1],
                            "exit_code": 3}
     assert (out / "generated.parquet").is_file()          # the audit's files are written whatever the gate says
+
+
+def test_without_canaries_the_grades_plant_their_own_copies(leak, helpers):
+    """--canaries 0: nothing is reported as canaries, but the grades still rest on planted copies of every kind
+    (planted for them alone), and the fixed decision, which reads no copy feature, grades nothing."""
+    r = audit(leak.generated, leak.real, used=leak.used, not_used=leak.not_used,
+              config=helpers.CFG.override(canaries={"n": 0}))
+    assert r.summary.canaries is None and r.summary.generated is not None
+    assert set(r.summary.generated.levels["planted"]) == set(KIND_GRADE)
+    assert r.generated.set_index("relative").loc[leak.exact_copy, "grade"] == "exact"
+    fixed = audit(leak.generated, leak.real, config=helpers.CFG.override(decide={"method": "fixed"}))
+    assert fixed.generated is None and fixed.summary.generated is None and "generated" not in fixed.summary
