@@ -16,8 +16,7 @@ Policy = Enum("Policy", {p: p for p in POLICIES}, type=str)     # choices from r
 O_FAIL_ON = typer.Option(Policy.never.value, "--fail-on",
                          help=f"Release gate: exit {EXIT_GATE} with a one-line reason (also in --json) when the "
                               "policy is violated. copies: any generated image graded a copy of a real image; "
-                              "leakage: the set-level verdict shows leakage; never: always exit 0.",
-                         rich_help_panel="Output")
+                              "leakage: the set-level verdict shows leakage; never: always exit 0.")
 
 
 def register(app: typer.Typer) -> None:
