@@ -33,7 +33,7 @@ from common import machine  # noqa: E402
 import fpindex.pipeline as pipeline  # noqa: E402
 from fpindex import audit  # noqa: E402
 from fpindex.config import AuditConfig, RunConfig  # noqa: E402
-from fpindex.replication import GRADES, KIND_GRADE  # noqa: E402
+from fpindex.decide.replication import GRADES, KIND_GRADE  # noqa: E402
 from fpindex.simulator import simulate  # noqa: E402
 from fpindex.utils import write_json_atomic, write_text_atomic  # noqa: E402
 

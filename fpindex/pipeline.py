@@ -29,11 +29,11 @@ from .evidence import FEATURES, Evidence, FitInput, Query, Run
 from .index import MANIFEST_FILE, IndexStore, create_store, finish_in_memory, is_index_dir
 from .load import ReadOptions, check_distinct, list_folder, list_images
 from .pixels import PixelStore, QueryImages
-from .replication import assess
+from .decide.replication import assess, counts, withheld
 from .report import AuditResult, submission_ids
 from .safeio import recover_dir, refuse_special, shown
 from .search import Neighbours, search, search_real, sibling_groups
-from .summary import Counts, DecisionRecord, FolderCounts, Settings, Summary
+from .report.schema import Counts, DecisionRecord, FolderCounts, GeneratedSummary, Settings, Summary
 from .utils import Timings, versions
 
 
@@ -303,7 +303,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
         summary.canaries = run_canaries(config, decision, folder, embedder, pixels, store.attachments, wanted,
                                         names, cache_root(embed_cfg), timings, bar)
     generated = None
-    if method in COPY_CHECKED:     # which generated images copy a real image, graded (replication.py)
+    if method in COPY_CHECKED:     # which generated images copy a real image, graded (decide/replication.py)
         null_folder = source_folder(method, set(results)) or "real"
 
         def plant() -> dict[str, Any]:      # the canaries' planting, when the audit's own did not cover every kind
@@ -313,7 +313,9 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
                                 store.attachments, wanted, names, cache_root(embed_cfg), timings, bar)
         graded = assess(results, null_folder, summary.canaries, plant, store)     # plant() times its own stages
         if graded is not None:
-            generated, summary.generated = graded
+            generated, grading = graded
+            summary.generated = GeneratedSummary(graded=len(generated), grades=counts(generated),
+                                                 withhold=len(withheld(generated)), levels=grading.as_dict())
     if build_summary is not None:
         summary.build = {k: v for k, v in build_summary.items() if k != "manifest"}
     return AuditResult.of(emb.paths, decision, nb, pair, np.array(store.paths(nb.ids), dtype=object), summary,

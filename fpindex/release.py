@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import FpindexError
-from .replication import GRADES
+from .decide.replication import GRADES
 from .safeio import shown
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .summary import Summary
+    from .report.schema import Summary
 
 POLICIES = ("never", "copies", "leakage")
 EXIT_GATE = 3

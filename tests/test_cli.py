@@ -181,7 +181,7 @@ def test_demo(runner, tmp_path, monkeypatch):
     import fpindex.demo
 
     calls = []
-    from fpindex.summary import Summary
+    from fpindex.report.schema import Summary
 
     real_result = fpindex.demo.DemoResult(data=out / "data", results=res, summary=Summary.from_dict(summary),
                                           evaluation=evaluation)

@@ -192,7 +192,7 @@ def test_the_threshold_drawn_is_the_decisions_own_rule():
     from fpindex.decide import Labelled, decide
     from fpindex.evidence import Evidence
     from fpindex.report.html import _threshold
-    from fpindex.summary import DecisionRecord, Summary
+    from fpindex.report.schema import DecisionRecord, Summary
 
     rng = np.random.default_rng(0)
 

@@ -15,8 +15,8 @@ import pytest
 from fpindex import audit
 from fpindex.errors import FpindexError
 from fpindex.release import check_policy, filter_generated, release_gate
-from fpindex.replication import GRADES, KIND_GRADE
-from fpindex.summary import GeneratedSummary, Summary
+from fpindex.decide.replication import GRADES, KIND_GRADE
+from fpindex.report.schema import GeneratedSummary, Summary
 
 
 def tree_hashes(root: Path) -> dict[str, str]:

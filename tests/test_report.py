@@ -10,7 +10,7 @@ from fpindex.errors import FpindexError
 from fpindex.report import AuditResult, submission_ids
 from fpindex.utils import Timings
 from fpindex.search import Neighbours
-from fpindex.summary import Summary
+from fpindex.report.schema import Summary
 
 
 def test_unique_stems_are_the_ids_in_order():

@@ -20,7 +20,7 @@ from fpindex.cli import main
 from fpindex.decide import Decision, Verdict
 from fpindex.errors import FpindexError
 from fpindex.index import IndexStore
-from fpindex.summary import Summary
+from fpindex.report.schema import Summary
 from fpindex.report import AuditResult
 from fpindex.report.html import read_outputs
 from fpindex.report.outputs import MARKER

@@ -19,7 +19,7 @@ from ..safeio import shown
 from . import index_commands, release_commands, simulate_commands
 from .checks import canaries_unplanted, report_target
 from .release_commands import O_FAIL_ON, Policy
-from .summary_lines import _finish, _html, _report, _say, _skipped
+from .summary_lines import finish, write_html, print_summary, say, warn_skipped
 from .streams import echo_json, stdout_for_json
 from .help import App
 from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION, O_DEVICE, O_EF_SEARCH,
@@ -92,13 +92,13 @@ def build(
         emb = built.embedded
         write_embeddings(save_embeddings, emb.vectors, emb.rows(), built.manifest["embedder"])
     for b in summary["bad_files"][:5]:
-        _skipped(b)
+        warn_skipped(b)
     e = built.manifest["embedder"]
-    _say(quiet, f"index {index}: {summary['ntotal']} vectors ({summary['added']} added, "
+    say(quiet, f"index {index}: {summary['ntotal']} vectors ({summary['added']} added, "
                 f"{len(summary['bad_files'])} unreadable) · {e['model']} [{e['weights_id']}] · enhance "
                 f"{','.join(e['enhance'])} · {e['dim']}-d · {built.manifest['factory']}")
     if verbose:
-        _say(quiet, "timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in built.timings.as_dict().items()))
+        say(quiet, "timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in built.timings.as_dict().items()))
 
 
 @app.command(epilog="Example (on `fpindex demo`'s data): fpindex query fpindex-demo/data/test --index indexes/demo-gan "
@@ -140,7 +140,7 @@ def query(
     idx = open_index(index, config_from(ctx, **params), nprobe=nprobe, ef_search=ef_search, expect=expect)
     result = idx.query(real, used=used, not_used=not_used, reference=reference, out=out)
     canaries_unplanted(ctx, canaries, result.summary)
-    _finish(quiet, verbose, as_json, html, report_top, out, result.summary, Policy(fail_on).value)
+    finish(quiet, verbose, as_json, html, report_top, out, result.summary, Policy(fail_on).value)
 
 
 @app.command(epilog="Example (on `fpindex demo`'s data): fpindex audit --generated fpindex-demo/data/generated --real "
@@ -175,7 +175,7 @@ def audit(
                        config=config_from(ctx, preset, **_params(locals())), out=out, index_dir=index,
                        overwrite=overwrite)
     canaries_unplanted(ctx, canaries, result.summary)
-    _finish(quiet, verbose, as_json, html, report_top, out, result.summary, Policy(fail_on).value)
+    finish(quiet, verbose, as_json, html, report_top, out, result.summary, Policy(fail_on).value)
 
 
 @app.command(epilog="Example: fpindex evaluate results/predictions.csv fpindex-demo/data/test_labels.csv")
@@ -213,13 +213,13 @@ def demo(
     from ..demo import run_demo
     from ..evaluate import format_table
 
-    r = run_demo(out, seed=seed, small=small, run=RunConfig(quiet=quiet, verbose=verbose), on_scenario=lambda data: _say(
+    r = run_demo(out, seed=seed, small=small, run=RunConfig(quiet=quiet, verbose=verbose), on_scenario=lambda data: say(
         quiet, f"demo scenario written to {data} (generated/, train/used, train/not_used, test/, test_labels.csv)"))
-    _report(quiet, verbose, r.results, r.summary)
-    page = _html(r.results, report_top, labels=r.data / "test_labels.csv", evaluation=r.evaluation)
-    _say(quiet, f"report: {page}")
-    _say(quiet, "\nevaluation on test/ (labels never seen by the audit):")
-    _say(quiet, format_table(r.evaluation))
+    print_summary(quiet, verbose, r.results, r.summary)
+    page = write_html(r.results, report_top, labels=r.data / "test_labels.csv", evaluation=r.evaluation)
+    say(quiet, f"report: {page}")
+    say(quiet, "\nevaluation on test/ (labels never seen by the audit):")
+    say(quiet, format_table(r.evaluation))
 
 
 @app.command(epilog="Example: fpindex report results --labels fpindex-demo/data/test_labels.csv")
@@ -240,8 +240,8 @@ def report(
         read_outputs(out)                 # a missing or damaged OUT is named before the labels are read
         evaluation = evaluate_files(out / "predictions.csv", labels)
         _unmatched(evaluation)
-    page = _html(out, report_top, labels=labels, evaluation=evaluation)
-    _say(quiet, f"wrote {page}")
+    page = write_html(out, report_top, labels=labels, evaluation=evaluation)
+    say(quiet, f"wrote {page}")
 
 
 index_commands.register(app)

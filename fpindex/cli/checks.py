@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
-    from ..summary import Summary
+    from ..report.schema import Summary
 
 
 def report_target(html: bool, out: Path) -> None:

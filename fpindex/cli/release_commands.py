@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from ..replication import GRADES
+from ..decide.replication import GRADES
 from ..release import EXIT_GATE, POLICIES
 
 Policy = Enum("Policy", {p: p for p in POLICIES}, type=str)     # choices from release.POLICIES

@@ -9,7 +9,7 @@ OUT/neighbours.parquet  image, rank, generated_id, generated, cosine, then every
                         because the decision does not read it)
 OUT/generated.parquet   one row per generated image among some real image's neighbours: its best-matching real
                         image, the copy features, and its replication grade (exact / near copy / partial copy /
-                        not a copy; replication.py); empty when the decision reads no copy feature (`fixed`)
+                        not a copy; decide/replication.py); empty when the decision reads no copy feature (`fixed`)
 OUT/summary.json        counts, verdict, decision, settings and config, versions, timings per stage, bad files,
                         run_id
 OUT/fpindex-run.json    the run id and the sha256 of each file above, written last (outputs.py)
@@ -33,7 +33,7 @@ from ..evidence import Evidence
 from ..errors import FpindexError
 from ..load import image_id
 from ..search import Neighbours
-from ..summary import Summary
+from .schema import Summary
 from ..safeio import WriteError, json_default, reason, pause_for_tests
 from ..utils import Timings
 from . import outputs
@@ -42,7 +42,7 @@ OUTPUTS = outputs.OUTPUTS
 
 
 def empty_generated() -> pd.DataFrame:
-    from ..replication import COLUMNS
+    from ..decide.replication import COLUMNS
 
     return pd.DataFrame({c: [] for c in COLUMNS})
 
@@ -70,14 +70,14 @@ class AuditResult:
     predictions: pd.DataFrame        # image, score, label, p_value (NaN when the method has no null), flagged_by
     neighbours: pd.DataFrame         # image, rank, generated_id, generated, cosine, <pair-level evidence…>
     verdict: Verdict
-    summary: Summary                 # what summary.json holds (fpindex/summary.py)
+    summary: Summary                 # what summary.json holds (schema.py)
     decision: Decision
     timings: Timings
     # Every folder's per-image evidence ('real', and 'used', 'not_used', 'reference' when given), in file order:
     # what the decision read, so it can be re-decided or studied without recomputing anything.
     evidence: dict[str, Evidence] = field(default_factory=dict)
     # Per generated image among some real image's neighbours: its best-matching real image and replication
-    # grade (replication.py; generated.parquet). None: not graded (the `fixed` decision reads no copy feature).
+    # grade (decide/replication.py; generated.parquet). None: not graded (the `fixed` decision reads no copy feature).
     generated: pd.DataFrame | None = None
 
     @classmethod

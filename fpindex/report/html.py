@@ -25,9 +25,9 @@ from ..load import image_id
 from ..load.tables import read_labels
 from ..metrics import METRICS
 from ..utils import atomic_dir, write_text_atomic
-from ..summary import REQUIRED, Summary
+from .schema import REQUIRED, Summary
 from .outputs import FILES, GENERATOR, MARK, REPORT, recover, verify
-from .pictures import _Images, _pair_views, read_options
+from .pictures import Images, pair_views, read_options
 from .withhold import answers, withhold_section
 
 OPEN_GALLERIES = 5      # shown unfolded; the rest and the full table sit in <details>, so the page stays short
@@ -109,7 +109,7 @@ def _num(v: Any, fmt: str = ".3f") -> str:
     return "—" if math.isnan(f) else format(f, fmt)
 
 
-def _galleries(o: Outputs, images: _Images, top: int, evidence: list[str]) -> list[dict[str, Any]]:
+def _galleries(o: Outputs, images: Images, top: int, evidence: list[str]) -> list[dict[str, Any]]:
     real_dir = Path(o.summary.settings.folders.get("real", ""))
     best = o.predictions.sort_values(["score", "image"], ascending=[False, True], kind="mergesort").head(top)
     by_image = {img: g.sort_values("rank") for img, g in o.neighbours.groupby("image", sort=False)}
@@ -127,7 +127,7 @@ def _galleries(o: Outputs, images: _Images, top: int, evidence: list[str]) -> li
                                    **images.picture(str(n.generated), getattr(n, "generated_sha256", None)),
                                    "scores": [(c, _num(getattr(n, c))) for c in evidence]})
         shown = images.picture(real, nb["sha256"].iloc[0] if nb is not None and "sha256" in nb else None)
-        views = _pair_views(images, real, neighbours[0]["path"]) if neighbours else []
+        views = pair_views(images, real, neighbours[0]["path"]) if neighbours else []
         out.append({"position": rank, "image": row.image, "anchor": f"g{rank}", "score": _num(row.score, ".4f"),
                     "label": int(row.label), "neighbours": neighbours,
                     "real": shown,
@@ -190,7 +190,7 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
     best = o.neighbours.sort_values("rank").groupby("image", sort=False).first()
     with atomic_dir(out / FILES) as tmp:
         (tmp / MARK).write_text("written by fpindex report; replaced whole on the next report\n")
-        images = _Images(tmp, size, read_options(s))
+        images = Images(tmp, size, read_options(s))
         (tmp / "scores.png").write_bytes(plots.score_histogram(
             {"used": scores[known == 1], "not used": scores[known == 0], "unlabelled": scores[known < 0]},
             threshold, "membership score"))

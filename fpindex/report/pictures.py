@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import FpindexError
 from ..load import DEFAULT_MAX_PIXELS, ReadOptions, Reader, load_image, split_frame
-from ..summary import Summary
+from .schema import Summary
 from .outputs import FILES
 
 
@@ -26,7 +26,7 @@ def read_options(summary: Summary) -> ReadOptions:
                        max_pixels=int(embed.get("max_pixels") or DEFAULT_MAX_PIXELS))
 
 
-class _Images:
+class Images:
     """Canonical pixels of the report's images, each read once and written once as a PNG in report_files/."""
 
     def __init__(self, folder: Path, size: int, read: ReadOptions = ReadOptions()):
@@ -71,7 +71,7 @@ class _Images:
         return {"src": self.png(path, px), "error": ""}
 
 
-def _pair_views(images: _Images, real: str, gen: str) -> list[dict[str, str]]:
+def pair_views(images: Images, real: str, gen: str) -> list[dict[str, str]]:
     """The best neighbour moved onto the real image (align_to), their colour overlay (real in magenta,
     neighbour in green: grey where they agree) and the absolute difference, amplified ×4."""
     from ..evidence.align import align_to

@@ -1,5 +1,5 @@
 """The report's "synthetic images to withhold": the generated images graded copies (OUT/generated.parquet,
-replication.py), each beside its real match with the aligned views and its grade, and the three answers the
+decide/replication.py), each beside its real match with the aligned views and its grade, and the three answers the
 verdict box names."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Any, Optional
 import pandas as pd
 
 from ..errors import FpindexError
-from ..replication import GRADES
-from ..summary import Summary
-from .pictures import _Images, _pair_views
+from ..decide.replication import GRADES
+from .schema import Summary
+from .pictures import Images, pair_views
 
 
 def _num(v: Any, fmt: str = ".3f") -> str:
@@ -22,7 +22,7 @@ def _num(v: Any, fmt: str = ".3f") -> str:
         return "—"
 
 
-def withhold_section(out: Path, summary: Summary, neighbours: pd.DataFrame, images: _Images,
+def withhold_section(out: Path, summary: Summary, neighbours: pd.DataFrame, images: Images,
                      top: int) -> Optional[dict[str, Any]]:
     """None when the audit graded no generated image (the `fixed` decision, or an audit before the grades)."""
     path = out / "generated.parquet"
@@ -43,7 +43,7 @@ def withhold_section(out: Path, summary: Summary, neighbours: pd.DataFrame, imag
                       "margin": _num(r.copy_margin), "also": r.also.split(";") if r.also else [],
                       "generated_pic": images.picture(r.generated, r.generated_sha256),
                       "real_pic": images.picture(real, sha.get(r.real) if r.folder == "real" else None),
-                      "views": _pair_views(images, real, r.generated) if real else []})
+                      "views": pair_views(images, real, r.generated) if real else []})
     return {"n": len(copies), "items": items, "graded": summary.generated.graded,
             "grades": summary.generated.grades, "levels": summary.generated.levels}
 

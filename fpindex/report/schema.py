@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterator
 
-from .decide.base import LabelRule, Verdict
+from ..decide.base import LabelRule, Verdict
 
 SCHEMA_VERSION = 2
 
@@ -83,7 +83,7 @@ class Settings:
 
 @dataclass
 class GeneratedSummary:
-    """The per-generated-image answer (replication.py): how many generated images were graded, per grade, the
+    """The per-generated-image answer (decide/replication.py): how many generated images were graded, per grade, the
     calibrated levels behind the grades and where they came from."""
 
     graded: int                         # generated images among some real image's neighbours

@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from .plants import PLANTS
-from .summary import GeneratedSummary
+from ..plants import PLANTS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -183,13 +182,13 @@ def kinds_known() -> list[str]:
 
 def assess(results: dict[str, tuple[Any, Any, dict[str, np.ndarray], Any]], null_folder: str,
            canaries: dict[str, Any] | None, plant: Callable[[], dict[str, Any]], store: Any
-           ) -> tuple[pd.DataFrame, GeneratedSummary] | None:
+           ) -> tuple[pd.DataFrame, Levels] | None:
     """The per-generated-image answer from the audit's own neighbour lists (`results`: per folder its
     embedded images, neighbours, pair-level values and evidence). The planted copies are the canaries'
     when they planted every graded kind, else `plant()`'s; the floor is `null_folder`'s pairs (the
     known-unused images), or with none (`real`), the real images' pairs past their best neighbour. None when the
     audit computed no copy feature (the `fixed` decision)."""
-    from .evidence import FEATURES
+    from ..evidence import FEATURES
 
     feats = [f for f in next(iter(results.values()))[2]
              if f in FEATURES and FEATURES.get(f).copy and all(np.isfinite(r[2][f]).any() for r in results.values())]
@@ -214,7 +213,4 @@ def assess(results: dict[str, tuple[Any, Any, dict[str, np.ndarray], Any]], null
     levels = calibrate(rows, null, feats, what, f"planted copies of {source.replace('_', '-')} images")
     folders = [Folder(name, list(r[0].paths), r[1].ids, r[1].cosine, {f: r[2][f] for f in levels.features})
                for name, r in results.items()]
-    table = answer(folders, levels, store.paths, store.relative, store.sha256_of)
-    n = counts(table)
-    return table, GeneratedSummary(graded=len(table), grades=n, withhold=len(withheld(table)),
-                                   levels=levels.as_dict())
+    return answer(folders, levels, store.paths, store.relative, store.sha256_of), levels
