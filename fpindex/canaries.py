@@ -133,7 +133,8 @@ def run_canaries(cfg: AuditConfig, decision: Decision, folder: Folder, embedder:
         r.pop("row"), r.pop("slot")
         r.update(score=round(float(s), 6), p_value=None if pv is None else round(float(pv), 6), found=bool(f),
                  cosine=round(float(cs), 6), sha256=sha,
-                 copy={c: round(float(new_pair[c][i, 0]), 6) for c in copy_feats})   # what decide/replication.py reads
+                 # what decide/replication.py reads: the copy features of each planted copy against its source
+                 copy={c: round(float(new_pair[c][i, 0]), 6) for c in copy_feats})
     table = _table(rows, n)
     return {"n_sources": n, "requested": c.n, "source_folder": folder.name, "method": decision.method, "criterion": criterion,
             "alpha": alpha, "kinds": {k: {"unit": PLANTS.get(k).unit, "help": PLANTS.help(k)}
