@@ -113,11 +113,18 @@ def filter_generated(generated: str | Path, out: str | Path, dest: str | Path,
         raise FpindexError(f"{shown(out)}: this audit graded no generated image (decision "
                            f"{o.summary.decision.method} reads no copy feature); audit with --used/--not-used or "
                            "--reference, or with neither (the copies decision)")
-    root = generated.resolve()
-    roots = {Path(g).resolve().parents[len(Path(r).parts) - 1] for g, r in zip(table["generated"], table["relative"])}
-    if roots and roots != {root}:
-        raise FpindexError(f"{shown(out)} audited the generated folder {shown(next(iter(roots)))}, not "
-                           f"{shown(generated)}; give the folder that was audited")
+    # The audited folder is recognised by content, not by its path (it may have been moved since): each graded
+    # image must be at its place in it with the bytes that were graded.
+    plain = [(r, s) for r, s in zip(table["relative"], table["generated_sha256"])
+             if split_frame(generated / r)[1] is None]
+    differ = [r for r, s in plain if not (generated / r).is_file() or sha256_file(generated / r) != s]
+    if plain and len(differ) == len(plain):
+        raise FpindexError(f"{shown(generated)} is not the generated folder {shown(out)} audited (none of its "
+                           f"{len(plain)} graded images is there with the content graded); give the audited folder")
+    if differ:
+        more = f" (and {len(differ) - 1} more)" if len(differ) > 1 else ""
+        raise FpindexError(f"{shown(generated / differ[0])} is missing or changed since the audit{more}; audit "
+                           "again before filtering")
     chosen = table[table["grade"].isin(list(grades))]
     files, _ = list_folder(generated, "generated-image folder")
     by_file: dict[str, list[str]] = {}
@@ -128,11 +135,6 @@ def filter_generated(generated: str | Path, out: str | Path, dest: str | Path,
     for row in chosen.itertuples(index=False):
         name = split_frame(generated / row.relative)[0].relative_to(generated).as_posix()
         withheld_files.setdefault(name, []).append(row)
-    for name, rows in withheld_files.items():
-        if split_frame(generated / rows[0].relative)[1] is None and sha256_file(generated / name) != \
-                rows[0].generated_sha256:
-            raise FpindexError(f"{shown(generated / name)} changed since the audit (its content is not the one "
-                               "graded); audit again before filtering")
     with atomic_dir(dest) as tmp:
         for name in by_file:
             if name in withheld_files:

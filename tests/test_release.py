@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -82,10 +83,15 @@ def test_filter_refuses_what_it_must_not_write_or_read(leak, tmp_path):
         filter_generated(leak.generated, leak.audit_out, existing)
     with pytest.raises(FpindexError, match="are one inside the other"):
         filter_generated(leak.generated, leak.audit_out, leak.generated / "out")
-    with pytest.raises(FpindexError, match="audited the generated folder .*, not "):
+    with pytest.raises(FpindexError, match="is not the generated folder .* audited \\(none of its \\d+ graded images"):
         filter_generated(leak.real, leak.audit_out, tmp_path / "new")
     with pytest.raises(FpindexError, match="--grade 'copy': choose from exact, near copy, partial copy"):
         filter_generated(leak.generated, leak.audit_out, tmp_path / "new", ("copy",))
+    moved = tmp_path / "moved"                    # the audited folder moved: recognised by content
+    shutil.copytree(leak.generated, moved)
+    (moved / leak.exact_copy).write_bytes(b"not the graded image")
+    with pytest.raises(FpindexError, match=f"{leak.exact_copy} is missing or changed since the audit; audit again"):
+        filter_generated(moved, leak.audit_out, tmp_path / "new")
     assert not (tmp_path / "new").exists()
 
 
