@@ -121,21 +121,20 @@ def run_canaries(cfg: AuditConfig, decision: Decision, folder: Folder, embedder:
     evidence = _what_if(folder, src, cosine, new_pair, names)
     with timings.stage("decide"):
         score, p_value = decision.rescore(evidence)
-    if decision.method == "copies":
-        found = score >= float(decision.details["threshold"])
-        criterion = (f"{decision.details['agree']} copy features at least at the copy level of near copies of the "
-                     "real images")
-    elif p_value is None:
-        found = score >= float(decision.details["threshold"])
-        criterion = f"{decision.details['score']} ≥ {decision.details['threshold']:g} (fixed threshold)"
-    else:
-        found = p_value <= alpha
+    found = decision.rule.found(score, p_value)       # the decision's own rule, without the verdict's gate
+    if p_value is not None and decision.rule.alpha is not None:
         criterion = f"p ≤ α = {alpha:g} against the {folder.name.replace('_', '-')} images (fused or copy channel)"
-    for r, s, pv, f, cs, sha in zip(rows, score.tolist(), (p_value if p_value is not None else [None] * len(rows)),
-                                     found.tolist(), cosine.tolist(), shas):
+    else:
+        criterion = decision.rule.text
+    copy_feats = [f for f in new_pair if FEATURES.get(f).copy and np.isfinite(new_pair[f]).any()]
+    for i, (r, s, pv, f, cs, sha) in enumerate(zip(rows, score.tolist(), (p_value if p_value is not None else
+                                                                          [None] * len(rows)),
+                                                   found.tolist(), cosine.tolist(), shas)):
         r.pop("row"), r.pop("slot")
         r.update(score=round(float(s), 6), p_value=None if pv is None else round(float(pv), 6), found=bool(f),
-                 cosine=round(float(cs), 6), sha256=sha)
+                 cosine=round(float(cs), 6), sha256=sha,
+                 # what decide/replication.py reads: the copy features of each planted copy against its source
+                 copy={c: round(float(new_pair[c][i, 0]), 6) for c in copy_feats})
     table = _table(rows, n)
     return {"n_sources": n, "requested": c.n, "source_folder": folder.name, "method": decision.method, "criterion": criterion,
             "alpha": alpha, "kinds": {k: {"unit": PLANTS.get(k).unit, "help": PLANTS.help(k)}

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .cache import cache_root
-from .canaries import Folder, copy_levels, run_canaries, source_folder
+from .canaries import LEVEL_SOURCES, Folder, copy_levels, run_canaries, source_folder
 from .config import AuditConfig, EmbedConfig
 from .decide import COPY_CHECKED, FUSING, Inputs, Labelled, audit_warnings, choose_method, decide, emit, null_of
 from .devices import faiss_device
@@ -29,9 +29,11 @@ from .evidence import FEATURES, Evidence, FitInput, Query, Run
 from .index import MANIFEST_FILE, IndexStore, create_store, finish_in_memory, is_index_dir
 from .load import ReadOptions, check_distinct, list_folder, list_images
 from .pixels import PixelStore, QueryImages
+from .decide.replication import assess, counts, withheld
 from .report import AuditResult, submission_ids
 from .safeio import recover_dir, refuse_special, shown
 from .search import Neighbours, search, search_real, sibling_groups
+from .report.schema import Counts, DecisionRecord, FolderCounts, GeneratedSummary, Settings, Summary
 from .utils import Timings, versions
 
 
@@ -278,35 +280,47 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
         n_real=len(emb.paths), n_generated=store.ntotal, n_null=0 if null is None else len(null),
         real_in_generated=store.count_known(emb.sha256)))
     emit(warned)
-    summary = {
-        "counts": {name: {"files": len(listed[name][1]) + len(found[name][2]), "embedded": len(r[0].paths), "bad": len(r[0].bad)}
-                   for name, r in results.items()} | {"generated_indexed": store.ntotal,
-                                                      "predicted_used": int(decision.label.sum())},
-        "verdict": decision.verdict.as_dict(),
-        "decision": {"method": decision.method, **decision.details},
-        "settings": {"k": config.evidence.k, "decide": config.to_dict()["decide"],
-                     "embedder": store.manifest["embedder"],
-                     "index": {"factory": store.manifest["factory"], "metric": store.manifest["metric"],
-                               "ntotal": store.ntotal},
-                     "folders": {n: str(Path(p).absolute()) for n, p in folders.items() if p is not None}},
-        "config": config.to_dict(),
-        "evidence": {name: {"level": FEATURES.get(name).level, "help": FEATURES.help(name),
-                            "computed": not FEATURES.get(name).on_demand or name in wanted} for name in names},
-        "bad_files": {name: [b.__dict__ for b in r[0].bad] for name, r in results.items() if r[0].bad},
-        "warnings": warned,
-        "versions": versions(),
-    }
+    summary = Summary(
+        counts=Counts({name: FolderCounts(files=len(listed[name][1]) + len(found[name][2]),
+                                          embedded=len(r[0].paths), bad=len(r[0].bad))
+                       for name, r in results.items()},
+                      generated_indexed=store.ntotal, predicted_used=int(decision.label.sum())),
+        verdict=decision.verdict,
+        decision=DecisionRecord(decision.method, decision.rule, dict(decision.details)),
+        settings=Settings(k=config.evidence.k, decide=config.to_dict()["decide"],
+                          embedder=store.manifest["embedder"],
+                          index={"factory": store.manifest["factory"], "metric": store.manifest["metric"],
+                                 "ntotal": store.ntotal},
+                          folders={n: str(Path(p).absolute()) for n, p in folders.items() if p is not None}),
+        config=config.to_dict(),
+        evidence={name: {"level": FEATURES.get(name).level, "help": FEATURES.help(name),
+                         "computed": not FEATURES.get(name).on_demand or name in wanted} for name in names},
+        bad_files={name: [b.__dict__ for b in r[0].bad] for name, r in results.items() if r[0].bad},
+        warnings=warned, versions=versions())
     canary_from = source_folder(method, set(results)) if config.canaries.n > 0 else None
     if canary_from is not None:        # beside the index, never in it: nothing above changes (canaries.py)
         folder = Folder(canary_from, *results[canary_from], real_cosine=real_cosines[canary_from])
-        summary["canaries"] = run_canaries(config, decision, folder, embedder,
-                                           pixels, store.attachments, wanted, names, cache_root(embed_cfg),
-                                           timings, bar)
+        summary.canaries = run_canaries(config, decision, folder, embedder, pixels, store.attachments, wanted,
+                                        names, cache_root(embed_cfg), timings, bar)
+    generated = None
+    if method in COPY_CHECKED:     # which generated images copy a real image, graded (decide/replication.py)
+        null_folder = source_folder(method, set(results)) or "real"
+
+        def plant() -> dict[str, Any]:      # the canaries' planting, when the audit's own did not cover every kind
+            cfg = config.override(canaries={"n": config.canaries.n or LEVEL_SOURCES, "kinds": None})
+            return run_canaries(cfg, decision, Folder(null_folder, *results[null_folder],
+                                                      real_cosine=real_cosines[null_folder]), embedder, pixels,
+                                store.attachments, wanted, names, cache_root(embed_cfg), timings, bar)
+        graded = assess(results, null_folder, summary.canaries, plant, store)     # plant() times its own stages
+        if graded is not None:
+            generated, grading = graded
+            summary.generated = GeneratedSummary(graded=len(generated), grades=counts(generated),
+                                                 withhold=len(withheld(generated)), levels=grading.as_dict())
     if build_summary is not None:
-        summary["build"] = {k: v for k, v in build_summary.items() if k != "manifest"}
+        summary.build = {k: v for k, v in build_summary.items() if k != "manifest"}
     return AuditResult.of(emb.paths, decision, nb, pair, np.array(store.paths(nb.ids), dtype=object), summary,
                           timings, evidence={name: r[3] for name, r in results.items()},
-                          sha256=emb.sha256, generated_sha256=store.sha256_of(nb.ids))
+                          sha256=emb.sha256, generated_sha256=store.sha256_of(nb.ids), generated_answer=generated)
 
 
 def audit(generated: str | Path, real: str | Path, config: AuditConfig, index_dir: str | Path | None = None,

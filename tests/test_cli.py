@@ -146,7 +146,7 @@ def test_demo(runner, tmp_path, monkeypatch):
                         "test_labels.csv)")
     assert "decision: calibrated → " in r.stdout
     assert re.search(r"calibration \(\d-fold CV on the labelled images\)", r.stdout)   # folds: sibling groups
-    assert f"wrote {res}/predictions.csv, submission.csv, neighbours.parquet, summary.json" in lines
+    assert f"wrote {res}/predictions.csv, submission.csv, neighbours.parquet, generated.parquet, summary.json" in lines
     table = lines[lines.index("evaluation on test/ (labels never seen by the audit):") + 1:]
     assert table[0] == "| metric | fpindex | all used | all not used |" and table[-1].startswith("| ")
 
@@ -181,7 +181,10 @@ def test_demo(runner, tmp_path, monkeypatch):
     import fpindex.demo
 
     calls = []
-    real_result = fpindex.demo.DemoResult(data=out / "data", results=res, summary=summary, evaluation=evaluation)
+    from fpindex.report.schema import Summary
+
+    real_result = fpindex.demo.DemoResult(data=out / "data", results=res, summary=Summary.from_dict(summary),
+                                          evaluation=evaluation)
     monkeypatch.setattr(fpindex.demo, "run_demo", lambda *a, **kw: calls.append((a, kw)) or real_result)
     r = ok(runner.invoke(app, ["demo", "--out", str(tmp_path / "q"), "--seed", "3", "--quiet"]))
     assert r.stdout == "" and r.stderr == ""
@@ -295,6 +298,8 @@ def test_audit_and_query_json_print_one_document_and_write_the_report(runner, sc
                                str(scenario / "train" / "not_used"), "--out", str(out), "--json", "--report",
                                "--report-top", "3", *FAST]))
     summary = json.loads(r.stdout)                         # the whole of stdout is one JSON document
+    assert summary.pop("gate") == {"policy": "never", "passed": True, "exit_code": 0,
+                                   "reason": "no release policy (--fail-on never)"}   # the release gate's answer
     assert summary == json.loads((out / "summary.json").read_text())
     assert "verdict:" not in r.stdout and f"report: {out / 'report.html'}" in r.stderr
     assert (out / "report.html").read_text().count('class="real"') == 3

@@ -61,8 +61,8 @@ def demo(demo_once, tmp_path) -> Path:
 
 def test_every_help_example_runs_on_the_demo_output(demo):
     examples = _examples()
-    order = ["build", "query", "audit", "evaluate", "report", "index-embeddings", "shard train", "shard add",
-             "shard merge", "simulate", "sensitivity", "bench"]
+    order = ["build", "query", "audit", "filter", "evaluate", "report", "index-embeddings", "shard train",
+             "shard add", "shard merge", "simulate", "sensitivity", "bench"]
     assert sorted(examples) == sorted(order + ["demo"])        # a new command's example joins this list
     for name in order:
         args = shlex.split(examples[name])

@@ -169,7 +169,7 @@ def test_unsupported_broken_and_undecodable_names_are_counted_and_listed(tmp_pat
     result = idx.query(real, out=tmp_path / "out")
     counts = result.summary["counts"]["real"]
     assert counts == {"files": 9, "embedded": 4, "bad": 5}
-    json.dumps(result.summary)                                       # every listed path can be written out
+    json.dumps(result.summary.to_dict())                                     # every listed path can be written out
     assert len(json.loads((tmp_path / "out" / "summary.json").read_text())["bad_files"]["real"]) == 5
 
 

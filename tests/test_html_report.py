@@ -182,15 +182,40 @@ def test_report_in_headless_chromium(report, tmp_path):
         b.quit()
 
 
-def test_the_threshold_drawn_is_the_decisions():
-    import pandas as pd
+def test_the_threshold_drawn_is_the_decisions_own_rule():
+    """The report draws the line each method's LabelRule states, never one guessed from the method's name: `pu`
+    and `reference` label on the p-value (no score line; `pu` once fell into a guessed midpoint), `calibrated`
+    at P(used) = 0.5, `fixed` at its threshold, `copies` at margin 0. The canaries apply the same rule."""
+    import numpy as np
 
+    from fpindex.config import DecideConfig
+    from fpindex.decide import Labelled, decide
+    from fpindex.evidence import Evidence
     from fpindex.report.html import _threshold
+    from fpindex.report.schema import DecisionRecord, Summary
 
-    p = pd.DataFrame({"score": [0.2, 0.4, 0.7, 0.9], "label": [0, 0, 1, 1]})
-    assert _threshold({"decision": {"method": "calibrated"}, "verdict": {"leakage": True}}, p) == 0.5
-    assert _threshold({"decision": {"method": "fixed", "threshold": 0.9}, "verdict": {"leakage": None}}, p) == 0.9
-    assert _threshold({"decision": {"method": "reference"}, "verdict": {"leakage": True}}, p) == pytest.approx(0.55)
+    rng = np.random.default_rng(0)
+
+    def ev(n, hi):
+        return Evidence({f: np.clip(rng.normal(0.9 if hi else 0.6, 0.05, n), 0, 1)
+                         for f in ("cosine", "ssim", "jaccard", "ssim_aligned", "bandpass")})
+
+    target, used, unused = ev(30, True), ev(20, True), ev(20, False)
+    cases = {"fixed": (Labelled(), 0.97), "calibrated": (Labelled(used=used, not_used=unused), 0.5),
+             "pu": (Labelled(reference=unused), None), "reference": (Labelled(reference=unused), None),
+             "copies": (Labelled(copy_levels={"ssim_aligned": 0.95, "bandpass": 0.95}), 0.0)}
+    for method, (data, line) in cases.items():
+        d = decide(DecideConfig(method=method, score="cosine", threshold=0.97), target, data)
+        record = Summary.from_dict({"decision": DecisionRecord(d.method, d.rule, d.details).to_dict()})
+        assert record.decision.rule == d.rule and _threshold(record) == line, method
+        found = d.rule.found(*d.rescore(target))            # what the canaries apply
+        if d.rule.alpha is not None:
+            np.testing.assert_array_equal(found, d.p_value <= 0.05)
+        else:
+            np.testing.assert_array_equal(found, d.score >= line)
+    # an older summary.json (no rule recorded) still shows a stored threshold, and no guessed one
+    assert _threshold(Summary.from_dict({"decision": {"method": "fixed", "threshold": 0.9}})) == 0.9
+    assert _threshold(Summary.from_dict({"decision": {"method": "reference"}})) is None
 
 
 def test_report_reads_volumes_like_the_audit_and_joins_labels_on_submission_ids(scenario, helpers, tmp_path):
@@ -257,3 +282,41 @@ def test_a_perfect_roc_curve_is_drawn_above_the_frame(monkeypatch):
     curve = ax.lines[0]
     assert ax.get_xlim()[0] < 0 and ax.get_ylim()[1] > 1
     assert curve.get_zorder() > max(sp.get_zorder() for sp in ax.spines.values()) and not curve.get_clip_on()
+
+
+def test_report_truth_and_roc_for_multi_frame_dicom(scenario, helpers, tmp_path):
+    """A multi-frame DICOM's images are `scan.dcm#k` in predictions.csv and `scan#k` in a label table (the
+    submission id): the truth column labels every frame and the ROC is drawn from all of them."""
+    import numpy as np
+
+    from fpindex import audit
+    from test_medical import write_dicom
+
+    pytest.importorskip("pydicom")
+    real = tmp_path / "real"
+    frames = np.stack([np.rint(helpers.smooth_image(400 + k) * 2000).astype(np.int16) - 1024 for k in range(6)])
+    write_dicom(real / "scan.dcm", frames, intercept=0)
+    out = tmp_path / "out"
+    audit(scenario / "generated", real, config=helpers.CFG.override(decide={"method": "fixed"}), out=out)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,label\n" + "".join(f"scan#{k},{int(k % 2)}\n" for k in range(6)))
+    html = write_report(out, top=6, labels=labels).read_text()
+    truth = dict(re.findall(r">(scan\.dcm#\d)</a>.*?<td>(used|not used)</td></tr>", html))
+    assert truth == {f"scan.dcm#{k}": "used" if k % 2 else "not used" for k in range(6)}
+    assert (out / FILES / "roc.png").is_file()
+
+
+def test_the_report_shows_the_images_to_withhold_and_names_the_answers(leak, tmp_path):
+    """The withhold section shows each generated image graded a copy beside its real match (the leak's exact
+    copy first, graded exact), and the verdict box names the three answers."""
+    out = tmp_path / "audit"
+    shutil.copytree(leak.audit_out, out, ignore=shutil.ignore_patterns("index"))
+    html = write_report(out, top=10).read_text()
+    section = html.split('<h2 id="withhold">')[1].split('<h2 id="suspicious">')[0]
+    first = re.search(r"<h3>(.*?) — (.*?) of real image (.*?)</h3>", section)
+    assert first.groups() == (leak.exact_copy, "exact", leak.exact_real)
+    assert f"generated: {leak.moved_copy}" in section and section.count('class="real match"') >= 2
+    answers = re.findall(r"<tr><th>(.*?)</th><td>(.*?)</td></tr>", html.split('id="answers"')[1].split("</table>")[0])
+    assert [q for q, _ in answers] == ["Was the generator trained on these real images?",
+                                       "Which synthetic images must be withheld?", "Which patients are exposed?"]
+    assert re.match(r"\d+ of \d+ generated images graded a copy \(1 exact", answers[1][1])

@@ -13,7 +13,7 @@ STAGES = ["load", "pixels", "enhance", "embed", "index", "search", "evidence", "
 SUPPORT = {"_version", "errors", "registry", "utils", "safeio", "config", "cache", "devices", "metrics", "plants",
            "locks"}
 ABOVE = {"pipeline", "api", "cli", "demo", "evaluate", "presets", "canaries", "simulator", "sweep", "engine",
-         "__main__", "__init__"}   # compose the stages
+         "release", "__main__", "__init__"}   # compose the stages
 
 
 def _module(path: Path) -> str:

@@ -96,7 +96,7 @@ def test_audit_writes_consistent_outputs(leak, helpers):
     assert all(v >= 0 for v in summary["timings"].values())
     assert summary["timings"]["embed"] > 0 and summary["timings"]["rerank"] > 0
     assert summary["timings"]["total"] >= sum(v for k, v in summary["timings"].items() if k != "total") - 1e-3
-    assert summary == json.loads(json.dumps(leak.audit_summary))
+    assert summary == json.loads(json.dumps(leak.audit_summary.to_dict()))
 
 
 def test_summary_records_write_time(leak):

@@ -44,7 +44,8 @@ def test_a_feature_registered_here_is_computed_fused_reported_and_thresholded(to
     # The fixed decision on the new score uses its own default threshold.
     fixed = fpindex.audit(leak.generated, leak.real,
                           config=helpers.CFG.override(decide={"method": "fixed", "score": "toy_mean"}))
-    assert fixed.summary["decision"] == {"method": "fixed", "score": "toy_mean", "threshold": 0.99}
+    assert fixed.summary.decision.details == {"score": "toy_mean", "threshold": 0.99}
+    assert fixed.summary.decision.rule.threshold == 0.99 and fixed.summary.decision.rule.alpha is None
     best = fixed.neighbours.groupby("image", sort=False)["toy_mean"].max()
     np.testing.assert_array_equal(fixed.predictions["label"].to_numpy(), (best.to_numpy() >= 0.99).astype(np.int8))
 

@@ -10,6 +10,7 @@ from fpindex.errors import FpindexError
 from fpindex.report import AuditResult, submission_ids
 from fpindex.utils import Timings
 from fpindex.search import Neighbours
+from fpindex.report.schema import Summary
 
 
 def test_unique_stems_are_the_ids_in_order():
@@ -34,7 +35,8 @@ def _result(images):
     decision = Decision(score=np.linspace(0, 1, n), label=np.arange(n) % 2, method="fixed",
                         verdict=Verdict(leakage=None, alpha=0.05))
     nb = Neighbours(ids=np.zeros((n, 1), np.int64), cosine=np.ones((n, 1), np.float32))
-    return AuditResult.of(images, decision, nb, {}, np.array(["gen/0.png"] * n, dtype=object), {}, Timings())
+    return AuditResult.of(images, decision, nb, {}, np.array(["gen/0.png"] * n, dtype=object),
+                          Summary.from_dict({}), Timings())
 
 
 def test_save_submission_unchanged_for_flat_folders(tmp_path):

@@ -20,6 +20,7 @@ from fpindex.cli import main
 from fpindex.decide import Decision, Verdict
 from fpindex.errors import FpindexError
 from fpindex.index import IndexStore
+from fpindex.report.schema import Summary
 from fpindex.report import AuditResult
 from fpindex.report.html import read_outputs
 from fpindex.report.outputs import MARKER
@@ -45,7 +46,7 @@ def small_result(n: int = 3) -> AuditResult:
     decision = Decision(score=np.linspace(0, 1, n), label=np.arange(n) % 2, method="fixed",
                         verdict=Verdict(leakage=None, alpha=0.05))
     nb = Neighbours(ids=np.zeros((n, 1), np.int64), cosine=np.ones((n, 1), np.float32))
-    summary = {"counts": {}, "verdict": {}, "decision": {"method": "fixed"}, "settings": {}}
+    summary = Summary.from_dict({"decision": {"method": "fixed"}})
     return AuditResult.of([f"r{i}.png" for i in range(n)], decision, nb, {}, np.array(["g.png"] * n, dtype=object),
                           summary, Timings())
 
@@ -198,8 +199,8 @@ def test_a_new_run_removes_the_report_and_evaluation_of_the_old_one(tmp_path):
     (out / "report_files" / ".written-by-fpindex").write_text("")
     (out / "evaluation.json").write_text(json.dumps({"n": 3, "method": {}, "all_used": {}, "all_not_used": {}}))
     small_result().save(out)
-    assert sorted(os.listdir(out)) == [MARKER, "neighbours.parquet", "predictions.csv", "submission.csv",
-                                       "summary.json"]
+    assert sorted(os.listdir(out)) == [MARKER, "generated.parquet", "neighbours.parquet", "predictions.csv",
+                                       "submission.csv", "summary.json"]
     (out / "report.html").write_text("<html>my notes</html>")      # not fpindex's: kept
     small_result().save(out)
     assert (out / "report.html").read_text() == "<html>my notes</html>"

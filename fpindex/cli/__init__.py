@@ -14,9 +14,12 @@ import typer
 
 from .._version import __version__
 from ..errors import FpindexError, FpindexWarning
+from ..release import check_policy
 from ..safeio import shown
-from . import index_commands, simulate_commands
+from . import index_commands, release_commands, simulate_commands
 from .checks import canaries_unplanted, report_target
+from .release_commands import O_FAIL_ON, Policy
+from .summary_lines import finish, write_html, print_summary, say, warn_skipped
 from .streams import echo_json, stdout_for_json
 from .help import App
 from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION, O_DEVICE, O_EF_SEARCH,
@@ -42,85 +45,11 @@ def _params(local: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in local.items() if k in FIELDS}
 
 
-def _say(quiet: bool, text: str = "") -> None:
-    if not quiet:
-        typer.echo(text)
-
-
-
-def _html(out: Path, top: int, labels: Optional[Path] = None, evaluation: Optional[dict] = None) -> Path:
-    from ..report.html import write_report
-
-    return write_report(out, top=top, labels=labels, evaluation=evaluation)
-
-
-def _finish(quiet: bool, verbose: bool, as_json: bool, html: bool, top: int, out: Path,
-            summary: dict[str, Any]) -> None:
-    """What audit and query print: the human lines, or one JSON document; then the report when asked."""
-    from ..utils import json_default
-
-    _report(quiet or as_json, verbose, out, summary)
-    if html:
-        page = _html(out, top)
-        if not quiet:
-            typer.echo(f"report: {page}", err=as_json)
-    if as_json:
-        echo_json(json.dumps(summary, indent=2, default=json_default))
-
-
-def _report(quiet: bool, verbose: bool, out: Path, summary: dict[str, Any]) -> None:
-    c, d = summary["counts"], summary["decision"]
-    real = c["real"]
-    _say(quiet, f"real images: {real['embedded']} scored, {real['bad']} unreadable; "
-                f"generated images in index: {c['generated_indexed']}")
-    _say(quiet, f"decision: {d['method']} → {c['predicted_used']} of {real['embedded']} labelled used")
-    cv = d.get("cross_validation")
-    if cv:
-        _say(quiet, f"calibration ({cv['folds']}-fold CV on the labelled images): AUC {cv['auc']:.3f}, "
-                    f"kappa {cv['kappa']:.3f}, F1 {cv['f1']:.3f}")
-    _say(quiet, f"verdict: {summary['verdict']['text']}")
-    copy = d.get("copy_channel")
-    if copy and "labelled_by" in copy:
-        by = copy["labelled_by"]
-        _say(quiet, f"labelled by: the fused score {by['fused']}, the copy channel ({', '.join(copy['features'])}) "
-                    f"{by['copy']}, both {by['both']}")
-    _canaries(quiet, summary.get("canaries"))
-    for name, bad in summary.get("bad_files", {}).items():
-        for b in bad[:5]:
-            _skipped(b, f"{name} ")
-        if len(bad) > 5:
-            typer.echo(f"warning: … and {len(bad) - 5} more (listed in summary.json)", err=True)
-    if verbose:
-        _say(quiet, "timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in summary["timings"].items()))
-    _say(quiet, f"wrote {out}/predictions.csv, submission.csv, neighbours.parquet, summary.json")
-
-
-def _skipped(bad: dict[str, str], folder: str = "") -> None:
-    """One warning per skipped file, saying whether it is not an image at all or an image that failed."""
-    what = "file (not an image)" if bad["reason"].startswith("unsupported file type") else "unreadable image"
-    typer.echo(f"warning: skipped {folder}{what} {bad['path']}: {bad['reason']}", err=True)
-
-
 def _unmatched(result: dict[str, Any]) -> None:
     """What evaluate and report --labels say when names in the two files do not all meet (a typo, a folder)."""
     if result["unmatched_predictions"] or result["missing_predictions"]:
         typer.echo(f"warning: {len(result['unmatched_predictions'])} predictions without a label, "
                    f"{result['missing_predictions']} labels without a prediction", err=True)
-
-
-def _canaries(quiet: bool, c: Optional[dict[str, Any]]) -> None:
-    """One line per plant kind: how many of its canaries the audit would have flagged, per strength."""
-    if not c or not c.get("table"):
-        return
-    folder = c["source_folder"].replace("_", "-")
-    _say(quiet, f"canaries ({c['n_sources']} {folder} images; found = {c['criterion']}):")
-    by: dict[str, list[str]] = {}
-    for t in c["table"]:
-        at = "" if t["kind"] == "exact" else f"{t['strength']:g}: "
-        by.setdefault(t["kind"], []).append(f"{at}{t['found']}/{t['planted']}")
-    for kind, cells in by.items():
-        unit = c["kinds"][kind]["unit"]
-        _say(quiet, f"  would have flagged {kind}{'' if kind == 'exact' else f' ({unit})'}: {', '.join(cells)}")
 
 
 @app.command(epilog="Example (on `fpindex demo`'s data): fpindex build fpindex-demo/data/generated --index indexes/demo-gan "
@@ -163,13 +92,13 @@ def build(
         emb = built.embedded
         write_embeddings(save_embeddings, emb.vectors, emb.rows(), built.manifest["embedder"])
     for b in summary["bad_files"][:5]:
-        _skipped(b)
+        warn_skipped(b)
     e = built.manifest["embedder"]
-    _say(quiet, f"index {index}: {summary['ntotal']} vectors ({summary['added']} added, "
+    say(quiet, f"index {index}: {summary['ntotal']} vectors ({summary['added']} added, "
                 f"{len(summary['bad_files'])} unreadable) · {e['model']} [{e['weights_id']}] · enhance "
                 f"{','.join(e['enhance'])} · {e['dim']}-d · {built.manifest['factory']}")
     if verbose:
-        _say(quiet, "timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in built.timings.as_dict().items()))
+        say(quiet, "timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in built.timings.as_dict().items()))
 
 
 @app.command(epilog="Example (on `fpindex demo`'s data): fpindex query fpindex-demo/data/test --index indexes/demo-gan "
@@ -195,7 +124,7 @@ def query(
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
     max_pixels: int = O_MAX_PIXELS, engine: Engine = O_ENGINE, address: Optional[str] = O_ADDRESS,
     quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON,
-    html: bool = O_HTML, report_top: int = O_TOP, verify: bool = O_VERIFY,
+    html: bool = O_HTML, report_top: int = O_TOP, verify: bool = O_VERIFY, fail_on: Policy = O_FAIL_ON,
 ) -> None:
     """Score real images against an index: membership score and used/not-used label per image.
 
@@ -207,10 +136,11 @@ def query(
     params = {n: v for n, v in _params(locals()).items() if n not in ("model", "enhance", "nprobe", "ef_search")}
     expect = {"model": model.value if model else None, "enhance": list(parse_enhance(enhance)) if enhance else None}
     report_target(html, out)
+    check_policy(Policy(fail_on).value, decision.value if decision else None)
     idx = open_index(index, config_from(ctx, **params), nprobe=nprobe, ef_search=ef_search, expect=expect)
     result = idx.query(real, used=used, not_used=not_used, reference=reference, out=out)
     canaries_unplanted(ctx, canaries, result.summary)
-    _finish(quiet, verbose, as_json, html, report_top, out, result.summary)
+    finish(quiet, verbose, as_json, html, report_top, out, result.summary, Policy(fail_on).value)
 
 
 @app.command(epilog="Example (on `fpindex demo`'s data): fpindex audit --generated fpindex-demo/data/generated --real "
@@ -234,17 +164,18 @@ def audit(
     train_steps: Optional[int] = O_TRAIN_STEPS, window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
     max_pixels: int = O_MAX_PIXELS, preset: PresetName = O_PRESET, engine: Engine = O_ENGINE,
     address: Optional[str] = O_ADDRESS, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON,
-    html: bool = O_HTML, report_top: int = O_TOP,
+    html: bool = O_HTML, report_top: int = O_TOP, fail_on: Policy = O_FAIL_ON,
 ) -> None:
     """Build an index of the generated images, then query it with the real ones, in one go."""
     from ..api import audit as run_audit
 
     report_target(html, out)
+    check_policy(Policy(fail_on).value, decision.value if decision else None)
     result = run_audit(generated, real, used=used, not_used=not_used, reference=reference,
                        config=config_from(ctx, preset, **_params(locals())), out=out, index_dir=index,
                        overwrite=overwrite)
     canaries_unplanted(ctx, canaries, result.summary)
-    _finish(quiet, verbose, as_json, html, report_top, out, result.summary)
+    finish(quiet, verbose, as_json, html, report_top, out, result.summary, Policy(fail_on).value)
 
 
 @app.command(epilog="Example: fpindex evaluate results/predictions.csv fpindex-demo/data/test_labels.csv")
@@ -282,13 +213,13 @@ def demo(
     from ..demo import run_demo
     from ..evaluate import format_table
 
-    r = run_demo(out, seed=seed, small=small, run=RunConfig(quiet=quiet, verbose=verbose), on_scenario=lambda data: _say(
+    r = run_demo(out, seed=seed, small=small, run=RunConfig(quiet=quiet, verbose=verbose), on_scenario=lambda data: say(
         quiet, f"demo scenario written to {data} (generated/, train/used, train/not_used, test/, test_labels.csv)"))
-    _report(quiet, verbose, r.results, r.summary)
-    page = _html(r.results, report_top, labels=r.data / "test_labels.csv", evaluation=r.evaluation)
-    _say(quiet, f"report: {page}")
-    _say(quiet, "\nevaluation on test/ (labels never seen by the audit):")
-    _say(quiet, format_table(r.evaluation))
+    print_summary(quiet, verbose, r.results, r.summary)
+    page = write_html(r.results, report_top, labels=r.data / "test_labels.csv", evaluation=r.evaluation)
+    say(quiet, f"report: {page}")
+    say(quiet, "\nevaluation on test/ (labels never seen by the audit):")
+    say(quiet, format_table(r.evaluation))
 
 
 @app.command(epilog="Example: fpindex report results --labels fpindex-demo/data/test_labels.csv")
@@ -309,12 +240,13 @@ def report(
         read_outputs(out)                 # a missing or damaged OUT is named before the labels are read
         evaluation = evaluate_files(out / "predictions.csv", labels)
         _unmatched(evaluation)
-    page = _html(out, report_top, labels=labels, evaluation=evaluation)
-    _say(quiet, f"wrote {page}")
+    page = write_html(out, report_top, labels=labels, evaluation=evaluation)
+    say(quiet, f"wrote {page}")
 
 
 index_commands.register(app)
 simulate_commands.register(app)
+release_commands.register(app)
 
 
 def _version(value: bool) -> None:

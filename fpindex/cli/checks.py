@@ -4,9 +4,12 @@ run could not honour, said instead of ignored."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from ..report.schema import Summary
 
 
 def report_target(html: bool, out: Path) -> None:
@@ -18,12 +21,12 @@ def report_target(html: bool, out: Path) -> None:
         check_target(out)
 
 
-def canaries_unplanted(ctx: typer.Context, n: int, summary: dict[str, Any]) -> None:
+def canaries_unplanted(ctx: typer.Context, n: int, summary: Summary) -> None:
     """--canaries N given on the command line but nothing planted (a decision without known-unused images
     to plant from, e.g. `fixed`): one warning line instead of silence."""
     source = ctx.get_parameter_source("canaries")
     given = source is not None and source.name != "DEFAULT"
-    if given and n > 0 and "canaries" not in summary:
-        method = (summary.get("decision") or {}).get("method", "this")
+    if given and n > 0 and summary.canaries is None:
+        method = summary.decision.method
         typer.echo(f"fpindex: warning: --canaries {n}: no canaries planted: the {method} decision has no "
                    "known-unused images to plant them from (give --not-used or --reference)", err=True)

@@ -39,7 +39,7 @@ from dataclasses import replace
 from ..config import DecideConfig
 from ..errors import FpindexError
 from ..evidence import Evidence
-from .base import DECIDERS, Decider, Decision, Labelled, Verdict, bootstrap_auc_ci, empirical_p
+from .base import DECIDERS, Decider, Decision, LabelRule, Labelled, Verdict, bootstrap_auc_ci, empirical_p
 from .simple import fixed, reference
 from .fusion import CrossFit, MonotoneScore, calibrated, cross_fit, fold_count, groups_of
 from .pu import positive_unlabelled, storey_share
@@ -75,6 +75,22 @@ def null_of(method: str, data: Labelled) -> Evidence | None:
     return data.reference if data.reference is not None else data.not_used
 
 
+def _stated(cfg: DecideConfig, d: Decision) -> Decision:
+    """A method registered without its own LabelRule (a plugin's) gets the generic one: p ≤ α when it gives
+    p-values, else its `threshold` detail."""
+    if d.rule is not None:
+        return d
+    thr = d.details.get("threshold")
+    thr = float(thr) if isinstance(thr, (int, float)) and not isinstance(thr, bool) else None
+    if d.p_value is None and thr is None:
+        raise FpindexError(f"decision method {d.method!r} states no labelling rule (Decision.rule), no p-values "
+                           "and no threshold")
+    score = str(d.details.get("score", d.method))
+    alpha = cfg.alpha if d.p_value is not None else None
+    text = f"p ≤ α = {cfg.alpha:g}" if alpha is not None else f"{score} ≥ {thr:g}"
+    return replace(d, rule=LabelRule(score=score, threshold=thr, alpha=alpha, text=text))
+
+
 def decide(cfg: DecideConfig, target: Evidence, data: Labelled, method: str | None = None) -> Decision:
     """method: what choose_method picked earlier (None: pick it now), so the choice is made once."""
     if method is None:
@@ -82,13 +98,13 @@ def decide(cfg: DecideConfig, target: Evidence, data: Labelled, method: str | No
     elif cfg.method not in ("auto", method):
         raise FpindexError(f"decision method {method!r} given, but the settings ask for {cfg.method!r}")
     if method not in NULL_TESTED:
-        return DECIDERS.get(method)(cfg, target, data)
-    fused = DECIDERS.get(method)(replace(cfg, alpha=cfg.alpha * (1.0 - COPY_SHARE)), target, data)
+        return _stated(cfg, DECIDERS.get(method)(cfg, target, data))
+    fused = _stated(cfg, DECIDERS.get(method)(replace(cfg, alpha=cfg.alpha * (1.0 - COPY_SHARE)), target, data))
     null = null_of(method, data)
     return with_copy_channel(cfg, fused, target, CopyNull(null if null is not None else Evidence({})))
 
 
-__all__ = ["DECIDERS", "Decider", "Decision", "Labelled", "Verdict", "FUSING", "NULL_TESTED", "COPY_CHECKED", "choose_method",
+__all__ = ["DECIDERS", "Decider", "Decision", "LabelRule", "Labelled", "Verdict", "FUSING", "NULL_TESTED", "COPY_CHECKED", "choose_method",
            "decide", "null_of", "fixed", "COPY_SHARE", "CopyNull", "copy_features", "copies_only", "tail_p",
            "with_copy_channel", "Inputs", "audit_warnings", "emit",
            "reference", "calibrated", "positive_unlabelled", "MonotoneScore", "CrossFit", "cross_fit", "groups_of",

@@ -49,10 +49,51 @@ class Verdict:
                 f"p = {self.p_value:.3g}")
         return f"{text}; {copies}" if self.copies else text
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Verdict":
+        """The inverse of `as_dict` (summary.json); `text` is recomputed, never trusted."""
+        ci = d.get("auc_ci95")
+        return cls(leakage=d.get("leakage"), alpha=float(d.get("alpha", 0.05)), basis=d.get("basis") or "",
+                   auc=d.get("auc"), ci=tuple(ci) if ci else None, p_value=d.get("p_value"),
+                   copies=d.get("copies"), copy_p=d.get("copy_p_value"), fused=d.get("fused_leakage"))
+
     def as_dict(self) -> dict[str, Any]:
         return {"leakage": self.leakage, "alpha": self.alpha, "basis": self.basis, "auc": self.auc,
                 "auc_ci95": list(self.ci) if self.ci else None, "p_value": self.p_value, "copies": self.copies,
                 "copy_p_value": self.copy_p, "fused_leakage": self.fused, "text": self.text}
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """How a decision labels one image, recorded by the method that applies it, so that the canaries and the
+    report apply the rule instead of re-deriving it from the method's name.
+
+    An image is found (`found`) when its p-value is ≤ `alpha` (methods with a null), else when its score is ≥
+    `threshold`. `gated`: labels are given only when the set-level verdict shows leakage (the canaries ignore
+    the gate: the verdict is what they qualify). `threshold` is also where the report draws the line on the
+    score (None: the rule is on the p-value, which no single score threshold states for every image)."""
+
+    score: str                          # what the score is ("P(used)", a feature's name, "copy margin", …)
+    threshold: float | None = None      # label = score ≥ threshold
+    alpha: float | None = None          # label = p ≤ alpha
+    gated: bool = False
+    text: str = ""
+
+    def found(self, score: np.ndarray, p_value: np.ndarray | None) -> np.ndarray:
+        if self.alpha is not None and p_value is not None:
+            return np.asarray(p_value, np.float64) <= self.alpha
+        if self.threshold is None:
+            raise FpindexError(f"the labelling rule '{self.text}' needs a p-value")
+        return np.asarray(score, np.float64) >= self.threshold
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"score": self.score, "threshold": self.threshold, "alpha": self.alpha, "gated": self.gated,
+                "text": self.text}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LabelRule":
+        return cls(score=str(d.get("score", "")), threshold=d.get("threshold"), alpha=d.get("alpha"),
+                   gated=bool(d.get("gated", False)), text=str(d.get("text", "")))
 
 
 @dataclass
@@ -70,6 +111,7 @@ class Decision:
     p_channels: dict[str, np.ndarray] = field(default_factory=dict)
     # The fitted decision applied to other evidence (the canaries' what-if): score and p-value (None: no null).
     rescore: Callable[[Evidence], tuple[np.ndarray, np.ndarray | None]] | None = field(default=None, repr=False)
+    rule: LabelRule | None = None       # how `label` was given (each method states its own)
 
 
 def empirical_p(scores: np.ndarray, null: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 from ..config import DecideConfig
 from ..errors import FpindexError
 from ..evidence import FEATURES, Evidence
-from .base import DECIDERS, Decision, Labelled, Verdict
+from .base import DECIDERS, Decision, LabelRule, Labelled, Verdict
 
 COPY_SHARE = 0.2            # of α, for the copy channel; the fused channel keeps the rest
 # Methods tested against known-unused images: `decide` gives each the copy channel, and 1 − COPY_SHARE of α to
@@ -159,10 +159,13 @@ def with_copy_channel(cfg: DecideConfig, fused: Decision, target: Evidence, null
         score, p = fused.rescore(ev)
         return score, combine(p, null.test(ev))
 
+    base = fused.rule or LabelRule(score=fused.method)
+    rule = replace(base, alpha=alpha, text=f"{base.text} (fused channel at {1 - COPY_SHARE:g} α), or the copy channel: "
+                                           f"Benjamini-Hochberg-adjusted copy p ≤ {share:g}")
     return Decision(score=fused.score, label=(fused_label | copy_label).astype(np.int8), method=fused.method,
                     verdict=verdict, details=details, p_value=combine(fused.p_value, test),
                     flagged_by=_flagged_by(fused_label, copy_label, test.best), rescore=rescore,
-                    p_channels={"fused": fused.p_value, "copy": test.p})
+                    p_channels={"fused": fused.p_value, "copy": test.p}, rule=rule)
 
 
 AGREE = 2          # copy-level features that must agree before the `copies` decision calls an image a copy
@@ -201,5 +204,7 @@ def copies_only(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision
                "threshold": 0.0, "basis": verdict.basis, "uncalibrated": True,
                "copy_channel": {"features": list(feats), "proven_copies": int(label.sum()),
                                 "null": "none: no known-unused images; the copy level of near copies instead"}}
+    rule = LabelRule(score="copy margin", threshold=0.0,
+                     text=f"{need} copy features at least at the copy level of near copies of the real images")
     return Decision(score=score, label=label.astype(np.int8), method="copies", verdict=verdict, details=details,
-                    flagged_by=_flagged_by(np.zeros(len(label), bool), label, best), rescore=rescore)
+                    flagged_by=_flagged_by(np.zeros(len(label), bool), label, best), rescore=rescore, rule=rule)

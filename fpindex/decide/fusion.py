@@ -12,7 +12,7 @@ from ..config import DecideConfig
 from ..errors import FpindexError
 from ..metrics import metrics, rank_auc
 from ..evidence import Evidence
-from .base import DECIDERS, Decision, Labelled, Verdict, _features, bootstrap_auc_ci, empirical_p
+from .base import DECIDERS, Decision, LabelRule, Labelled, Verdict, _features, bootstrap_auc_ci, empirical_p
 
 
 class MonotoneScore:
@@ -184,5 +184,8 @@ def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
         m = ev.matrix(features)
         return clf.predict_proba(m), empirical_p(ranked(m), null)
 
+    rule = LabelRule(score="P(used)", threshold=0.5, alpha=cfg.alpha, gated=True,
+                     text=f"P(used) ≥ 0.5; per image, p ≤ α = {cfg.alpha:g} against the not-used images")
     return Decision(score=p, label=label.astype(np.int8), method="calibrated", verdict=verdict,
-                    p_value=empirical_p(ranked(target.matrix(features)), null), details=details, rescore=rescore)
+                    p_value=empirical_p(ranked(target.matrix(features)), null), details=details, rescore=rescore,
+                    rule=rule)

@@ -8,7 +8,7 @@ from ..config import DecideConfig
 from ..errors import FpindexError
 from ..metrics import rank_auc
 from ..evidence import Evidence
-from .base import DECIDERS, Decision, Labelled, Verdict, _features, bootstrap_auc_ci, empirical_p
+from .base import DECIDERS, Decision, LabelRule, Labelled, Verdict, _features, bootstrap_auc_ci, empirical_p
 from .fusion import MonotoneScore, _grouping, cross_fit, groups_of
 
 
@@ -59,5 +59,7 @@ def positive_unlabelled(cfg: DecideConfig, target: Evidence, data: Labelled) -> 
         q = clf.predict_proba(ev.matrix(features))
         return q, empirical_p(q, null_score)
 
+    rule = LabelRule(score="P(real, not reference), cross-fitted", alpha=cfg.alpha, gated=True,
+                     text=f"p ≤ α = {cfg.alpha:g} against the known-unused images' out-of-fold scores")
     return Decision(score=score, label=label.astype(np.int8), method="pu", p_value=p, verdict=verdict,
-                    details=details, rescore=rescore)
+                    details=details, rescore=rescore, rule=rule)

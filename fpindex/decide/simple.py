@@ -10,7 +10,7 @@ from ..config import DecideConfig
 from ..errors import FpindexError
 from ..metrics import rank_auc
 from ..evidence import Evidence, thresholds as default_thresholds
-from .base import DECIDERS, Decision, Labelled, Verdict, _score, bootstrap_auc_ci, empirical_p
+from .base import DECIDERS, Decision, LabelRule, Labelled, Verdict, _score, bootstrap_auc_ci, empirical_p
 
 
 @DECIDERS.register("fixed", "label = similarity ≥ a fixed threshold (the paper's rule)")
@@ -25,7 +25,8 @@ def fixed(cfg: DecideConfig, target: Evidence, data: Labelled,
     s = target.scores[name].astype(np.float64)
     return Decision(score=s, label=(s >= thr).astype(np.int8), method="fixed",
                     verdict=Verdict(leakage=None, alpha=cfg.alpha), details={"score": name, "threshold": thr},
-                    rescore=lambda ev: (ev.scores[name].astype(np.float64), None))
+                    rescore=lambda ev: (ev.scores[name].astype(np.float64), None),
+                    rule=LabelRule(score=name, threshold=thr, text=f"{name} ≥ {thr:g} (fixed threshold)"))
 
 
 @DECIDERS.register("reference", "p-value against known-unused real images; label = p ≤ alpha")
@@ -49,6 +50,8 @@ def reference(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
         v = ev.scores[name].astype(np.float64)
         return v, empirical_p(v, null)
 
+    rule = LabelRule(score=name, alpha=cfg.alpha, gated=True,
+                     text=f"p ≤ α = {cfg.alpha:g} against the known-unused images' {name}")
     return Decision(score=s, label=label.astype(np.int8), method="reference", p_value=p, verdict=verdict,
-                    rescore=rescore, details={"score": name, "alpha": cfg.alpha, "n_reference": int(len(null)),
+                    rescore=rescore, rule=rule, details={"score": name, "alpha": cfg.alpha, "n_reference": int(len(null)),
                              "min_possible_p": 1.0 / (1.0 + len(null))})

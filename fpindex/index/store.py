@@ -182,6 +182,10 @@ class IndexStore:
         flat = np.asarray(ids, dtype=np.int64).ravel()
         return [h if i >= 0 else "" for h, i in zip(self.sha256(np.maximum(flat, 0)), flat.tolist())]
 
+    def relative(self, ids: np.ndarray) -> list[str]:
+        """Each FAISS id's path inside the folder it was indexed from (POSIX)."""
+        return self._column("path", ids)
+
     def hashes(self) -> set[str]:
         return set(self.items.column("sha256").to_pylist())
 

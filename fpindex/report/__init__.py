@@ -7,6 +7,9 @@ OUT/submission.csv      <image id>,<0|1>           (ImageCLEF format, no header;
 OUT/neighbours.parquet  image, rank, generated_id, generated, cosine, then every other pair-level evidence
                         feature (one row per real image × neighbour; NaN where the feature was not computed
                         because the decision does not read it)
+OUT/generated.parquet   one row per generated image among some real image's neighbours: its best-matching real
+                        image, the copy features, and its replication grade (exact / near copy / partial copy /
+                        not a copy; decide/replication.py); empty when the decision reads no copy feature (`fixed`)
 OUT/summary.json        counts, verdict, decision, settings and config, versions, timings per stage, bad files,
                         run_id
 OUT/fpindex-run.json    the run id and the sha256 of each file above, written last (outputs.py)
@@ -17,9 +20,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,11 +33,18 @@ from ..evidence import Evidence
 from ..errors import FpindexError
 from ..load import image_id
 from ..search import Neighbours
+from .schema import Summary
 from ..safeio import WriteError, json_default, reason, pause_for_tests
 from ..utils import Timings
 from . import outputs
 
 OUTPUTS = outputs.OUTPUTS
+
+
+def empty_generated() -> pd.DataFrame:
+    from ..decide.replication import COLUMNS
+
+    return pd.DataFrame({c: [] for c in COLUMNS})
 
 
 def submission_ids(images: list[str]) -> list[str]:
@@ -61,18 +70,22 @@ class AuditResult:
     predictions: pd.DataFrame        # image, score, label, p_value (NaN when the method has no null), flagged_by
     neighbours: pd.DataFrame         # image, rank, generated_id, generated, cosine, <pair-level evidence…>
     verdict: Verdict
-    summary: dict[str, Any]
+    summary: Summary                 # what summary.json holds (schema.py)
     decision: Decision
     timings: Timings
     # Every folder's per-image evidence ('real', and 'used', 'not_used', 'reference' when given), in file order:
     # what the decision read, so it can be re-decided or studied without recomputing anything.
     evidence: dict[str, Evidence] = field(default_factory=dict)
+    # Per generated image among some real image's neighbours: its best-matching real image and replication
+    # grade (decide/replication.py; generated.parquet). None: not graded (the `fixed` decision reads no copy feature).
+    generated: pd.DataFrame | None = None
 
     @classmethod
     def of(cls, images: list[str], decision: Decision, nb: Neighbours, pair: dict[str, np.ndarray],
-           generated: np.ndarray, summary: dict[str, Any], timings: Timings,
+           generated: np.ndarray, summary: Summary, timings: Timings,
            evidence: dict[str, Evidence] | None = None, sha256: list[str] | None = None,
-           generated_sha256: list[str] | None = None) -> "AuditResult":
+           generated_sha256: list[str] | None = None,
+           generated_answer: pd.DataFrame | None = None) -> "AuditResult":
         """`sha256`, `generated_sha256`: content ids of each real image and each neighbour, kept in
         neighbours.parquet so `fpindex report` shows an image only while its bytes are still the scored ones."""
         n, k = nb.ids.shape
@@ -88,8 +101,9 @@ class AuditResult:
         if sha256 is not None and generated_sha256 is not None:
             neighbours["sha256"] = np.repeat(np.array(sha256, dtype=object), k)
             neighbours["generated_sha256"] = np.array(generated_sha256, dtype=object)
-        summary = {**summary, "timings": timings.as_dict()}
-        return cls(predictions, neighbours, decision.verdict, summary, decision, timings, dict(evidence or {}))
+        summary = replace(summary, timings=timings.as_dict())
+        return cls(predictions, neighbours, decision.verdict, summary, decision, timings, dict(evidence or {}),
+                   generated_answer)
 
     def save(self, out: str | Path, run_id: str | None = None) -> Path:
         """Write the four output files into `out` (created if needed) as one run (outputs.py): all or none of
@@ -97,7 +111,7 @@ class AuditResult:
         out = Path(out)
         outputs.check_folder(out)
         ids = submission_ids(list(self.predictions["image"]))   # first: a shared stem leaves nothing half-written
-        self.summary["run_id"] = run_id = run_id or outputs.new_run_id()
+        self.summary.run_id = run_id = run_id or outputs.new_run_id()
         staged: dict[str, Path] = {}
         try:
             with self.timings.stage("write"):
@@ -114,8 +128,12 @@ class AuditResult:
                 staged["neighbours.parquet"] = tmp = outputs.stage(out, "neighbours.parquet")
                 # Column by column from numpy: pandas conversion would turn NaN ("not computed") into null.
                 pq.write_table(pa.table({c: self.neighbours[c].to_numpy() for c in self.neighbours.columns}), tmp)
-            self.summary["timings"] = self.timings.as_dict()
-            self._text(out, staged, "summary.json", json.dumps(self.summary, indent=2, default=json_default) + "\n")
+                # Always written (empty when not graded), so no earlier run's answer outlives its run.
+                staged["generated.parquet"] = tmp = outputs.stage(out, "generated.parquet")
+                g = self.generated if self.generated is not None else empty_generated()
+                pq.write_table(pa.Table.from_pandas(g, preserve_index=False), tmp)
+            self.summary.timings = self.timings.as_dict()
+            self._text(out, staged, "summary.json", json.dumps(self.summary.to_dict(), indent=2, default=json_default) + "\n")
             pause_for_tests("outputs-staged")
             outputs.commit(out, run_id, staged)
         except OSError as e:

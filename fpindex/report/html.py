@@ -10,7 +10,6 @@ name and swapped in, then report.html is renamed into place; either is replaced 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -22,11 +21,14 @@ import pandas as pd
 
 from .._version import __version__
 from ..errors import FpindexError
-from ..load import DEFAULT_MAX_PIXELS, ReadOptions, Reader, image_id, load_image, split_frame
+from ..load import image_id
 from ..load.tables import read_labels
 from ..metrics import METRICS
 from ..utils import atomic_dir, write_text_atomic
+from .schema import REQUIRED, Summary
 from .outputs import FILES, GENERATOR, MARK, REPORT, recover, verify
+from .pictures import Images, pair_views, read_options
+from .withhold import answers, withhold_section
 
 OPEN_GALLERIES = 5      # shown unfolded; the rest and the full table sit in <details>, so the page stays short
 META = ("image", "rank", "generated_id", "generated")    # neighbours.parquet columns that are not evidence
@@ -38,7 +40,7 @@ class Outputs:
     """What an audit wrote into OUT, read and checked."""
 
     out: Path
-    summary: dict[str, Any]
+    summary: Summary
     predictions: pd.DataFrame
     neighbours: pd.DataFrame
 
@@ -54,13 +56,16 @@ def read_outputs(out: str | Path) -> Outputs:
     if not path.is_file():
         raise FpindexError(f"{path}: no such file (is {out} an audit's output folder?)")
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FpindexError(f"{path}: not valid JSON ({e})") from None
-    missing = [k for k in ("counts", "verdict", "decision", "settings") if not isinstance(summary, dict)
-               or k not in summary]
+    missing = [k for k in REQUIRED if not isinstance(raw, dict) or k not in raw]
     if missing:
         raise FpindexError(f"{path}: not an audit summary (no {', '.join(missing)})")
+    try:
+        summary = Summary.from_dict(raw)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise FpindexError(f"{path}: not an audit summary of a known schema ({e})") from None
     path = out / "predictions.csv"
     try:
         predictions = pd.read_csv(path, dtype={"image": str})
@@ -81,24 +86,19 @@ def read_outputs(out: str | Path) -> Outputs:
     lack = [c for c in META if c not in neighbours.columns]
     if lack:
         raise FpindexError(f"{path}: missing column(s) {', '.join(lack)}")
-    verify(out, summary)
+    verify(out, {"run_id": summary.run_id})
     return Outputs(out, summary, predictions, neighbours)
 
 
-def _threshold(summary: dict, p: pd.DataFrame) -> Optional[float]:
-    """The decision's threshold on the reported score: stored for `fixed`, 0.5 for `calibrated`; for `reference`
-    the midpoint between the highest score labelled not used and the lowest labelled used."""
-    d = summary["decision"]
-    for key in ("threshold", "score_threshold"):
-        if isinstance(d.get(key), (int, float)):
-            return float(d[key])
-    if d.get("method") == "calibrated" and summary["verdict"].get("leakage"):
-        return 0.5                                    # label = P(used) ≥ 0.5 (decide/)
-    # reference: label = p ≤ α, and p falls as the score rises, so a separating score lies between the labels
-    pos, neg = p.loc[p["label"] == 1, "score"], p.loc[p["label"] == 0, "score"]
-    if len(pos) and len(neg):
-        return float((pos.min() + neg.max()) / 2) if neg.max() < pos.min() else float(pos.min())
-    return None
+def _threshold(summary: Summary) -> Optional[float]:
+    """The line the decision's own labelling rule draws on the score (decide/base.LabelRule); None when the
+    rule is on the p-value (reference, pu) or an older summary.json did not record it (then a stored
+    `threshold` detail, as `fixed` and `copies` always wrote one, is still read)."""
+    rule = summary.decision.rule
+    if rule is not None:
+        return rule.threshold
+    thr = summary.decision.details.get("threshold")
+    return float(thr) if isinstance(thr, (int, float)) and not isinstance(thr, bool) else None
 
 
 def _num(v: Any, fmt: str = ".3f") -> str:
@@ -109,80 +109,8 @@ def _num(v: Any, fmt: str = ".3f") -> str:
     return "—" if math.isnan(f) else format(f, fmt)
 
 
-def read_options(summary: dict[str, Any]) -> ReadOptions:
-    """How the audit read its images (--window, --axis, --max-pixels: the index's embedder records the first
-    two), so the report shows the pixels that were scored, not the files' default rendering."""
-    e = summary.get("settings", {}).get("embedder") or {}
-    embed = (summary.get("config") or {}).get("embed") or {}
-    window = e.get("window")
-    return ReadOptions(window=tuple(float(v) for v in window) if window else None, axis=int(e.get("axis", 2)),
-                       max_pixels=int(embed.get("max_pixels") or DEFAULT_MAX_PIXELS))
-
-
-class _Images:
-    """Canonical pixels of the report's images, each read once and written once as a PNG in report_files/."""
-
-    def __init__(self, folder: Path, size: int, read: ReadOptions = ReadOptions()):
-        self.folder, self.size = folder, size
-        self.reader = Reader(read)
-        self.pixels: dict[str, Any] = {}
-        self.names: dict[str, str] = {}
-
-    def load(self, path: str, sha256: str | None = None):
-        """The pixels at `path`, or why not: a file whose content id is no longer the audited one (`sha256`)
-        is not shown, since it would sit beside scores computed from other bytes."""
-        if path not in self.pixels:
-            try:
-                if not Path(split_frame(path)[0]).is_absolute():
-                    raise ValueError("the audit recorded this folder as a relative path (an older fpindex); "
-                                     "not shown, since it may name other images from here")
-                if sha256 and self.reader.content(path)[0] != sha256:
-                    raise ValueError(f"{path} changed since the audit (its content is not the one scored); "
-                                     "not shown")
-                self.pixels[path] = load_image(path, self.size, reader=self.reader)[0]
-            except (ValueError, OSError) as e:
-                self.pixels[path] = str(e)
-        return self.pixels[path]
-
-    def png(self, key: str, img: np.ndarray) -> str:
-        import cv2
-
-        if key not in self.names:
-            name = hashlib.sha256(key.encode()).hexdigest()[:20] + ".png"
-            arr = img if img.dtype == np.uint8 else np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
-            ok, buf = cv2.imencode(".png", arr)
-            if not ok:
-                raise FpindexError(f"cannot encode a PNG for {key}")
-            (self.folder / name).write_bytes(buf.tobytes())
-            self.names[key] = f"{FILES}/{name}"
-        return self.names[key]
-
-    def picture(self, path: str, sha256: str | None = None) -> dict[str, str]:
-        px = self.load(path, sha256)
-        if isinstance(px, str):
-            return {"src": "", "error": px}
-        return {"src": self.png(path, px), "error": ""}
-
-
-def _pair_views(images: _Images, real: str, gen: str) -> list[dict[str, str]]:
-    """The best neighbour moved onto the real image (align_to), their colour overlay (real in magenta,
-    neighbour in green: grey where they agree) and the absolute difference, amplified ×4."""
-    from ..evidence.align import align_to
-
-    a, b = images.load(real), images.load(gen)
-    if isinstance(a, str) or isinstance(b, str):
-        return []
-    moved = align_to(a, b)
-    overlay = np.stack([a, moved, a], axis=-1)          # OpenCV's order is BGR; magenta = B + R
-    diff = np.clip(np.abs(a - moved) * 4.0, 0, 1)
-    key = f"{real}\n{gen}"
-    return [{"title": "neighbour aligned", "src": images.png(key + "\nmoved", moved)},
-            {"title": "overlay (real magenta, neighbour green)", "src": images.png(key + "\noverlay", overlay)},
-            {"title": "|difference| × 4", "src": images.png(key + "\ndiff", diff)}]
-
-
-def _galleries(o: Outputs, images: _Images, top: int, evidence: list[str]) -> list[dict[str, Any]]:
-    real_dir = Path(o.summary["settings"].get("folders", {}).get("real", ""))
+def _galleries(o: Outputs, images: Images, top: int, evidence: list[str]) -> list[dict[str, Any]]:
+    real_dir = Path(o.summary.settings.folders.get("real", ""))
     best = o.predictions.sort_values(["score", "image"], ascending=[False, True], kind="mergesort").head(top)
     by_image = {img: g.sort_values("rank") for img, g in o.neighbours.groupby("image", sort=False)}
     out = []
@@ -199,7 +127,7 @@ def _galleries(o: Outputs, images: _Images, top: int, evidence: list[str]) -> li
                                    **images.picture(str(n.generated), getattr(n, "generated_sha256", None)),
                                    "scores": [(c, _num(getattr(n, c))) for c in evidence]})
         shown = images.picture(real, nb["sha256"].iloc[0] if nb is not None and "sha256" in nb else None)
-        views = _pair_views(images, real, neighbours[0]["path"]) if neighbours else []
+        views = pair_views(images, real, neighbours[0]["path"]) if neighbours else []
         out.append({"position": rank, "image": row.image, "anchor": f"g{rank}", "score": _num(row.score, ".4f"),
                     "label": int(row.label), "neighbours": neighbours,
                     "real": shown,
@@ -256,13 +184,13 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
     truth = read_labels(labels) if labels is not None else {}
     known = np.array([truth.get(image_id(i), -1) for i in p["image"]])     # joined as `fpindex evaluate` joins
     scores = p["score"].to_numpy(np.float64)
-    threshold = _threshold(s, p)
+    threshold = _threshold(s)
     evidence = [c for c in o.neighbours.columns if c not in META + HASHES]
-    size = int(s["settings"].get("embedder", {}).get("image_size") or 256)
+    size = int(s.settings.embedder.get("image_size") or 256)
     best = o.neighbours.sort_values("rank").groupby("image", sort=False).first()
     with atomic_dir(out / FILES) as tmp:
         (tmp / MARK).write_text("written by fpindex report; replaced whole on the next report\n")
-        images = _Images(tmp, size, read_options(s))
+        images = Images(tmp, size, read_options(s))
         (tmp / "scores.png").write_bytes(plots.score_histogram(
             {"used": scores[known == 1], "not used": scores[known == 0], "unlabelled": scores[known < 0]},
             threshold, "membership score"))
@@ -271,6 +199,7 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
             (tmp / "roc.png").write_bytes(plots.roc_curve(known[known >= 0], scores[known >= 0]))
         sensitivity = _sensitivity(out, tmp)
         galleries = _galleries(o, images, top, evidence)
+        withhold = withhold_section(out, s, o.neighbours, images, top)
         anchors = {g["image"]: g["anchor"] for g in galleries}
         rows = [{"image": img, "score": float(sc), "score_text": _num(sc, ".4f"), "label": int(lab),
                  "p_value": _num(pv, ".3g"), "truth": {1: "used", 0: "not used"}.get(int(t), ""),
@@ -284,12 +213,12 @@ def write_report(out: str | Path, top: int = 50, labels: Optional[str | Path] = 
                           trim_blocks=True, lstrip_blocks=True)
         env.filters["num"] = _num
         html = env.get_template("report.html.j2").render(
-            generator=f"{GENERATOR} {__version__}", s=s, verdict=s["verdict"], decision=s["decision"],
-            threshold=threshold, evaluation=evaluation, metrics=METRICS, roc=roc, galleries=galleries,
+            generator=f"{GENERATOR} {__version__}", s=s.to_dict(), verdict=s.verdict.as_dict(),
+            decision=s.decision.to_dict(), rule=s.decision.rule, threshold=threshold, evaluation=evaluation, metrics=METRICS, roc=roc, galleries=galleries,
             evidence=evidence, rows=rows, top=top, open_galleries=OPEN_GALLERIES, labelled=bool(truth), files=FILES,
-            canaries=s.get("canaries"), sensitivity=sensitivity,
-            settings_json=json.dumps(s.get("settings", {}), indent=2, sort_keys=True),
-            config_json=json.dumps(s.get("config", {}), indent=2, sort_keys=True),
-            bad_files=[(name, b) for name, bad in (s.get("bad_files") or {}).items() for b in bad])
+            canaries=s.canaries, sensitivity=sensitivity, withhold=withhold, answers=answers(s),
+            settings_json=json.dumps(s.to_dict()["settings"], indent=2, sort_keys=True),
+            config_json=json.dumps(s.config, indent=2, sort_keys=True),
+            bad_files=[(name, b) for name, bad in s.bad_files.items() for b in bad])
     write_text_atomic(out / REPORT, html)
     return out / REPORT
