@@ -28,8 +28,8 @@ def test_the_readme_python_example_runs(scenario, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     assert sorted(p.name for p in (tmp_path / "results-py").iterdir()) == ["fpindex-run.json", "neighbours.parquet",
-                                                                           "predictions.csv", "submission.csv",
-                                                                           "summary.json"]
+                                                                           "patients.csv", "predictions.csv",
+                                                                           "submission.csv", "summary.json"]
 
 
 def test_audit_in_memory_writes_nothing(leak, helpers, tmp_path, monkeypatch):

@@ -55,6 +55,17 @@ class Verdict:
                 "copy_p_value": self.copy_p, "fused_leakage": self.fused, "text": self.text}
 
 
+@dataclass(frozen=True)
+class GroupTest:
+    """The verdict's permutation test read at the level of whole groups (patients, or the sibling proxy): the
+    AUC of each group's highest score, against the same permutations of whole groups' labels."""
+
+    auc: float
+    p_value: float
+    groups: tuple[int, int]          # groups on the positive side (used / real), on the negative side
+    permutations: int
+
+
 @dataclass
 class Decision:
     score: np.ndarray
@@ -70,6 +81,8 @@ class Decision:
     p_channels: dict[str, np.ndarray] = field(default_factory=dict)
     # The fitted decision applied to other evidence (the canaries' what-if): score and p-value (None: no null).
     rescore: Callable[[Evidence], tuple[np.ndarray, np.ndarray | None]] | None = field(default=None, repr=False)
+    # The set-level test at the level of the evidence's groups (decide/patients.py); None: no groups given.
+    group_test: GroupTest | None = None
 
 
 def empirical_p(scores: np.ndarray, null: np.ndarray) -> np.ndarray:

@@ -162,7 +162,7 @@ def with_copy_channel(cfg: DecideConfig, fused: Decision, target: Evidence, null
     return Decision(score=fused.score, label=(fused_label | copy_label).astype(np.int8), method=fused.method,
                     verdict=verdict, details=details, p_value=combine(fused.p_value, test),
                     flagged_by=_flagged_by(fused_label, copy_label, test.best), rescore=rescore,
-                    p_channels={"fused": fused.p_value, "copy": test.p})
+                    p_channels={"fused": fused.p_value, "copy": test.p}, group_test=fused.group_test)
 
 
 AGREE = 2          # copy-level features that must agree before the `copies` decision calls an image a copy

@@ -60,4 +60,4 @@ def positive_unlabelled(cfg: DecideConfig, target: Evidence, data: Labelled) -> 
         return q, empirical_p(q, null_score)
 
     return Decision(score=score, label=label.astype(np.int8), method="pu", p_value=p, verdict=verdict,
-                    details=details, rescore=rescore)
+                    details=details, rescore=rescore, group_test=cv.group_test)
