@@ -324,12 +324,12 @@ def audit(generated: str | Path, real: str | Path, config: AuditConfig, index_di
     timings = Timings()
     # Check every input folder before the expensive build, so a typo fails in a second, not after it.
     check_distinct({"real": real, "used": used, "not_used": not_used, "reference": reference})
+    table = read_groups(config.decide.groups) if config.decide.groups is not None else None
     for name, p in {"real-image": real, "used": used, "not-used": not_used, "reference": reference}.items():
         if p is not None:
             files = list_images(p, f"{name} folder", ReadOptions.of(config.embed))
             if table is not None and name == "real-image":
                 check_listed(table, [f.name for f in files], "real")
-    table = read_groups(config.decide.groups) if config.decide.groups is not None else None
     given = {"used": used, "not_used": not_used, "reference": reference}
     choose_method(config.decide, Labelled(**{n: _EMPTY for n, p in given.items() if p is not None}))
     if index_dir is not None:
