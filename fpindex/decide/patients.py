@@ -25,7 +25,6 @@ import pandas as pd
 
 from ..metrics import rank_auc
 from .base import Decision, GroupTest
-from .copies import COPY_SHARE
 from .grouping import PROXY, GroupSource, Grouping
 
 COLUMNS = ["patient", "source", "images", "score", "p_value", "label", "top_image", "flagged_images"]
@@ -94,13 +93,15 @@ class Patients:
     verdict: PatientVerdict
     grouping: dict[str, GroupSource] = field(default_factory=dict)
     known: bool = False                  # some image's patient is known (not only the proxy)
+    note: str = ""                       # what keeps the patient-level test from being made, said as a warning
 
     def warnings(self, table: str | None) -> list[str]:
         """Images a groups CSV left unknown: counted per folder and said, since they keep the proxy."""
         left = {name: g.by.get(PROXY, 0) for name, g in self.grouping.items()}
+        notes = [self.note] if self.note else []
         if table is None or not any(left.values()):
-            return []
-        return [f"{table}: {', '.join(f'{n} of {self.grouping[f].images} {f} images' for f, n in left.items() if n)} "
+            return notes
+        return notes + [f"{table}: {', '.join(f'{n} of {self.grouping[f].images} {f} images' for f, n in left.items() if n)} "
                 "are not listed (nor have DICOM patient tags); they keep the sibling proxy (mutual 2-NN groups "
                 "among themselves) in the folds and permutations"]
 
@@ -134,6 +135,8 @@ def _tested(method: str, grouping: dict[str, Grouping]) -> list[str]:
 def patient_level(decision: Decision, images: list[str], grouping: dict[str, Grouping] | None,
                   alpha: float) -> Patients:
     """`images`: the real images in the decision's order; `grouping`: every folder's (None: no groups)."""
+    from .copies import COPY_SHARE      # here: importing copies.py first would register `copies` first
+
     known = grouping is not None and any(g.exact for g in grouping.values())
     described = {name: g.describe() for name, g in (grouping or {}).items()}
     if not known:
@@ -183,9 +186,13 @@ def patient_level(decision: Decision, images: list[str], grouping: dict[str, Gro
     table = pd.DataFrame({"patient": names, "source": source, "images": size, "score": top_score, "p_value": p,
                           "label": label.astype(np.int8), "top_image": np.array(images, dtype=object)[first],
                           "flagged_images": flagged})
+    note = "" if test is not None or not has_p else (
+        f"fewer than 2 patients on a side of the {decision.method} decision's test ({', '.join(tested)}): no "
+        "patient-level test; a fused decision then cross-fits and permutes single images, which overstates the "
+        "evidence when slices of one patient are alike")
     table = table.sort_values(["label", "p_value", "score"], ascending=[False, True, False], kind="stable",
                               na_position="last").reset_index(drop=True)
-    return Patients(table, verdict, described, known=True)
+    return Patients(table, verdict, described, known=True, note=note)
 
 
 __all__ = ["PROXY", "Patients", "PatientVerdict", "patient_level", "permutation_group_test", "group_max"]
