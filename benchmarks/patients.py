@@ -191,6 +191,9 @@ def main() -> None:
                   "patient": rate(sum(r["patient"] for r in null_rows if r["method"] == m),
                                   sum(1 for r in null_rows if r["method"] == m))}
               for m in dict.fromkeys(r["method"] for r in null_rows)}
+    pooled = [r for r in null_rows if r["method"] != "calibrated (audit)"]
+    totals["all re-decisions"] = {"image": rate(sum(r["image"] for r in pooled), len(pooled)),
+                                  "patient": rate(sum(r["patient"] for r in pooled), len(pooled))}
     record = {"machine": machine() | {"load_before": load_before, "load_after": os.getloadavg()},
               "wall_s": round(time.perf_counter() - t0, 1), "command": " ".join(sys.argv), "alpha": args.alpha,
               "parameters": vars(args) | {"real": str(args.real), "out": str(args.out)},

@@ -179,3 +179,30 @@ def test_dicom_patient_tags_group_images_when_no_csv_says(tmp_path):
     assert g.sources == ["DICOM PatientID", "DICOM StudyInstanceUID", "", *["DICOM PatientID"] * 3]
     (tmp_path / "g.csv").write_text("image,patient\na.dcm,P-1\n")
     assert folder_groups(tmp_path, paths, read_groups(tmp_path / "g.csv")).names[:2] == ["P-1", "1.2.4"]
+
+
+def test_simulate_with_a_manifest_writes_every_real_image_patient(helpers, tmp_path):
+    import fpindex
+
+    real, rows = tmp_path / "real", ["file,patient_id"]
+    for p in range(12):
+        for z in range(2):
+            helpers.write_png(real / f"p{p:02d}" / f"s{z}.png", helpers.smooth_image(100 * p + z))
+            rows.append(f"p{p:02d}/s{z}.png,P{p:02d}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    sim = fpindex.simulate(real, tmp_path / "sim", members=6, kinds=["exact"], rate=1.0, seed=1,
+                           manifest=tmp_path / "manifest.csv", size=64)
+    out = sim.root
+    groups = read_groups(out / "groups.csv").group
+    written = [p for d in ("train/used", "train/not_used", "test") for p in sorted((out / d).iterdir())]
+    assert sorted(groups) == sorted(p.stem for p in written)
+    for p in sim.planted:                       # each copied member's patient is the manifest's
+        original = p["original"].split("real/")[1]
+        assert groups[p["source"].rsplit("/", 1)[1].rsplit(".", 1)[0]] == f"P{original[1:3]}"
+    labels = {r["image"]: r["label"] for r in helpers.read_csv(out / "test_labels.csv")}
+    members = {groups[p.stem] for p in (out / "train" / "used").iterdir()} | \
+        {groups[n.rsplit(".", 1)[0]] for n, lab in labels.items() if lab == "1"}
+    others = {groups[p.stem] for p in (out / "train" / "not_used").iterdir()} | \
+        {groups[n.rsplit(".", 1)[0]] for n, lab in labels.items() if lab == "0"}
+    assert members and others and not members & others
+    assert sim.record["groups"] == "groups.csv"
