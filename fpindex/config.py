@@ -107,6 +107,9 @@ class DecideConfig:
     cv_folds: int = 5
     permutations: int = 199          # label permutations for the calibrated verdict's p-value
     seed: int = 0
+    # CSV image,patient (or study/series): the exact groups for folds, permutations and the patient-level answer;
+    # None: DICOM PatientID/StudyInstanceUID tags where present, else the sibling proxy (decide/grouping.py)
+    groups: str | None = None
 
     def __post_init__(self) -> None:
         _check_float("--threshold", self.threshold, none=True)      # NaN would label every image 0
@@ -114,6 +117,8 @@ class DecideConfig:
         _check_int("cv_folds", self.cv_folds, 2)
         _check_int("permutations", self.permutations, 1)
         _check_int("--seed", self.seed, 0, MAX_SEED)
+        if self.groups is not None and not isinstance(self.groups, str):
+            raise FpindexError(f"--groups must be a CSV file's path, not {self.groups!r}")
 
 
 @dataclass(frozen=True)

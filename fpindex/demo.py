@@ -10,6 +10,7 @@ simulator's plant kinds, plants.py), and adds fresh images of patients no real s
     train/not_used/        labelled non-member images (calibration)
     test/                  members and non-members, unlabelled, from other patients than train/
     test_labels.csv        image,label for test/
+    groups.csv             image,patient for every real image (train/ and test/), for --groups
     planted.json           which generated images replay which member, and how (plants.py kinds)
 
 `run_demo` writes a scenario into OUT/data, audits it with calibration into OUT/audit and evaluates the result
@@ -92,11 +93,17 @@ def make_scenario(root: str | Path, seed: int = 0, size: ScenarioSize = Scenario
     root = Path(root)
     per = size.slices_per_patient
 
+    patient_of: dict[int, str] = {}         # id(image) → its patient, for groups.csv (every image kept is alive)
+    made = [0]
+
     def patients_images(n_images: int) -> list[np.ndarray]:
         out: list[np.ndarray] = []
         while len(out) < n_images:
             p = _patient(rng)
-            out += [_slice(p, z, size.size, rng) for z in range(per)]
+            made[0] += 1
+            for z in range(per):
+                out.append(_slice(p, z, size.size, rng))
+                patient_of[id(out[-1])] = f"patient-{made[0]:04d}"
         return out[:n_images]
 
     # Four disjoint patient groups: train members, train non-members, test members, test non-members.
@@ -138,6 +145,10 @@ def make_scenario(root: str | Path, seed: int = 0, size: ScenarioSize = Scenario
     write_json_atomic(root / "planted.json", {"planted": planted, "seed": seed, "size": asdict(size)})
     lines = ["image,label"] + [f"{n},{lab}" for n, lab in rows]
     write_text_atomic(root / "test_labels.csv", "\n".join(lines) + "\n")
+    patients = [(f"used_{i:05d}.png", patient_of[id(img)]) for i, img in enumerate(train_used)]
+    patients += [(f"not_used_{i:05d}.png", patient_of[id(img)]) for i, img in enumerate(train_not)]
+    patients += [(test_name[int(t)], patient_of[id(test[t][0])]) for t in order]
+    write_text_atomic(root / "groups.csv", "image,patient\n" + "".join(f"{n},{p}\n" for n, p in patients))
     return root
 
 

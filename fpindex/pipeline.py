@@ -20,6 +20,8 @@ from .cache import cache_root
 from .canaries import LEVEL_SOURCES, Folder, copy_levels, run_canaries, source_folder
 from .config import AuditConfig, EmbedConfig
 from .decide import COPY_CHECKED, FUSING, Inputs, Labelled, audit_warnings, choose_method, decide, emit, null_of
+from .decide.grouping import Folder as GroupFolder, group_folders
+from .decide.patients import patient_level
 from .devices import faiss_device
 from .embed import (SELFSUP, SELFSUP_FILE, Embedded, Embedder, embed_identity, make_embedder, resolved,
                     train_on_generated, vector_cache)
@@ -28,11 +30,12 @@ from .errors import FpindexError
 from .evidence import FEATURES, Evidence, FitInput, Query, Run
 from .index import MANIFEST_FILE, IndexStore, create_store, finish_in_memory, is_index_dir
 from .load import ReadOptions, check_distinct, list_folder, list_images
+from .load.groups import check_listed, read_groups
 from .pixels import PixelStore, QueryImages
 from .decide.replication import assess, counts, withheld
 from .report import AuditResult, submission_ids
 from .safeio import recover_dir, refuse_special, shown
-from .search import Neighbours, search, search_real, sibling_groups
+from .search import Neighbours, search, search_real
 from .report.schema import Counts, DecisionRecord, FolderCounts, GeneratedSummary, Settings, Summary
 from .utils import Timings, versions
 
@@ -219,6 +222,9 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
              for name, p in folders.items() if p is not None}
     listed = {name: (root, files) for name, (root, files, _) in found.items()}
     submission_ids([f.relative_to(listed["real"][0]).as_posix() for f in listed["real"][1]])
+    groups_table = read_groups(config.decide.groups) if config.decide.groups is not None else None
+    if groups_table is not None:        # a table written for other names fails now, not after embedding
+        check_listed(groups_table, [f.name for f in listed["real"][1]], "real")
     method = choose_method(config.decide, Labelled(**{n: _EMPTY for n, p in folders.items() if n != "real" and p}))
     embedder = built.embedder if built is not None else make_embedder(embed_cfg)
     store.check_compatible(embed_identity(embed_cfg, embedder), embedder.dim)
@@ -248,13 +254,13 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
     if depth:
         with timings.stage("search"):
             background = search_real([(e.vectors, e.sha256) for e, _ in searched.values()], depth)
-    siblings = [None] * len(searched)
-    if method in FUSING:        # their cross-fits and permutation tests move sibling images together
-        with timings.stage("search"):
-            siblings = sibling_groups([e.vectors for e, _ in searched.values()])
+    with timings.stage("search"):   # folds and permutations move whole patients, or sibling groups (FUSING)
+        grouping = group_folders({n: GroupFolder(e.root, e.paths, e.vectors) for n, (e, _) in searched.items()},
+                                 groups_table, proxy=method in FUSING)
     real_cosines = dict(zip(searched, background))
     results: dict[str, tuple[Embedded, Any, dict[str, np.ndarray], Evidence]] = {}
-    for (name, (emb, nb)), groups in zip(searched.items(), siblings):
+    for name, (emb, nb) in searched.items():
+        groups = grouping[name].ids if grouping is not None else None
         real_cosine = real_cosines[name]
         q = Query(sha256=emb.sha256, vectors=emb.vectors, nb=nb,
                   gen_sha256=lambda ids: store.items.column("sha256").take(ids).to_pylist(),
@@ -275,10 +281,11 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
         decision = decide(config.decide, results["real"][3], labelled, method=method)
 
     emb, nb, pair, ev = results["real"]
+    patients = patient_level(decision, emb.paths, grouping, config.decide.alpha)
     null = null_of(method, labelled)
     warned = audit_warnings(decision, Inputs(
         n_real=len(emb.paths), n_generated=store.ntotal, n_null=0 if null is None else len(null),
-        real_in_generated=store.count_known(emb.sha256)))
+        real_in_generated=store.count_known(emb.sha256))) + patients.warnings(config.decide.groups)
     emit(warned)
     summary = Summary(
         counts=Counts({name: FolderCounts(files=len(listed[name][1]) + len(found[name][2]),
@@ -296,7 +303,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
         evidence={name: {"level": FEATURES.get(name).level, "help": FEATURES.help(name),
                          "computed": not FEATURES.get(name).on_demand or name in wanted} for name in names},
         bad_files={name: [b.__dict__ for b in r[0].bad] for name, r in results.items() if r[0].bad},
-        warnings=warned, versions=versions())
+        warnings=warned, versions=versions(), patients=patients.to_dict())
     canary_from = source_folder(method, set(results)) if config.canaries.n > 0 else None
     if canary_from is not None:        # beside the index, never in it: nothing above changes (canaries.py)
         folder = Folder(canary_from, *results[canary_from], real_cosine=real_cosines[canary_from])
@@ -320,7 +327,8 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
         summary.build = {k: v for k, v in build_summary.items() if k != "manifest"}
     return AuditResult.of(emb.paths, decision, nb, pair, np.array(store.paths(nb.ids), dtype=object), summary,
                           timings, evidence={name: r[3] for name, r in results.items()},
-                          sha256=emb.sha256, generated_sha256=store.sha256_of(nb.ids), generated_answer=generated)
+                          sha256=emb.sha256, generated_sha256=store.sha256_of(nb.ids), generated_answer=generated,
+                          patients=patients)
 
 
 def audit(generated: str | Path, real: str | Path, config: AuditConfig, index_dir: str | Path | None = None,
@@ -330,9 +338,12 @@ def audit(generated: str | Path, real: str | Path, config: AuditConfig, index_di
     timings = Timings()
     # Check every input folder before the expensive build, so a typo fails in a second, not after it.
     check_distinct({"real": real, "used": used, "not_used": not_used, "reference": reference})
+    table = read_groups(config.decide.groups) if config.decide.groups is not None else None
     for name, p in {"real-image": real, "used": used, "not-used": not_used, "reference": reference}.items():
         if p is not None:
-            list_images(p, f"{name} folder", ReadOptions.of(config.embed))
+            files = list_images(p, f"{name} folder", ReadOptions.of(config.embed))
+            if table is not None and name == "real-image":
+                check_listed(table, [f.name for f in files], "real")
     given = {"used": used, "not_used": not_used, "reference": reference}
     choose_method(config.decide, Labelled(**{n: _EMPTY for n, p in given.items() if p is not None}))
     if index_dir is not None:

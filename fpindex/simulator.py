@@ -10,6 +10,7 @@ a generator's fresh output. Written, all at once (the folder appears only when c
     train/used/          labelled members            train/not_used/   labelled non-members
     test/                members and non-members, unlabelled (real_XXXXX.*)
     test_labels.csv      image,label for test/
+    groups.csv           image,patient for every real image written (train/ and test/), with a manifest only
     planted.json         exactly what was planted where (kind, strength, source, what was mixed in), the
                          split, the parameters and versions
 
@@ -109,6 +110,11 @@ def _groups(root: Path, files: list[Path], manifest: dict[str, str] | None, wher
     return [by[k] for k in sorted(by)]
 
 
+def _csv_field(value: str) -> str:
+    """A patient id as one CSV field (quoted when it holds a comma, quote or line end)."""
+    return '"' + value.replace('"', '""') + '"' if any(c in value for c in ',"\r\n') else value
+
+
 def _take(groups: list[list[Path]], n: int) -> tuple[list[list[Path]], list[list[Path]]]:
     """Whole groups, in order, until at least n images."""
     got, count = 0, 0
@@ -163,6 +169,9 @@ def simulate(real: str | Path, out: str | Path, generated: str | Path | None = N
     table = read_manifest(manifest) if manifest is not None else None
     rng = np.random.default_rng([seed, 7])
     groups = _groups(real, files, table, str(manifest))
+    patient = {f: table.get(f.relative_to(real).as_posix(), table.get(split_frame(f.relative_to(real).as_posix())[0]
+                                                                      .as_posix())) for g in groups for f in g} \
+        if table is not None else {}
     groups = [groups[i] for i in rng.permutation(len(groups))]
     n_members = len(files) // 3 if members is None else members
     if n_members < 2:               # only the default can get here (a third of the images)
@@ -189,19 +198,25 @@ def simulate(real: str | Path, out: str | Path, generated: str | Path | None = N
             return p.relative_to(tmp).as_posix()
 
         origin: dict[Path, str] = {}
+        written: list[tuple[Path, Path]] = []       # (real source, its copy) for groups.csv
         for i, f in enumerate(used_tr):
-            origin[f] = rel(_copy(f, tmp / "train" / "used" / f"used_{i:05d}", size))
+            written.append((f, _copy(f, tmp / "train" / "used" / f"used_{i:05d}", size)))
+            origin[f] = rel(written[-1][1])
         for i, f in enumerate(not_tr):
-            _copy(f, tmp / "train" / "not_used" / f"not_used_{i:05d}", size)
+            written.append((f, _copy(f, tmp / "train" / "not_used" / f"not_used_{i:05d}", size)))
         test = [(f, 1) for f in used_te] + [(f, 0) for f in not_te]
         labels = []
         for j, t in enumerate(rng.permutation(len(test)).tolist()):
             f, label = test[t]
             dst = _copy(f, tmp / "test" / f"real_{j:05d}", size)
+            written.append((f, dst))
             if label:
                 origin[f] = rel(dst)
             labels.append((dst.name, label))
         write_text_atomic(tmp / "test_labels.csv", "image,label\n" + "".join(f"{n},{lab}\n" for n, lab in labels))
+        if table is not None:           # each real image written, with its patient, for `--groups`
+            write_text_atomic(tmp / "groups.csv", "image,patient\n" + "".join(
+                f"{Path(dst).name},{_csv_field(patient[src])}\n" for src, dst in written))
         gen_names = []
         for i, f in enumerate(gen_sources):
             name = (f.relative_to(generated).as_posix() if generated is not None else f"fresh_{i:05d}")
@@ -231,7 +246,7 @@ def simulate(real: str | Path, out: str | Path, generated: str | Path | None = N
             planted.append({"generated": rel(dst), "source": origin[src], "original": str(src), "kind": kind,
                             "strength": strength, "description": p.describe(strength), "rng": [seed, 11, j],
                             "mixed_in": [gen_names[t] for t in mix]})
-        record = {"planted": planted,
+        record = {"planted": planted, "groups": "groups.csv" if table is not None else None,
                   "split": {"by": "patient (manifest)" if table else "image", "members": len(member_files),
                             "non_members": len(not_tr) + len(not_te), "train_used": len(used_tr),
                             "train_not_used": len(not_tr), "test": len(test), "generated_copied": len(gen_sources),

@@ -27,9 +27,9 @@ def test_the_readme_python_example_runs(scenario, tmp_path, monkeypatch):
     shutil.copytree(scenario, tmp_path / "fpindex-demo" / "data")
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
-    assert sorted(p.name for p in (tmp_path / "results-py").iterdir()) == ["fpindex-run.json", "generated.parquet",
-                                                                           "neighbours.parquet", "predictions.csv", "submission.csv",
-                                                                           "summary.json"]
+    assert sorted(p.name for p in (tmp_path / "results-py").iterdir()) == [
+        "fpindex-run.json", "generated.parquet", "neighbours.parquet", "patients.csv", "predictions.csv",
+        "submission.csv", "summary.json"]
 
 
 def test_audit_in_memory_writes_nothing(leak, helpers, tmp_path, monkeypatch):

@@ -146,7 +146,8 @@ def test_demo(runner, tmp_path, monkeypatch):
                         "test_labels.csv)")
     assert "decision: calibrated → " in r.stdout
     assert re.search(r"calibration \(\d-fold CV on the labelled images\)", r.stdout)   # folds: sibling groups
-    assert f"wrote {res}/predictions.csv, submission.csv, neighbours.parquet, generated.parquet, summary.json" in lines
+    assert (f"wrote {res}/predictions.csv, submission.csv, neighbours.parquet, generated.parquet, patients.csv, "
+            "summary.json") in lines
     table = lines[lines.index("evaluation on test/ (labels never seen by the audit):") + 1:]
     assert table[0] == "| metric | fpindex | all used | all not used |" and table[-1].startswith("| ")
 

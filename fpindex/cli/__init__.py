@@ -27,7 +27,7 @@ from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION,
                       O_PRECISION, O_PRESET, O_QUIET, O_REFERENCE, O_SCORE, O_SEED, O_SIZE, O_TARGET, O_THRESHOLD,
                       O_TRAIN_STEPS, O_USED, O_VERBOSE, O_VERIFY, O_WEIGHTS, O_WINDOW, O_WORKERS, Device, Method,
                       Model, O_ADDRESS, O_ENGINE, O_HTML, O_JSON, O_MAX_PIXELS, O_TOP, Engine, PresetName, Precision,
-                      Score, config_from, typed_embedding, O_CANARIES, O_CANARY_KINDS, Kind)
+                      Score, config_from, typed_embedding, O_CANARIES, O_CANARY_KINDS, O_GROUPS, Kind)
 
 app = App(
     name="fpindex",
@@ -110,7 +110,7 @@ def query(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     k: int = O_K, decision: Method = O_DECISION, score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD,
     alpha: float = O_ALPHA, used: Optional[Path] = O_USED, not_used: Optional[Path] = O_NOT_USED,
-    reference: Optional[Path] = O_REFERENCE, canaries: int = O_CANARIES,
+    reference: Optional[Path] = O_REFERENCE, groups: Optional[Path] = O_GROUPS, canaries: int = O_CANARIES,
     canary_kinds: Optional[list[Kind]] = O_CANARY_KINDS,
     model: Optional[Model] = typer.Option(None, "--model", "-m", help="Only to assert the index's model; a "
                                           "different one is refused.", rich_help_panel="Embedding"),
@@ -154,7 +154,8 @@ def audit(
                                          "OUT/index. An existing index elsewhere is replaced only with --overwrite."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the index given with --index if it exists."),
     used: Optional[Path] = O_USED, not_used: Optional[Path] = O_NOT_USED, reference: Optional[Path] = O_REFERENCE,
-    model: Model = O_MODEL, weights: Optional[str] = O_WEIGHTS, enhance: Optional[list[str]] = O_ENHANCE,
+    groups: Optional[Path] = O_GROUPS, model: Model = O_MODEL, weights: Optional[str] = O_WEIGHTS,
+    enhance: Optional[list[str]] = O_ENHANCE,
     image_size: Optional[int] = O_SIZE, factory: str = O_FACTORY, max_memory: Optional[str] = O_MAX_MEMORY,
     k: int = O_K, decision: Method = O_DECISION,
     score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD, alpha: float = O_ALPHA,

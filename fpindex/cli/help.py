@@ -21,7 +21,8 @@ HELP_ALL = "--help-all"
 ADVANCED = {"weights", "image_size", "factory", "max_memory", "nprobe", "ef_search", "target_recall",
             "save_embeddings", "seed", "batch_size", "device", "precision", "workers", "no_cache", "cache_dir",
             "train_steps", "axis", "max_pixels", "preset", "engine", "address", "verify", "k", "score",
-            "threshold", "alpha", "canaries", "canary_kinds", "report_top", "window", "fail_on"}
+            "threshold", "alpha", "canaries", "canary_kinds", "report_top", "window", "fail_on",
+            "groups"}
 ADVANCED_IN = {"audit": {"index", "overwrite"},       # common elsewhere (build, query), rare here
                "query": {"model", "enhance"}}          # query only asserts them: the index decides
 # Options whose full help lists every choice with its meaning: one line on the first screen, all of it with

@@ -111,6 +111,12 @@ O_NOT_USED = typer.Option(None, "--not-used", help="Real images known not to be 
                           rich_help_panel="Decision")
 O_REFERENCE = typer.Option(None, "--reference", help="Real images known not to be used, to model the null when "
                            "no labelled pair is given.", rich_help_panel="Decision")
+O_GROUPS = typer.Option(None, "--groups", help="CSV with columns image and patient (or patient_id, study, series, "
+                        "group): which patient each image of any folder is of, matched by submission id (file stem, "
+                        "#k for image k of a multi-image file). Folds and permutations then move whole patients, "
+                        "and patients.csv and a patient-level verdict say which patients are exposed. Without it, "
+                        "DICOM images are grouped by their PatientID tag (else StudyInstanceUID); images left "
+                        "unknown keep the mutual-2-NN sibling proxy.", rich_help_panel="Decision")
 KINDS_HELP = "; ".join(f"{n} ({PLANTS.help(n)}; default strengths "
                        f"{', '.join(f'{s:g}' for s in PLANTS.get(n).strengths)})" for n in PLANTS.names())
 O_CANARIES = typer.Option(20, "--canaries", min=0, help="Known-unused images (from --not-used or --reference) "
@@ -179,6 +185,7 @@ FIELDS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "score": [("decide", "score", _value)],
     "threshold": [("decide", "threshold", _value)],
     "alpha": [("decide", "alpha", _value)],
+    "groups": [("decide", "groups", lambda v: str(v) if v else None)],
     "canaries": [("canaries", "n", _value)],
     "canary_kinds": [("canaries", "kinds", lambda v: tuple(_value(k) for k in v) if v else None)],
     "engine": [("run", "engine", _value)],

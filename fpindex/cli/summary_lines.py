@@ -74,6 +74,9 @@ def print_summary(quiet: bool, verbose: bool, out: Path, summary: Summary) -> No
         by = copy["labelled_by"]
         say(quiet, f"labelled by: the fused score {by['fused']}, the copy channel ({', '.join(copy['features'])}) "
                     f"{by['copy']}, both {by['both']}")
+    patients = summary.patients or {}
+    if patients.get("known"):
+        say(quiet, f"patients: {patients['verdict']['text']}")
     _canaries(quiet, summary.canaries)
     for name, bad in summary.bad_files.items():
         for b in bad[:5]:

@@ -25,7 +25,8 @@ copy; an image's p-value and label, and the verdict, take either channel's evide
 Before any image is labelled "used", the whole set gets a verdict: is there a membership signal at all?
 - calibrated and pu: the cross-validated AUC, with a bootstrap 95 % interval and a permutation test (the
   whole cross-validation redone on permuted labels). Real images come in series (a patient's slices), so
-  folds and permutations move whole sibling groups (`search.sibling_groups`), not single images;
+  folds and permutations move whole patients (`--groups`, DICOM tags) or, where none is known, sibling groups
+  (`search.sibling_groups`), never single images (grouping.py); patients.py reads the same test per patient;
 - reference: a one-sided Mann-Whitney test of the real images' scores against the reference scores.
 Without evidence at level α every label is 0, so a clean generator is not accused. Each image also gets a
 p-value: per channel, the share of known-unused images (their out-of-fold scores when fused) scoring at least

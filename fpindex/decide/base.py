@@ -96,6 +96,17 @@ class LabelRule:
                    gated=bool(d.get("gated", False)), text=str(d.get("text", "")))
 
 
+@dataclass(frozen=True)
+class GroupTest:
+    """The verdict's permutation test read at the level of whole groups (patients, or the sibling proxy): the
+    AUC of each group's highest score, against the same permutations of whole groups' labels."""
+
+    auc: float
+    p_value: float
+    groups: tuple[int, int]          # groups on the positive side (used / real), on the negative side
+    permutations: int
+
+
 @dataclass
 class Decision:
     score: np.ndarray
@@ -112,6 +123,8 @@ class Decision:
     # The fitted decision applied to other evidence (the canaries' what-if): score and p-value (None: no null).
     rescore: Callable[[Evidence], tuple[np.ndarray, np.ndarray | None]] | None = field(default=None, repr=False)
     rule: LabelRule | None = None       # how `label` was given (each method states its own)
+    # The set-level test at the level of the evidence's groups (decide/patients.py); None: no groups given.
+    group_test: GroupTest | None = None
 
 
 def empirical_p(scores: np.ndarray, null: np.ndarray) -> np.ndarray:

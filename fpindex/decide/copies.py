@@ -91,6 +91,12 @@ class CopyTest:
         return np.minimum(1.0, m * self.p_features.min(1)) if self.features else np.ones(len(self.p_features))
 
     @property
+    def p_all(self) -> np.ndarray:
+        """Every copy feature at copy level at once (intersection-union: the largest feature p-value), the
+        `copies` decision's rule that two measures must agree, as a p-value (decide/patients.py reads it)."""
+        return self.p_features.max(1) if self.features else np.ones(len(self.p_features))
+
+    @property
     def best(self) -> list[str]:
         if not self.features:
             return [""] * len(self.p_features)
@@ -165,7 +171,8 @@ def with_copy_channel(cfg: DecideConfig, fused: Decision, target: Evidence, null
     return Decision(score=fused.score, label=(fused_label | copy_label).astype(np.int8), method=fused.method,
                     verdict=verdict, details=details, p_value=combine(fused.p_value, test),
                     flagged_by=_flagged_by(fused_label, copy_label, test.best), rescore=rescore,
-                    p_channels={"fused": fused.p_value, "copy": test.p}, rule=rule)
+                    p_channels={"fused": fused.p_value, "copy": test.p, "copy_all": test.p_all}, rule=rule,
+                    group_test=fused.group_test)
 
 
 AGREE = 2          # copy-level features that must agree before the `copies` decision calls an image a copy

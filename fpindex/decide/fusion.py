@@ -12,7 +12,9 @@ from ..config import DecideConfig
 from ..errors import FpindexError
 from ..metrics import metrics, rank_auc
 from ..evidence import Evidence
-from .base import DECIDERS, Decision, LabelRule, Labelled, Verdict, _features, bootstrap_auc_ci, empirical_p
+from .base import (DECIDERS, Decision, GroupTest, LabelRule, Labelled, Verdict, _features, bootstrap_auc_ci,
+                   empirical_p)
+from .patients import group_max
 
 
 class MonotoneScore:
@@ -75,6 +77,8 @@ class CrossFit:
     weights: list[np.ndarray]
     observed_auc: float
     perm_p: float
+    fold: np.ndarray | None = None          # per image, the fold that held it out
+    group_test: GroupTest | None = None     # the same permutations read per group (decide/patients.py)
 
 
 def groups_of(*evs: Evidence) -> np.ndarray | None:
@@ -117,27 +121,39 @@ def cross_fit(x: np.ndarray, y: np.ndarray, folds: int, cfg: DecideConfig,
     rng = np.random.default_rng(cfg.seed)
     if groups is None:
         splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed).split(x, y))
-
-        def shuffled() -> np.ndarray:
-            return rng.permutation(y)
+        inv = np.arange(len(y))
+        group_y = y
     else:
         splits = list(StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=cfg.seed).split(x, y, groups))
         _, first, inv = np.unique(groups, return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
         group_y = y[first]
-        if np.any(group_y[inv.reshape(-1)] != y):
+        if np.any(group_y[inv] != y):
             raise ValueError("a sibling group spans both classes")
-
-        def shuffled() -> np.ndarray:
-            return rng.permutation(group_y)[inv.reshape(-1)]
-    p_cv, s_cv, weights = np.empty(len(y)), np.empty(len(y)), []
-    for tr, te in splits:
+    p_cv, s_cv, weights, fold_of = np.empty(len(y)), np.empty(len(y)), [], np.empty(len(y), np.int64)
+    for i, (tr, te) in enumerate(splits):
         fold = MonotoneScore().fit(x[tr], y[tr])
         p_cv[te], s_cv[te] = fold.predict_proba(x[te]), fold.score(x[te])
         weights.append(fold.w)
+        fold_of[te] = i
     observed = rank_auc(y, s_cv)
-    null = [rank_auc(yp, _oof_scores(x, yp, splits)) for yp in (shuffled() for _ in range(cfg.permutations))]
+    n_groups = len(group_y)
+    observed_group = rank_auc(group_y, group_max(s_cv, inv, n_groups)) if groups is not None else np.nan
+    null, null_group = [], []
+    for _ in range(cfg.permutations):       # whole groups' labels shuffled (images' when ungrouped)
+        shuffled_groups = rng.permutation(group_y)
+        yp = shuffled_groups[inv] if groups is not None else shuffled_groups
+        oof = _oof_scores(x, yp, splits)
+        null.append(rank_auc(yp, oof))
+        if groups is not None:
+            null_group.append(rank_auc(shuffled_groups, group_max(oof, inv, n_groups)))
     perm_p = (1.0 + np.sum(np.asarray(null) >= observed)) / (1.0 + cfg.permutations)
-    return CrossFit(p_cv, s_cv, weights, observed, float(perm_p))
+    test = None
+    if groups is not None:
+        p_group = (1.0 + np.sum(np.asarray(null_group) >= observed_group)) / (1.0 + cfg.permutations)
+        test = GroupTest(round(float(observed_group), 4), float(p_group),
+                         (int((group_y == 1).sum()), int((group_y == 0).sum())), cfg.permutations)
+    return CrossFit(p_cv, s_cv, weights, observed, float(perm_p), fold_of, test)
 
 
 @DECIDERS.register("calibrated", "every evidence feature fused with non-negative weights fitted on labelled images")
@@ -188,4 +204,4 @@ def calibrated(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
                      text=f"P(used) ≥ 0.5; per image, p ≤ α = {cfg.alpha:g} against the not-used images")
     return Decision(score=p, label=label.astype(np.int8), method="calibrated", verdict=verdict,
                     p_value=empirical_p(ranked(target.matrix(features)), null), details=details, rescore=rescore,
-                    rule=rule)
+                    rule=rule, group_test=cv.group_test)

@@ -62,4 +62,4 @@ def positive_unlabelled(cfg: DecideConfig, target: Evidence, data: Labelled) -> 
     rule = LabelRule(score="P(real, not reference), cross-fitted", alpha=cfg.alpha, gated=True,
                      text=f"p ≤ α = {cfg.alpha:g} against the known-unused images' out-of-fold scores")
     return Decision(score=score, label=label.astype(np.int8), method="pu", p_value=p, verdict=verdict,
-                    details=details, rescore=rescore, rule=rule)
+                    details=details, rescore=rescore, rule=rule, group_test=cv.group_test)

@@ -11,6 +11,7 @@ from ..errors import FpindexError
 from ..metrics import rank_auc
 from ..evidence import Evidence, thresholds as default_thresholds
 from .base import DECIDERS, Decision, LabelRule, Labelled, Verdict, _score, bootstrap_auc_ci, empirical_p
+from .patients import permutation_group_test
 
 
 @DECIDERS.register("fixed", "label = similarity ≥ a fixed threshold (the paper's rule)")
@@ -52,6 +53,11 @@ def reference(cfg: DecideConfig, target: Evidence, data: Labelled) -> Decision:
 
     rule = LabelRule(score=name, alpha=cfg.alpha, gated=True,
                      text=f"p ≤ α = {cfg.alpha:g} against the known-unused images' {name}")
+    group_test = None
+    if target.groups is not None and ref.groups is not None:    # patients known (decide/patients.py)
+        group_test = permutation_group_test(s, target.groups, null, ref.groups, cfg.permutations, cfg.seed)
     return Decision(score=s, label=label.astype(np.int8), method="reference", p_value=p, verdict=verdict,
-                    rescore=rescore, rule=rule, details={"score": name, "alpha": cfg.alpha, "n_reference": int(len(null)),
-                             "min_possible_p": 1.0 / (1.0 + len(null))})
+                    rescore=rescore, rule=rule, details={"score": name, "alpha": cfg.alpha,
+                                                         "n_reference": int(len(null)),
+                                                         "min_possible_p": 1.0 / (1.0 + len(null))},
+                    group_test=group_test)

@@ -151,3 +151,22 @@ def _gunzip(data: bytes, cap: int) -> bytes:
         raise ValueError(f"decompresses to more than {cap:,} bytes, more than a volume within the limit of "
                          f"decoded pixels per file (--max-pixels) can hold")
     return raw
+
+
+GROUP_TAGS = ("PatientID", "StudyInstanceUID")      # the coarsest first: one patient may have several studies
+
+
+def dicom_group(path) -> tuple[str, str] | None:
+    """(tag, value) of the first of GROUP_TAGS a DICOM file carries non-empty, from its header only (no pixel
+    data read); None when it has neither or cannot be read (decoding then says why, if it matters)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=list(GROUP_TAGS))
+    except Exception:
+        return None
+    for tag in GROUP_TAGS:
+        value = str(ds.get(tag, "") or "").strip()
+        if value:
+            return tag, value
+    return None

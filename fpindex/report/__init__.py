@@ -10,6 +10,8 @@ OUT/neighbours.parquet  image, rank, generated_id, generated, cosine, then every
 OUT/generated.parquet   one row per generated image among some real image's neighbours: its best-matching real
                         image, the copy features, and its replication grade (exact / near copy / partial copy /
                         not a copy; decide/replication.py); empty when the decision reads no copy feature (`fixed`)
+OUT/patients.csv        patient,source,images,score,p_value,label,top_image,flagged_images: the real images'
+                        patients, most exposed first (decide/patients.py); only the header when no patient is known
 OUT/summary.json        counts, verdict, decision, settings and config, versions, timings per stage, bad files,
                         run_id
 OUT/fpindex-run.json    the run id and the sha256 of each file above, written last (outputs.py)
@@ -29,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..decide import Decision, Verdict
+from ..decide.patients import Patients
 from ..evidence import Evidence
 from ..errors import FpindexError
 from ..load import image_id
@@ -79,13 +82,15 @@ class AuditResult:
     # Per generated image among some real image's neighbours: its best-matching real image and replication
     # grade (decide/replication.py; generated.parquet). None: not graded (the `fixed` decision reads no copy feature).
     generated: pd.DataFrame | None = None
+    # The real images' patients and the patient-level verdict (decide/patients.py); None: not computed.
+    patients: Patients | None = None
 
     @classmethod
     def of(cls, images: list[str], decision: Decision, nb: Neighbours, pair: dict[str, np.ndarray],
            generated: np.ndarray, summary: Summary, timings: Timings,
            evidence: dict[str, Evidence] | None = None, sha256: list[str] | None = None,
-           generated_sha256: list[str] | None = None,
-           generated_answer: pd.DataFrame | None = None) -> "AuditResult":
+           generated_sha256: list[str] | None = None, generated_answer: pd.DataFrame | None = None,
+           patients: Patients | None = None) -> "AuditResult":
         """`sha256`, `generated_sha256`: content ids of each real image and each neighbour, kept in
         neighbours.parquet so `fpindex report` shows an image only while its bytes are still the scored ones."""
         n, k = nb.ids.shape
@@ -103,7 +108,7 @@ class AuditResult:
             neighbours["generated_sha256"] = np.array(generated_sha256, dtype=object)
         summary = replace(summary, timings=timings.as_dict())
         return cls(predictions, neighbours, decision.verdict, summary, decision, timings, dict(evidence or {}),
-                   generated_answer)
+                   generated_answer, patients)
 
     def save(self, out: str | Path, run_id: str | None = None) -> Path:
         """Write the four output files into `out` (created if needed) as one run (outputs.py): all or none of
@@ -125,6 +130,8 @@ class AuditResult:
                                                     p["flagged_by"])),
                     header=["image", "score", "label", "p_value", "flagged_by"]))
                 self._text(out, staged, "submission.csv", _csv(zip(ids, p["label"].astype(int))))
+                if self.patients is not None:
+                    self._text(out, staged, "patients.csv", self.patients.csv())
                 staged["neighbours.parquet"] = tmp = outputs.stage(out, "neighbours.parquet")
                 # Column by column from numpy: pandas conversion would turn NaN ("not computed") into null.
                 pq.write_table(pa.table({c: self.neighbours[c].to_numpy() for c in self.neighbours.columns}), tmp)

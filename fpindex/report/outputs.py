@@ -24,7 +24,8 @@ from ..safeio import (TMP, WriteError, clean_temps, read_json, reason, refuse_sp
 from ..utils import sha256_file
 
 MARKER = "fpindex-run.json"
-OUTPUTS = ("predictions.csv", "submission.csv", "neighbours.parquet", "generated.parquet", "summary.json")
+OUTPUTS = ("predictions.csv", "submission.csv", "neighbours.parquet", "generated.parquet", "patients.csv",
+           "summary.json")
 REPORT, FILES, MARK = "report.html", "report_files", ".written-by-fpindex"
 GENERATOR = "fpindex report"
 EVALUATION = "evaluation.json"
