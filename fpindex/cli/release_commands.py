@@ -21,7 +21,7 @@ O_FAIL_ON = typer.Option(Policy.never.value, "--fail-on",
 
 def register(app: typer.Typer) -> None:
     @app.command("filter", epilog="Example (on `fpindex demo`'s data): fpindex filter fpindex-demo/data/generated "
-                                  "--audit fpindex-demo/results --into released")
+                                  "--audit results --into released")
     def filter_command(
         generated: Path = typer.Argument(..., help="The generated-image folder that was audited (only read)."),
         audit: Path = typer.Option(..., "--audit", "-a", help="Output folder of the audit (its generated.parquet)."),
