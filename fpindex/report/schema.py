@@ -114,7 +114,7 @@ class Summary:
     canaries: dict[str, Any] | None = None
     build: dict[str, Any] | None = None
     generated: GeneratedSummary | None = None
-    patients: Any | None = None         # the patient-level answer (issue 20's patients part); None: not asked
+    patients: dict[str, Any] | None = None     # decide.patients.Patients.to_dict(); None: not computed
     timings: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
     schema_version: int = SCHEMA_VERSION

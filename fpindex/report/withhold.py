@@ -61,10 +61,9 @@ def answers(summary: Summary) -> list[tuple[str, str]]:
         which = ", ".join(f"{n} {grade}" for grade, n in g.grades.items() if n and grade in GRADES)
         withhold = (f"{g.withhold} of {g.graded} generated images graded a copy ({which})" if g.withhold else
                     f"none of {g.graded} generated images graded a copy")
-    p = summary.patients
-    text = getattr(p, "text", None) if p is not None and not isinstance(p, dict) else (p or {}).get("text")
-    patients = text or ("answered in the patients table" if p is not None else
-                        "not asked: no patient groups were given")
+    p = summary.patients or {}
+    patients = (p["verdict"]["text"] if p.get("known") else
+                "not asked: no patient groups were given (--groups CSV, or DICOM patient tags)")
     leak = {True: "leakage detected", False: "no evidence of leakage"}.get(v.leakage, "not tested")
     return [("Was the generator trained on these real images?", f"{leak}; {used}"),
             ("Which synthetic images must be withheld?", withhold),
