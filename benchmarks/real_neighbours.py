@@ -2,7 +2,8 @@
 index used above `search.REAL_EXACT_BELOW` images, side by side in one process on the same vectors.
 
 Vectors: fpindex's seeded synthetic embeddings (index/bench.py: clustered, low intrinsic dimension, unit
-length), 512-d like the default embedder's. Per size: seconds (warm-up, then the median of `--repeats`), and
+length), 512-d like the default embedder's. Per size: CPU seconds of the process (all FAISS threads; on a
+shared machine wall time says more about the other jobs) (warm-up, then the median of `--repeats`), and
 how close the indexed answers are to the exhaustive ones: recall@k of search_real's cosines (a value counts
 when the exhaustive list holds it, to 1e-6) and the adjusted Rand index of the sibling groups.
 
@@ -35,9 +36,9 @@ HERE = Path(__file__).resolve().parent
 def median_time(fn, repeats: int):
     runs, out = [], None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         out = fn()
-        runs.append(time.perf_counter() - t0)
+        runs.append(time.process_time() - t0)
     return statistics.median(runs), out
 
 
@@ -87,8 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     write_json_atomic(HERE / "results" / "real_neighbours.json", {"rows": rows, "machine": info})
     lines = [f"Real images' own neighbours, exhaustive vs indexed ({info['cpu']}, {info['cores']} cores; "
              f"synthetic {args.dim}-d embeddings, k = {args.k}, median of {args.repeats} after a warm-up at 25,000).", "",
-             "| real images | index | search_real exact (s) | indexed (s) | × | recall@k | sibling_groups exact (s) "
-             "| indexed (s) | × | ARI | load |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| real images | index | search_real exact (CPU s) | indexed (CPU s) | × | recall@k | sibling_groups exact "
+             "(CPU s) | indexed (CPU s) | × | ARI | load |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     lines += [f"| {r['n']:,} | {_index_label(r)} | {r['search_real_exact_s']:.1f} | "
               f"{r['search_real_s']:.1f} | {r['search_real_speedup']:.1f} | {r['recall_at_k']:.4f} | "
               f"{r['sibling_exact_s']:.1f} | {r['sibling_s']:.1f} | {r['sibling_speedup']:.1f} | "
