@@ -9,7 +9,7 @@ when the exhaustive list holds it, to 1e-6) and the adjusted Rand index of the s
 
     python benchmarks/real_neighbours.py --sizes 20000,50000
 
-Writes benchmarks/results/real_neighbours.json and .md.
+Writes benchmarks/results/real_neighbours[-LABEL].json and .md.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--k", type=int, default=10, help="search_real depth (density_ratio's real_k)")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--label", default="")
     args = ap.parse_args(argv)
     rows = []
     w = Synthetic(args.dim, seed=1).take(25_000, 0)       # warm-up: FAISS's threads, BLAS, the IVF code paths
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
         print(row, flush=True)
     info = machine()
-    write_json_atomic(HERE / "results" / "real_neighbours.json", {"rows": rows, "machine": info})
+    stem = HERE / "results" / f"real_neighbours{'-' + args.label if args.label else ''}"
+    write_json_atomic(stem.with_suffix(".json"), {"rows": rows, "machine": info})
     lines = [f"Real images' own neighbours, exhaustive vs indexed ({info['cpu']}, {info['cores']} cores; "
              f"synthetic {args.dim}-d embeddings, k = {args.k}, median of {args.repeats} after a warm-up at 25,000).", "",
              "| real images | index | search_real exact (CPU s) | indexed (CPU s) | × | recall@k | sibling_groups exact "
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['search_real_s']:.1f} | {r['search_real_speedup']:.1f} | {r['recall_at_k']:.4f} | "
               f"{r['sibling_exact_s']:.1f} | {r['sibling_s']:.1f} | {r['sibling_speedup']:.1f} | "
               f"{r['sibling_ari']:.4f} | {' / '.join(r['load_avg'])} |" for r in rows]
-    write_text_atomic(HERE / "results" / "real_neighbours.md", "\n".join(lines) + "\n")
+    write_text_atomic(stem.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
