@@ -56,7 +56,7 @@ def test_an_exact_copy_is_found_whatever_the_fused_fit_learnt():
     target = evidence(rng, 200, copies=3)
     d = decide(DecideConfig(method="calibrated", permutations=49), target, Labelled(used=used, not_used=not_used))
     assert d.label[:3].all() and all("copy:" in b for b in d.flagged_by[:3])
-    assert d.p_value[:3].max() <= 0.05 * COPY_SHARE and d.p_channels["copy"][:3].max() < 1e-5
+    assert d.p_value[:3].max() < 1e-3 and d.p_channels["copy"][:3].max() < 1e-4   # every copy feature agrees
     assert d.verdict.leakage is True and d.verdict.copies == 3 and d.verdict.fused is False
     assert "3 real images with copy-level evidence" in d.verdict.text and "fused score alone shows none" in d.verdict.text
     assert d.details["copy_channel"]["labelled_by"]["copy"] >= 3
@@ -188,3 +188,17 @@ def test_swapped_folders_are_named_as_the_likely_cause(leak, helpers):
         audit(leak.real, leak.generated, config=helpers.CFG.override(canaries={"n": 0}))
     with pytest.warns(FpindexWarning, match="real images are byte-identical to generated images"):
         audit(leak.generated, leak.generated, config=helpers.CFG.override(canaries={"n": 0}))
+
+
+def test_one_copy_feature_alone_is_no_copy():
+    """A look-alike that aligns well on one measure only (two slices of similar anatomy) is not what a copy does
+    to every copy feature: the copy channel asks all of them to agree (on patient-split nulls one feature alone
+    alarmed in 61 of 360 re-decisions; benchmarks/README.md § Patients)."""
+    rng = np.random.default_rng(3)
+    used, not_used = Evidence(unused(rng, 60)), Evidence(unused(rng, 60))
+    v = unused(rng, 200)
+    v["ssim_aligned"][:3] = 0.99                 # far beyond every unused image on this feature …
+    v["bandpass"][:3] = np.median(v["bandpass"])    # … and typical on the other
+    d = decide(DecideConfig(method="calibrated", permutations=49), Evidence(v), Labelled(used=used, not_used=not_used))
+    assert d.p_channels["copy"][:3].min() > 0.3
+    assert not any("copy:" in b for b in d.flagged_by[:3])

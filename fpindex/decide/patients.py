@@ -166,11 +166,11 @@ def patient_level(decision: Decision, images: list[str], grouping: dict[str, Gro
 
     copies = None
     copy_hit = np.zeros(n, bool)
-    if "copy_all" in decision.p_channels:
+    if "copy" in decision.p_channels:
         from scipy.stats import false_discovery_control
 
         c_min = np.full(n, np.inf)
-        np.minimum.at(c_min, inv, np.asarray(decision.p_channels["copy_all"], np.float64))
+        np.minimum.at(c_min, inv, np.asarray(decision.p_channels["copy"], np.float64))
         copy_hit = false_discovery_control(np.minimum(1.0, size * c_min), method="bh") <= COPY_SHARE * alpha
         copies = int(copy_hit.sum())
     test = decision.group_test
