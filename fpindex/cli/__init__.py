@@ -22,7 +22,7 @@ from .help import App
 from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION, O_DEVICE, O_EF_SEARCH,
                       O_ENHANCE, O_FACTORY, O_K, O_MAX_MEMORY, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE,
                       O_PRECISION, O_PRESET, O_QUIET, O_REFERENCE, O_SCORE, O_SEED, O_SIZE, O_TARGET, O_THRESHOLD,
-                      O_TRAIN_STEPS, O_USED, O_VERBOSE, O_VERIFY, O_WEIGHTS, O_WINDOW, O_WORKERS, Device, Method,
+                      O_TRAIN_STEPS, O_FINETUNE, O_USED, O_VERBOSE, O_VERIFY, O_WEIGHTS, O_WINDOW, O_WORKERS, Device, Method,
                       Model, O_ADDRESS, O_ENGINE, O_HTML, O_JSON, O_MAX_PIXELS, O_TOP, Engine, PresetName, Precision,
                       Score, config_from, typed_embedding, O_CANARIES, O_CANARY_KINDS, Kind)
 
@@ -144,7 +144,8 @@ def build(
     seed: int = O_SEED,
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
-    train_steps: Optional[int] = O_TRAIN_STEPS, window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
+    train_steps: Optional[int] = O_TRAIN_STEPS, finetune: Optional[int] = O_FINETUNE,
+    window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
     max_pixels: int = O_MAX_PIXELS, preset: PresetName = O_PRESET, engine: Engine = O_ENGINE,
     address: Optional[str] = O_ADDRESS, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, verify: bool = O_VERIFY,
 ) -> None:
@@ -184,7 +185,8 @@ def query(
     reference: Optional[Path] = O_REFERENCE, canaries: int = O_CANARIES,
     canary_kinds: Optional[list[Kind]] = O_CANARY_KINDS,
     model: Optional[Model] = typer.Option(None, "--model", "-m", help="Only to assert the index's model; a "
-                                          "different one is refused.", rich_help_panel="Embedding"),
+                                          "different one is refused.", callback=O_MODEL.callback, metavar=O_MODEL.metavar,
+                                          rich_help_panel="Embedding"),
     enhance: Optional[list[str]] = typer.Option(None, "--enhance", "-e", help="Only to assert the index's "
                                                 "enhancement; a different one is refused.", rich_help_panel="Embedding"),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="Override the index's stored nprobe "
@@ -205,7 +207,7 @@ def query(
     from ..enhance import parse_enhance
 
     params = {n: v for n, v in _params(locals()).items() if n not in ("model", "enhance", "nprobe", "ef_search")}
-    expect = {"model": model.value if model else None, "enhance": list(parse_enhance(enhance)) if enhance else None}
+    expect = {"model": model or None, "enhance": list(parse_enhance(enhance)) if enhance else None}
     report_target(html, out)
     idx = open_index(index, config_from(ctx, **params), nprobe=nprobe, ef_search=ef_search, expect=expect)
     result = idx.query(real, used=used, not_used=not_used, reference=reference, out=out)
@@ -231,7 +233,8 @@ def audit(
     canaries: int = O_CANARIES, canary_kinds: Optional[list[Kind]] = O_CANARY_KINDS, seed: int = O_SEED,
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
-    train_steps: Optional[int] = O_TRAIN_STEPS, window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
+    train_steps: Optional[int] = O_TRAIN_STEPS, finetune: Optional[int] = O_FINETUNE,
+    window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
     max_pixels: int = O_MAX_PIXELS, preset: PresetName = O_PRESET, engine: Engine = O_ENGINE,
     address: Optional[str] = O_ADDRESS, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON,
     html: bool = O_HTML, report_top: int = O_TOP,
