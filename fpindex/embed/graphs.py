@@ -43,9 +43,9 @@ class GraphEmbedder(Embedder):
                                f"not {spec.weights!r}")
         graph = load_graph(spec.weights)
         self.weights_id = file_id(spec.weights)
-        self.net = graph.to(spec.device)
-        if hasattr(self.net, "eval"):
-            self.net.eval()
+        self.net = graph if spec.device.type == "cpu" else graph.to(spec.device)
+        if isinstance(graph, torch.jit.ScriptModule):
+            self.net.eval()           # an exported program's module has its mode fixed at export
         self.adapt, self.dim = self._adapter(spec)
 
     def _adapter(self, spec: Spec) -> tuple[ChannelAdapter, int]:
@@ -56,7 +56,9 @@ class GraphEmbedder(Embedder):
                 continue
             adapt = ChannelAdapter(spec.channels, expects, IMAGENET_MEAN, IMAGENET_STD, widened=False).to(spec.device)
             try:
-                out = check_forward(spec.model, spec.size, lambda x: self._run(adapt(x)), spec.channels, spec.device)
+                out = check_forward(spec.model, spec.size, lambda x: self._run(adapt(x)), spec.channels, spec.device,
+                                    "try another --image-size; a torch.export program needs a dynamic batch "
+                                    "dimension (torch.export.Dim)")
             except FpindexError as e:
                 errors.append(str(e))
                 continue

@@ -137,7 +137,8 @@ class ChannelAdapter(nn.Module):
         return (x - self.mean) / self.std
 
 
-def check_forward(model: str, size: int, run, channels: int, device: torch.device) -> torch.Tensor:
+def check_forward(model: str, size: int, run, channels: int, device: torch.device,
+                  hint: str = "try another --image-size") -> torch.Tensor:
     """One dummy batch through the model at the asked size: a size the architecture cannot take is named now,
     in one line, instead of as a traceback deep inside the first batch."""
     x = torch.full((2, channels, size, size), 0.5, device=device)
@@ -146,8 +147,7 @@ def check_forward(model: str, size: int, run, channels: int, device: torch.devic
             out = run(x)
     except Exception as e:
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise FpindexError(f"model {model} cannot embed {size}×{size} images ({detail}); try another "
-                           "--image-size") from None
+        raise FpindexError(f"model {model} cannot embed a batch of {size}×{size} images ({detail}); {hint}") from None
     if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[0] != 2:
         raise FpindexError(f"model {model}: its output is not one feature vector per image")
     return out.flatten(1)
