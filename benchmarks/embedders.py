@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=HERE.parent.parent / "shared" / "bench-dev")
     ap.add_argument("--scenarios", default="dev-strong,dev-gan")
     ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--finetune", type=int, default=250, help="steps (the cnn's default on 2,000 images: 250)")
+    ap.add_argument("--finetune", type=int, default=100, help="steps (the cnn trains 250 on 2,000 images)")
     ap.add_argument("--only", default=None, help="comma-separated row numbers (0-based) to run")
     ap.add_argument("--throughput-images", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
@@ -114,8 +114,14 @@ def main() -> None:
                      **run_scenario(sc, cfg, DecideConfig(), 20, Path(tmp))}
                 r["throughput_images_per_s"] = speed[label]
                 rows.append(r)
+                save(args, load, rows)
                 print(f"{label:45s} {sc.name:11s} AUC {r['auc']:.3f} kappa {r['kappa']:.3f} wall {r['wall_s']:.1f}s "
                       f"canaries {r['canaries']} | {r['verdict'][:60]}", flush=True)
+    save(args, load, rows, echo=True)
+
+
+def save(args: argparse.Namespace, load: tuple, rows: list[dict], echo: bool = False) -> None:
+    """After every cell, so that a run stopped part-way keeps what it measured."""
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "embedders.json", {"machine": machine(), "load_at_start": load,
                                                    "image_size": args.image_size, "finetune": args.finetune,
@@ -126,7 +132,8 @@ def main() -> None:
               f"{r['verdict'].split(':')[0]} | {' / '.join(r['canaries'].values())} | {r['wall_s']:.1f} | "
               f"{r['load_before']} | {r['throughput_images_per_s']} |" for r in rows]
     write_text_atomic(args.out / "embedders.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if echo:
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ ADVANCED_IN = {"audit": {"index", "overwrite"},       # common elsewhere (build,
 # --help-all (the choices themselves are in the type column either way).
 SHORT = {
     "model": f"Embedder: {', '.join(model_choices())}. Default cnn: a compact CNN trained on the generated "
-             "images at build time.",
+             "images at build time. torchscript runs the graph in --weights FILE: use only files you trust.",
     "enhance": f"Enhancement filter(s): {', '.join(ENHANCERS.names())}; stacked as channels, repeat the option "
                "or use commas. Default: none.",
     "decision": "How labels are set. auto: calibrated with --used and --not-used, else pu with --reference "
