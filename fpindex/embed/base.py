@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 SELFSUP = "selfsup"          # weights trained on the generated set at build time (embed/train.py)
 SELFSUP_FILE = "selfsup.pt"  # where an index keeps them
+UNTRAINED = f"{SELFSUP}:untrained"   # weights_id until the build has trained them
 RANDOM = "random"            # seeded random initialisation
 MIN_SIZE = 32                # no model sees anything useful in fewer pixels
 

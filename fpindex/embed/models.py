@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FpindexError
-from .base import EMBEDDERS, RANDOM, SELFSUP, Embedder, Spec, build_embedder  # noqa: F401  (build_embedder: old home)
+from .base import EMBEDDERS, RANDOM, SELFSUP, UNTRAINED, Embedder, Spec, build_embedder  # noqa: F401  (build_embedder: old home)
 from .weights import IMAGENET_MEAN, IMAGENET_STD, ChannelAdapter, load_checkpoint, seeded, widen_first_conv
 
 
@@ -80,7 +80,7 @@ class CNNEmbedder(Embedder):
         if spec.weights == RANDOM:
             self.weights_id = f"random:seed={spec.seed}"
         elif spec.weights == SELFSUP:
-            self.weights_id = "selfsup:untrained"  # pipeline.build trains it on the generated set, then sets the id
+            self.weights_id = UNTRAINED  # pipeline.build trains it on the generated set, then sets the id
         elif spec.weights == "imagenet":
             raise FpindexError("model 'cnn' has no ImageNet weights; pass --weights random, selfsup or a checkpoint path")
         else:
@@ -129,7 +129,7 @@ class ResNet50Embedder(Embedder):
             net.load_state_dict(_imagenet_resnet50_state())
             self.weights_id = "imagenet:IMAGENET1K_V2"
         elif spec.weights in (RANDOM, SELFSUP):
-            self.weights_id = f"random:seed={spec.seed}" if spec.weights == RANDOM else "selfsup:untrained"
+            self.weights_id = f"random:seed={spec.seed}" if spec.weights == RANDOM else UNTRAINED
         else:
             widened = _widened_state(spec.weights, spec.channels)
             if widened:       # weights trained by fpindex on C channels: widen first, then load

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import FpindexError
-from .base import EMBEDDERS, RANDOM, SELFSUP, Embedder, Spec
+from .base import EMBEDDERS, RANDOM, SELFSUP, UNTRAINED, Embedder, Spec
 from .weights import ChannelAdapter, check_forward, file_id, load_into, read_state, seeded, weights_file, widen_first_conv
 
 CHOICES = "a local .safetensors/.pth file, random or selfsup"
@@ -61,7 +61,7 @@ class TimmEmbedder(Embedder):
             raise FpindexError(f"model timm:{name}: fpindex never downloads weights; save them to a file (e.g. "
                                f"{name}.safetensors) and pass --weights FILE, or --weights {RANDOM}")
         if spec.weights in (RANDOM, SELFSUP):
-            self.weights_id = f"random:seed={spec.seed}" if spec.weights == RANDOM else "selfsup:untrained"
+            self.weights_id = f"random:seed={spec.seed}" if spec.weights == RANDOM else UNTRAINED
             widened = False
         else:
             path = weights_file(spec.weights, f"timm:{name}", CHOICES)

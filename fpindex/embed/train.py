@@ -22,7 +22,7 @@ from ..load import ReadOptions, Reader, decode, fit_size
 from ..pixels import PixelStore
 from ..utils import Timings, seeded_sample, sha256_bytes
 from . import selfsup
-from .base import SELFSUP, SELFSUP_FILE, Embedder  # noqa: F401  (the constants' old home)
+from .base import SELFSUP, SELFSUP_FILE, UNTRAINED, Embedder  # noqa: F401  (the constants' old home)
 from .selfsup import SelfSupConfig
 
 
@@ -71,12 +71,12 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
             raw.append((f, sha, data))
     cached = None
     if cfg.cache:
-        cached = blob_path(cache_root(cfg), "selfsup", {
-            "selfsup": sscfg.as_dict(), "model": cfg.model, "enhance": list(cfg.enhance),
+        cached = blob_path(cache_root(cfg), SELFSUP, {
+            SELFSUP: sscfg.as_dict(), "model": cfg.model, "enhance": list(cfg.enhance),
             "enhance_revision": ENHANCE_REVISION, "size": embedder.spec.size, "seed": cfg.seed,
             "versions": {"fpindex": __version__, "torch": torch.__version__},
             "sample": sha256_bytes("".join(sha for _, sha, _ in raw).encode())} | reader.read.identity()
-            | ({"start": start} if start != "selfsup:untrained" else {}), ".pt")
+            | ({"start": start} if start != UNTRAINED else {}), ".pt")
         data = read_blob(cached)
         meta = blob_meta(cached) if data is not None else None
         if data is not None and meta is not None:
