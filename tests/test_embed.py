@@ -136,7 +136,7 @@ def test_build_embedder_defaults_and_limits():
     e = build_embedder("cnn", channels=1, size=None, weights=None, seed=0, device="cpu")
     assert e.spec.size == EMBEDDERS.meta("cnn")["default_size"] == 64 and e.spec.weights == "selfsup"
     assert e.weights_id == "selfsup:untrained"          # trained by the build, which then sets the real id
-    with pytest.raises(FpindexError, match="^image size 16 is too small; use at least 32$"):
+    with pytest.raises(FpindexError, match="^image size 16 is too small for model cnn; use at least 32$"):
         build_embedder("cnn", channels=1, size=16, weights=None, seed=0, device="cpu")
     with pytest.raises(FpindexError, match="^unknown model 'vit'; choose one of: pixels, cnn, resnet50, timm:NAME, torchscript$"):
         build_embedder("vit", channels=1, size=64, weights=None, seed=0, device="cpu")

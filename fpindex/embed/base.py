@@ -128,7 +128,7 @@ def build_embedder(model: str, channels: int, size: int | None, weights: str | N
     base, arg = split_model(model)
     size = size or default_size(model)
     if size < MIN_SIZE:
-        raise FpindexError(f"image size {size} is too small; use at least {MIN_SIZE}")
+        raise FpindexError(f"image size {size} is too small for model {model}; use at least {MIN_SIZE}")
     weights = weights or default_weights(model)
     if weights is None:
         raise FpindexError(f"model {model!r} needs --weights: a local weights file (fpindex never downloads "
@@ -137,7 +137,3 @@ def build_embedder(model: str, channels: int, size: int | None, weights: str | N
                 model=model, arg=arg)
     return EMBEDDERS.get(base)(spec)
 
-
-def describe(model: str) -> dict[str, Any]:
-    base, _ = split_model(model)
-    return {"model": model, "help": EMBEDDERS.help(base), **EMBEDDERS.meta(base)}

@@ -39,12 +39,13 @@ def trainable(embedder: Embedder) -> Any:
     return net
 
 
-def check_training_memory(n: int, size: int, channels: int, free: int | None = None) -> None:
-    """Training holds its whole sample at once (pixels, then the enhanced stacks, float32): refused before
-    decoding when the machine cannot hold it, naming what to lower, rather than swapping or being killed."""
+def check_training_memory(n: int, size: int, channels: int, free: int | None = None, parameters: int = 0) -> None:
+    """Training holds its whole sample at once (pixels, then the enhanced stacks, float32), and for each of the
+    network's parameters its value, gradient and two AdamW moments: refused before decoding when the machine
+    cannot hold it, naming what to lower, rather than swapping or being killed."""
     from ..utils import available_memory
 
-    need, free = 4 * n * size * size * (1 + 2 * channels), free or available_memory()
+    need, free = 4 * n * size * size * (1 + 2 * channels) + 16 * parameters, free or available_memory()
     if free is not None and need > free:
         raise FpindexError(f"training on {n:,} generated images at --image-size {size} needs about "
                            f"{need / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB of memory is available; lower "
@@ -92,7 +93,8 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
                 net.to(embedder.spec.device)
                 embedder.weights_id = f"file:sha256={sha256_bytes(data)[:16]}"
                 return {**meta, "from_cache": True, "start": start}, data
-    check_training_memory(len(raw), embedder.spec.size, len(cfg.enhance))
+    check_training_memory(len(raw), embedder.spec.size, len(cfg.enhance),
+                          parameters=sum(p.numel() for p in net.parameters()))
     with timings.stage("load"):
         decoded = []
         for f, _, d in raw:
