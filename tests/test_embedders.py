@@ -266,7 +266,8 @@ def test_a_torchscript_file_embeds_grey_images_replicated_to_its_channels(rgbnet
     assert e.dim == 36 and e.trainable() is None
     x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
     with torch.no_grad():
-        mean, std = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1), torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+        mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+        std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
         want = rgbnet((torch.from_numpy(x).repeat(1, 3, 1, 1) - mean) / std)
     np.testing.assert_allclose(e(x), nn.functional.normalize(want, dim=1).numpy(), atol=1e-5)
 

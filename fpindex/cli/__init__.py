@@ -22,9 +22,10 @@ from .help import App
 from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION, O_DEVICE, O_EF_SEARCH,
                       O_ENHANCE, O_FACTORY, O_K, O_MAX_MEMORY, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE,
                       O_PRECISION, O_PRESET, O_QUIET, O_REFERENCE, O_SCORE, O_SEED, O_SIZE, O_TARGET, O_THRESHOLD,
-                      O_TRAIN_STEPS, O_FINETUNE, O_USED, O_VERBOSE, O_VERIFY, O_WEIGHTS, O_WINDOW, O_WORKERS, Device, Method,
+                      O_TRAIN_STEPS, O_USED, O_VERBOSE, O_VERIFY, O_WEIGHTS, O_WINDOW, O_WORKERS, Device, Method,
                       Model, O_ADDRESS, O_ENGINE, O_HTML, O_JSON, O_MAX_PIXELS, O_TOP, Engine, PresetName, Precision,
                       Score, config_from, typed_embedding, O_CANARIES, O_CANARY_KINDS, Kind)
+from .options import O_FINETUNE
 
 app = App(
     name="fpindex",
@@ -185,8 +186,8 @@ def query(
     reference: Optional[Path] = O_REFERENCE, canaries: int = O_CANARIES,
     canary_kinds: Optional[list[Kind]] = O_CANARY_KINDS,
     model: Optional[Model] = typer.Option(None, "--model", "-m", help="Only to assert the index's model; a "
-                                          "different one is refused.", callback=O_MODEL.callback, metavar=O_MODEL.metavar,
-                                          rich_help_panel="Embedding"),
+                                          "different one is refused.", callback=O_MODEL.callback,
+                                          metavar=O_MODEL.metavar, rich_help_panel="Embedding"),
     enhance: Optional[list[str]] = typer.Option(None, "--enhance", "-e", help="Only to assert the index's "
                                                 "enhancement; a different one is refused.", rich_help_panel="Embedding"),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="Override the index's stored nprobe "

@@ -70,8 +70,9 @@ O_FINETUNE = typer.Option(None, "--finetune", min=1, help="Steps of the same sel
                           f"{SELFSUP} (on the generated images, at build time), on top of the loaded weights; the "
                           "trained weights are kept in the index. Default: none.", rich_help_panel="Embedding")
 O_ENHANCE = typer.Option(None, "--enhance", "-e", help=ENHANCE_HELP + ". Default: none.", rich_help_panel="Embedding")
-O_SIZE = typer.Option(None, "--image-size", min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE, help="Side of the square model input in px. Default: the "
-                      "model's (" + _defaults(default_size) + ").", rich_help_panel="Embedding")
+O_SIZE = typer.Option(None, "--image-size", min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE, help="Side of the square "
+                      "model input in px. Default: the model's (" + _defaults(default_size) + ").",
+                      rich_help_panel="Embedding")
 O_SEED = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed for random weights and every random choice.", rich_help_panel="Embedding")
 O_BATCH = typer.Option(None, "--batch-size", min=1, help="Images per forward pass. Default: 256 on a GPU, 64 on "
                        "a CPU.", rich_help_panel="Embedding")

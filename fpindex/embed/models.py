@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FpindexError
-from .base import EMBEDDERS, RANDOM, SELFSUP, UNTRAINED, Embedder, Spec, build_embedder  # noqa: F401  (build_embedder: old home)
+from .base import build_embedder  # noqa: F401  (its old home)
+from .base import EMBEDDERS, RANDOM, SELFSUP, UNTRAINED, Embedder, Spec
 from .weights import IMAGENET_MEAN, IMAGENET_STD, ChannelAdapter, load_checkpoint, seeded, widen_first_conv
 
 
@@ -82,7 +83,8 @@ class CNNEmbedder(Embedder):
         elif spec.weights == SELFSUP:
             self.weights_id = UNTRAINED  # pipeline.build trains it on the generated set, then sets the id
         elif spec.weights == "imagenet":
-            raise FpindexError("model 'cnn' has no ImageNet weights; pass --weights random, selfsup or a checkpoint path")
+            raise FpindexError("model 'cnn' has no ImageNet weights; pass --weights random, selfsup or a checkpoint "
+                               "path")
         else:
             self.weights_id = load_checkpoint(spec.weights, self.net, choices="random, selfsup or a checkpoint path")
         self.dim = self.net.dim

@@ -16,7 +16,8 @@ from torch import nn
 
 from ..errors import FpindexError
 from .base import EMBEDDERS, RANDOM, SELFSUP, UNTRAINED, Embedder, Spec
-from .weights import ChannelAdapter, check_forward, file_id, load_into, read_state, seeded, weights_file, widen_first_conv
+from .weights import (ChannelAdapter, check_forward, file_id, load_into, read_state, seeded, weights_file,
+                      widen_first_conv)
 
 CHOICES = "a local .safetensors/.pth file, random or selfsup"
 
@@ -67,7 +68,8 @@ class TimmEmbedder(Embedder):
             path = weights_file(spec.weights, f"timm:{name}", CHOICES)
             state = read_state(path)
             own = net.state_dict()
-            widened = c > 1 and first is not None and _takes(state.get(f"{first}.weight"), own.get(f"{first}.weight"), c)
+            widened = c > 1 and first is not None and _takes(state.get(f"{first}.weight"),
+                                                             own.get(f"{first}.weight"), c)
             if widened:              # weights fpindex trained on C channels: widen first, then load
                 widen_first_conv(net, first, c)
             elif any(k in own and v.shape != own[k].shape for k, v in state.items()):
