@@ -75,6 +75,45 @@ def throughput(cfg: EmbedConfig, images: np.ndarray, repeats: int) -> float:
     return len(x) / statistics.median(times)
 
 
+def throughput_table(args: argparse.Namespace) -> None:
+    import cv2
+
+    from fpindex.embed import make_embedder
+
+    load = os.getloadavg()
+    gen = sorted((args.root / args.scenarios.split(",")[0] / "generated").iterdir())[: args.throughput_images]
+    with tempfile.TemporaryDirectory() as tmp:
+        files = weight_files(Path(tmp), args.image_size)
+        models = {label: cfg for label, cfg in configs(files, args.image_size, args.finetune) if "finetune" not in label}
+        embedders = {label: make_embedder(EmbedConfig(**{**cfg.__dict__, "finetune": None, "device": "cpu",
+                                                         "weights": "random" if cfg.weights == "selfsup"
+                                                         else cfg.weights}))
+                     for label, cfg in models.items()}
+        x = {label: np.ascontiguousarray(np.stack([_resize(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) / 255.0,
+                                                           e.spec.size) for p in gen])[:, None])
+             for label, e in embedders.items()}
+        times: dict[str, list[float]] = {label: [] for label in embedders}
+        for label, e in embedders.items():
+            e(x[label][:8])                                       # warm-up
+        for _ in range(args.repeats):                             # round-robin: the same load for every model
+            for label, e in embedders.items():
+                t = time.perf_counter()
+                e(x[label])
+                times[label].append(time.perf_counter() - t)
+    rows = [{"embedder": label, "dim": embedders[label].dim, "images": len(gen), "size": embedders[label].spec.size,
+             "images_per_s": round(len(gen) / statistics.median(t), 1), "seconds": [round(v, 3) for v in t]}
+            for label, t in times.items()]
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out / "embedders_throughput.json", {"machine": machine(), "load_at_start": load,
+                                                               "load_at_end": os.getloadavg(), "rows": rows})
+    lines = ["| embedder | dim | input | images/s (median) |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['embedder']} | {r['dim']} | {r['size']} px | {r['images_per_s']} |" for r in rows]
+    lines.append(f"\n{len(gen)} images, batch {len(gen)}, 1 warm-up, {args.repeats} round-robin repeats, CPU "
+                 f"({os.cpu_count()} cores); load average {load[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end")
+    write_text_atomic(args.out / "embedders_throughput.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
     import cv2
 
@@ -90,9 +129,14 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated row numbers (0-based) to run")
     ap.add_argument("--throughput-images", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--throughput-only", action="store_true", help="only the embedding throughput, every model "
+                    "measured round-robin in the same minutes (a shared machine's load hits all alike)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     import cv2
+
+    if args.throughput_only:
+        return throughput_table(args)
 
     scenarios = [args.root / s for s in args.scenarios.split(",")]
     load = os.getloadavg()
