@@ -83,6 +83,9 @@ def main() -> None:
     ap.add_argument("--weights", default=None)
     ap.add_argument("--enhance", default="none")
     ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--finetune", type=int, default=None, help="self-supervised steps on top of the weights")
+    ap.add_argument("--scenarios", default=None, help="comma-separated scenario names (default: all)")
+    ap.add_argument("--name", default="detection", help="results file stem under --out (default: detection)")
     ap.add_argument("--k", type=int, default=EvidenceConfig().k)
     ap.add_argument("--seed", type=int, default=0, help="seed of the embedding (random weights, self-supervised "
                     "training, samples); rows of other seeds are labelled 'seed N' and kept beside seed 0's")
@@ -95,14 +98,15 @@ def main() -> None:
     args = ap.parse_args()
     if not args.root.is_dir():
         sys.exit(f"detection.py: scenario folder {args.root} not found (pass --root)")
-    scenarios = sorted(p for p in args.root.iterdir() if (p / "test_labels.csv").is_file())
+    scenarios = sorted(p for p in args.root.iterdir() if (p / "test_labels.csv").is_file()
+                       and (not args.scenarios or p.name in args.scenarios.split(",")))
     if args.preset:
         names = PRESETS.names() if args.preset == "all" else [args.preset]
         configs = [(n, replace(PRESETS.get(n).embed, seed=args.seed), PRESETS.get(n).decide)
                    for n in names]
     else:
         embed = EmbedConfig(model=args.model, weights=args.weights, enhance=parse_enhance(args.enhance),
-                            image_size=args.image_size, seed=args.seed)
+                            image_size=args.image_size, seed=args.seed, finetune=args.finetune)
         configs = [(args.label or f"{args.model}/{'+'.join(embed.enhance)}", embed, DecideConfig())]
     if args.decision:
         configs = [(f"{label}, {args.decision}", embed, replace(decide, method=args.decision))
@@ -127,7 +131,7 @@ def main() -> None:
                       f"| {r['verdict']} | canaries {r['canaries']}", flush=True)
                 rows.append(r)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "detection.json"
+    path = args.out / f"{args.name}.json"
     old = json.loads(path.read_text())["rows"] if path.is_file() else []
     rows = [r for r in old if r["config"] not in {c[0] for c in configs}] + rows
     write_json_atomic(path, {"machine": machine(), "root": str(args.root), "rows": rows})
@@ -137,7 +141,7 @@ def main() -> None:
     lines += [f"| {r['config']} | {r['scenario']} | {_f(r['auc'])} | {_f(r['kappa'])} | {_f(r['f1'])} | "
               f"{_f(r['tpr_at_5fpr'])} | {_f(r.get('tpr_at_1fpr'))} | {r['flag_rate']:.1%} | {r.get('verdict', '').split(':')[0]} | "
               f"{' / '.join(r.get('canaries', {}).get(c, '—') for c in cells)} | {r['wall_s']:.1f} |" for r in rows]
-    write_text_atomic(args.out / "detection.md", "\n".join(lines) + "\n")
+    write_text_atomic(args.out / f"{args.name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

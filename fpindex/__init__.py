@@ -2,18 +2,38 @@
 
 The pipeline, one stage per module or sub-package: load → enhance → embed → index → search → evidence →
 decide → report, composed by `pipeline`. The public API is below; the command line (`cli`) calls it.
+The API's functions and registries are imported on first use, so that `import fpindex` (and `fpindex --help`)
+does not import torch, FAISS or pandas.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from ._version import __version__
-from .errors import FpindexError, FpindexWarning  # noqa: E402
-from .config import (AuditConfig, CanaryConfig, DecideConfig, EmbedConfig, EvidenceConfig,  # noqa: E402
-                     IndexConfig, RunConfig)
-from .api import Index, audit, build_index, open_index, sensitivity, simulate  # noqa: E402
-from .report import AuditResult  # noqa: E402
-from .presets import PRESETS  # noqa: E402
-from .plants import PLANTS  # noqa: E402
-from .evidence import FEATURES, Feature, feature  # noqa: E402
+from .errors import FpindexError, FpindexWarning
+from .config import (AuditConfig, CanaryConfig, DecideConfig, EmbedConfig, EvidenceConfig, IndexConfig,
+                     RunConfig)
+
+_LAZY = {"audit": ".api", "build_index": ".api", "open_index": ".api", "sensitivity": ".api", "simulate": ".api",
+         "Index": ".api", "AuditResult": ".report", "PRESETS": ".presets", "PLANTS": ".plants",
+         "FEATURES": ".evidence", "Feature": ".evidence", "feature": ".evidence", "EMBEDDERS": ".embed",
+         "Embedder": ".embed"}
 
 __all__ = ["audit", "build_index", "open_index", "simulate", "sensitivity", "Index", "AuditResult", "AuditConfig",
            "EmbedConfig", "IndexConfig", "EvidenceConfig", "DecideConfig", "CanaryConfig", "RunConfig", "PRESETS",
-           "PLANTS", "FEATURES", "Feature", "feature", "FpindexError", "FpindexWarning", "__version__"]
+           "PLANTS", "FEATURES", "Feature", "feature", "EMBEDDERS", "Embedder", "FpindexError", "FpindexWarning",
+           "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -44,7 +44,7 @@ class EmbedConfig:
     """What turns an image file into a vector; stored in the index manifest and checked at query time."""
 
     model: str = "cnn"
-    weights: str | None = None       # None: the model's default; 'random' (seeded), 'imagenet', or a checkpoint path
+    weights: str | None = None       # None: the model's default; 'random' (seeded), 'selfsup', 'imagenet', a file
     enhance: tuple[str, ...] = ("none",)
     image_size: int | None = None    # None: the model's own default input size
     seed: int = 0
@@ -53,6 +53,7 @@ class EmbedConfig:
     precision: str = "fp32"          # fp32 | bf16 | fp16 (autocast; changes vectors slightly, so part of identity)
     workers: int | None = None       # decoding/enhancement processes; None: chosen from cores and set size
     train_steps: int | None = None   # weights 'selfsup': training steps at build time; None: selfsup.py's rule
+    finetune: int | None = None      # self-supervised steps on the generated set on top of the loaded weights
     cache: bool = True               # reuse embeddings by content hash (see fpindex/cache.py)
     cache_dir: str | None = None     # None: $FPINDEX_CACHE or ~/.cache/fpindex
     window: str | None = None        # DICOM/NIfTI intensity window 'C,W' or a name (load.WINDOWS); None: the file's
@@ -67,6 +68,7 @@ class EmbedConfig:
         _check_int("--image-size", self.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, none=True)
         _check_int("--batch-size", self.batch_size, 1, none=True)
         _check_int("--train-steps", self.train_steps, 1, none=True)
+        _check_int("--finetune", self.finetune, 1, none=True)
         _check_int("--max-pixels", self.max_pixels, 1)
 
 

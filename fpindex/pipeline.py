@@ -23,8 +23,9 @@ from .decide import COPY_CHECKED, FUSING, Inputs, Labelled, audit_warnings, choo
 from .decide.grouping import Folder as GroupFolder, group_folders
 from .decide.patients import patient_level
 from .devices import faiss_device
-from .embed import (SELFSUP, SELFSUP_FILE, Embedded, Embedder, embed_identity, make_embedder, resolved,
+from .embed import (SELFSUP_FILE, Embedded, Embedder, embed_identity, make_embedder, resolved,
                     train_on_generated, vector_cache)
+from .embed.train import trains
 from .engine import engine_for
 from .errors import FpindexError
 from .evidence import FEATURES, Evidence, FitInput, Query, Run
@@ -93,10 +94,10 @@ def embed_config_of(store: IndexStore, given: EmbedConfig | None = None, in_memo
                              image_size=e["image_size"], seed=e["seed"], precision=e.get("precision", "fp32"))
     base = given or EmbedConfig()
     cfg = replace(stored, **{k: getattr(base, k) for k in EmbedConfig.RUNTIME})
-    if cfg.weights == SELFSUP and not in_memory:
+    if trains(cfg, cfg.weights) and not in_memory:
         if store.directory is None:
             raise FpindexError("this index's embedder was trained at build time; save the index before querying it")
-        cfg = replace(cfg, weights=str(store.directory / SELFSUP_FILE))
+        cfg = replace(cfg, weights=str(store.directory / SELFSUP_FILE), finetune=None)
     return cfg
 
 
@@ -135,7 +136,7 @@ def build(generated: str | Path, config: AuditConfig, index_dir: str | Path | No
     else:
         store.check_compatible(identity, embedder.dim)
     pixels = pixels or PixelStore(embedder.spec.size, read=read)
-    if embedder.spec.weights == SELFSUP:   # only for a new index: --add reuses the weights stored in the index
+    if trains(embed_cfg, embedder.spec.weights):   # only for a new index: --add reuses the index's weights
         training, weights = train_on_generated(generated, files, embedder, embed_cfg, timings, bar, pixels)
         store.manifest["embedder"] = embed_identity(embed_cfg, embedder) | {"training": training}
         store.attachments[SELFSUP_FILE] = weights

@@ -58,7 +58,9 @@ def test_option_words_say_what_they_do():
     assert "No progress bars or report" not in full and "the report included, are written" in full
     alpha = re.search(r"--alpha .*?\[default: 0\.05\]", full)[0]
     assert "verdict" in alpha and "pu" in alpha and "canary" in alpha
-    assert "128–256" not in full and "64 px by default" in full
+    assert "128–256" not in full
+    size = re.search(r"--image-size .*?Default: the model's \((.*?)\)", full)[1]   # read from the registry
+    assert "cnn: 64" in size and "pixels: 128" in size and "resnet50: 224" in size
 
 
 def test_report_with_labels_warns_about_names_that_do_not_match(monkeypatch, capsys, leak, tmp_path):

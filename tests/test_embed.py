@@ -21,8 +21,8 @@ def cnn(seed=0, channels=1, weights="random", size=64):
     return build_embedder("cnn", channels=channels, size=size, weights=weights, seed=seed, device="cpu")
 
 
-def test_registry_lists_the_three_models():
-    assert EMBEDDERS.names() == ["pixels", "cnn", "resnet50"]
+def test_registry_lists_the_built_in_models():
+    assert EMBEDDERS.names() == ["pixels", "cnn", "resnet50", "timm", "torchscript"]
 
 
 @pytest.mark.parametrize("model,channels,dim", [("pixels", 1, 1024), ("pixels", 3, 3072),
@@ -134,11 +134,11 @@ def test_missing_checkpoint_file(tmp_path):
 
 def test_build_embedder_defaults_and_limits():
     e = build_embedder("cnn", channels=1, size=None, weights=None, seed=0, device="cpu")
-    assert e.spec.size == CNNEmbedder.default_size == 64 and e.spec.weights == "selfsup"
+    assert e.spec.size == EMBEDDERS.meta("cnn")["default_size"] == 64 and e.spec.weights == "selfsup"
     assert e.weights_id == "selfsup:untrained"          # trained by the build, which then sets the real id
-    with pytest.raises(FpindexError, match="^image size 16 is too small; use at least 32$"):
+    with pytest.raises(FpindexError, match="^image size 16 is too small for model cnn; use at least 32$"):
         build_embedder("cnn", channels=1, size=16, weights=None, seed=0, device="cpu")
-    with pytest.raises(FpindexError, match="^unknown model 'vit'; choose one of: pixels, cnn, resnet50$"):
+    with pytest.raises(FpindexError, match="^unknown model 'vit'; choose one of: pixels, cnn, resnet50, timm:NAME, torchscript$"):
         build_embedder("vit", channels=1, size=64, weights=None, seed=0, device="cpu")
 
 

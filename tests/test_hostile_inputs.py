@@ -136,6 +136,8 @@ def test_image_size_and_memory_are_bounded_before_allocating():
                                            r"about 234\.4 GiB, but 1\.0 GiB of memory is available; lower"):
         check_training_memory(20_000, 1024, 1, free=1 << 30)
     check_training_memory(100, 64, 1, free=1 << 30)
+    with pytest.raises(FpindexError, match=r"^training on 100 generated images at --image-size 64 needs about 1\.5 GiB"):
+        check_training_memory(100, 64, 1, free=1 << 30, parameters=100_000_000)     # a large backbone's AdamW state
     sel = select("Flat", 1000, 100_000, budget=1 << 50)
     with pytest.raises(FpindexError, match=r"^bench of 1,000 × 100000-d vectors \(Flat\) needs about .* GiB, but "
                                            r"1\.0 GiB of memory is available; lower --n, --dim or --queries$"):

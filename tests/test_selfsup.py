@@ -77,9 +77,10 @@ def test_selfsup_index_stores_weights_and_queries_reuse_them(leak, helpers, tmp_
         open_index(idx, helpers.CFG).query(leak.real, out=tmp_path / "out2")
 
 
-def test_selfsup_only_for_cnn():
+def test_selfsup_for_any_trainable_model():
     from fpindex.embed import build_embedder
 
-    with pytest.raises(FpindexError, match="^--weights selfsup trains the cnn model; with resnet50 use imagenet, "
-                                           "random or a checkpoint$"):
-        build_embedder("resnet50", channels=1, size=32, weights="selfsup", seed=0, device="cpu")
+    e = build_embedder("resnet50", channels=1, size=32, weights="selfsup", seed=0, device="cpu")
+    assert e.trainable() is e.net and e.weights_id == "selfsup:untrained"      # trained by the build
+    with pytest.raises(FpindexError, match="^model 'pixels' has no weights"):
+        build_embedder("pixels", channels=1, size=32, weights="selfsup", seed=0, device="cpu")

@@ -28,6 +28,7 @@ from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION,
                       O_TRAIN_STEPS, O_USED, O_VERBOSE, O_VERIFY, O_WEIGHTS, O_WINDOW, O_WORKERS, Device, Method,
                       Model, O_ADDRESS, O_ENGINE, O_HTML, O_JSON, O_MAX_PIXELS, O_TOP, Engine, PresetName, Precision,
                       Score, config_from, typed_embedding, O_CANARIES, O_CANARY_KINDS, O_GROUPS, Kind)
+from .options import O_FINETUNE
 
 app = App(
     name="fpindex",
@@ -73,7 +74,8 @@ def build(
     seed: int = O_SEED,
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
-    train_steps: Optional[int] = O_TRAIN_STEPS, window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
+    train_steps: Optional[int] = O_TRAIN_STEPS, finetune: Optional[int] = O_FINETUNE,
+    window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
     max_pixels: int = O_MAX_PIXELS, preset: PresetName = O_PRESET, engine: Engine = O_ENGINE,
     address: Optional[str] = O_ADDRESS, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, verify: bool = O_VERIFY,
 ) -> None:
@@ -113,7 +115,8 @@ def query(
     reference: Optional[Path] = O_REFERENCE, groups: Optional[Path] = O_GROUPS, canaries: int = O_CANARIES,
     canary_kinds: Optional[list[Kind]] = O_CANARY_KINDS,
     model: Optional[Model] = typer.Option(None, "--model", "-m", help="Only to assert the index's model; a "
-                                          "different one is refused.", rich_help_panel="Embedding"),
+                                          "different one is refused.", callback=O_MODEL.callback,
+                                          metavar=O_MODEL.metavar, rich_help_panel="Embedding"),
     enhance: Optional[list[str]] = typer.Option(None, "--enhance", "-e", help="Only to assert the index's "
                                                 "enhancement; a different one is refused.", rich_help_panel="Embedding"),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="Override the index's stored nprobe "
@@ -134,7 +137,7 @@ def query(
     from ..enhance import parse_enhance
 
     params = {n: v for n, v in _params(locals()).items() if n not in ("model", "enhance", "nprobe", "ef_search")}
-    expect = {"model": model.value if model else None, "enhance": list(parse_enhance(enhance)) if enhance else None}
+    expect = {"model": model or None, "enhance": list(parse_enhance(enhance)) if enhance else None}
     report_target(html, out)
     check_policy(Policy(fail_on).value, decision.value if decision else None)
     idx = open_index(index, config_from(ctx, **params), nprobe=nprobe, ef_search=ef_search, expect=expect)
@@ -162,7 +165,8 @@ def audit(
     canaries: int = O_CANARIES, canary_kinds: Optional[list[Kind]] = O_CANARY_KINDS, seed: int = O_SEED,
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,
     workers: Optional[int] = O_WORKERS, no_cache: bool = O_NO_CACHE, cache_dir: Optional[Path] = O_CACHE_DIR,
-    train_steps: Optional[int] = O_TRAIN_STEPS, window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
+    train_steps: Optional[int] = O_TRAIN_STEPS, finetune: Optional[int] = O_FINETUNE,
+    window: Optional[str] = O_WINDOW, axis: int = O_AXIS,
     max_pixels: int = O_MAX_PIXELS, preset: PresetName = O_PRESET, engine: Engine = O_ENGINE,
     address: Optional[str] = O_ADDRESS, quiet: bool = O_QUIET, verbose: bool = O_VERBOSE, as_json: bool = O_JSON,
     html: bool = O_HTML, report_top: int = O_TOP, fail_on: Policy = O_FAIL_ON,

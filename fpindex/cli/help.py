@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import typer
 from typer.core import TyperCommand
 
+from ..embed.base import model_choices
 from ..enhance import ENHANCERS
 
 HELP_ALL = "--help-all"
@@ -20,15 +21,15 @@ HELP_ALL = "--help-all"
 # Options most audits never set: listed by --help-all only. Everything else stays on the first screen.
 ADVANCED = {"weights", "image_size", "factory", "max_memory", "nprobe", "ef_search", "target_recall",
             "save_embeddings", "seed", "batch_size", "device", "precision", "workers", "no_cache", "cache_dir",
-            "train_steps", "axis", "max_pixels", "preset", "engine", "address", "verify", "k", "score",
-            "threshold", "alpha", "canaries", "canary_kinds", "report_top", "window", "fail_on",
-            "groups"}
+            "train_steps", "finetune", "axis", "max_pixels", "preset", "engine", "address", "verify", "k", "score",
+            "threshold", "alpha", "canaries", "canary_kinds", "report_top", "window", "fail_on", "groups"}
 ADVANCED_IN = {"audit": {"index", "overwrite"},       # common elsewhere (build, query), rare here
                "query": {"model", "enhance"}}          # query only asserts them: the index decides
 # Options whose full help lists every choice with its meaning: one line on the first screen, all of it with
 # --help-all (the choices themselves are in the type column either way).
 SHORT = {
-    "model": "Embedder (default cnn: a compact CNN trained on the generated images at build time).",
+    "model": f"Embedder: {', '.join(model_choices())}. Default cnn: a compact CNN trained on the generated "
+             "images at build time. torchscript runs the graph in --weights FILE: use only files you trust.",
     "enhance": f"Enhancement filter(s): {', '.join(ENHANCERS.names())}; stacked as channels, repeat the option "
                "or use commas. Default: none.",
     "decision": "How labels are set. auto: calibrated with --used and --not-used, else pu with --reference "

@@ -10,16 +10,17 @@ from typing import Any, Callable
 
 import typer
 
+from ..errors import FpindexError
 from ..config import MAX_IMAGE_SIZE, MAX_SEED, MIN_IMAGE_SIZE, AuditConfig, EmbedConfig, EvidenceConfig
 from ..decide import DECIDERS
-from ..embed import EMBEDDERS
+from ..embed.base import EMBEDDERS, RANDOM, SELFSUP, default_size, default_weights, model_choices, split_model
 from ..enhance import ENHANCERS, parse_enhance
 from ..evidence import FEATURES
 from ..index import parse_bytes
 from ..plants import PLANTS
 from ..presets import PRESETS
 
-Model = Enum("Model", {n: n for n in EMBEDDERS.names()}, type=str)  # type: ignore[misc]
+Model = str       # a registered model, or FAMILY:NAME (timm:resnet18): checked by `_model`, not an Enum
 Method = Enum("Method", {n: n for n in ["auto", *DECIDERS.names()]}, type=str)  # type: ignore[misc]
 Score = Enum("Score", {n: n for n in FEATURES.names()}, type=str)  # type: ignore[misc]
 PresetName = Enum("PresetName", {n: n for n in PRESETS.names()}, type=str)  # type: ignore[misc]
@@ -30,21 +31,48 @@ Engine = Enum("Engine", {n: n for n in ("local", "ray")}, type=str)  # type: ign
 
 ENHANCE_HELP = ("Enhancement filter(s), stacked as channels in the order given; repeat the option or use "
                 "commas. Choices: " + "; ".join(f"{n} ({ENHANCERS.help(n)})" for n in ENHANCERS.names()))
-MODEL_HELP = "Embedder. " + "; ".join(f"{n}: {EMBEDDERS.help(n)}" for n in EMBEDDERS.names())
+MODEL_HELP = "Embedder. " + "; ".join(f"{c}: {EMBEDDERS.help(n)}" for n, c in zip(EMBEDDERS.names(), model_choices()))
+
+
+def _model(value: Any) -> Any:
+    """--model: a registered name, or FAMILY:NAME (timm:resnet18); checked here, without importing the model."""
+    if value is None:
+        return value
+    try:
+        split_model(value)
+    except FpindexError:
+        choices = ", ".join(repr(c) for c in model_choices())
+        raise typer.BadParameter(f"{value!r} is not one of {choices}.") from None
+    return value
+
+
+def _defaults(what: Callable[[str], Any]) -> str:
+    """Each model's own default, read from the registry: '64 for cnn, 128 for pixels, …'."""
+    shown = [(c, what(c.replace(":NAME", ":x"))) for c in model_choices()]
+    return ", ".join(f"{c}: {v if v is not None else 'required'}" for c, v in shown)
+
+
+WEIGHTS_HELP = (f"{SELFSUP} (trained on the generated set at build time; cnn, resnet50, timm), {RANDOM} (seeded), "
+                "imagenet (resnet50; needs the torch cache or a network), none (pixels), or a local file: a state "
+                "dict (.pth/.pt, read with weights_only) or .safetensors, or for torchscript a TorchScript .pt / "
+                "torch.export .pt2 (loading runs the file's graph: only files you trust). Nothing is downloaded. "
+                "Default: the model's own (" + _defaults(default_weights) + ").")
 DECISION_HELP = ("How labels are set. auto: calibrated if --used and --not-used are given, else pu if "
                  "--reference (or --not-used) is given, else copies. calibrated, pu and reference also test every "
                  "image for copy-level evidence on its own (the copy channel), so no fit can hide a copy. " +
                  "; ".join(f"{n}: {DECIDERS.help(n)}" for n in DECIDERS.names()))
 
 # Typer option declarations shared by several commands.
-O_MODEL = typer.Option(Model("cnn"), "--model", "-m", help=MODEL_HELP, rich_help_panel="Embedding")
-O_WEIGHTS = typer.Option(None, "--weights", "-w", help="selfsup (cnn: trained on the generated set at build time), "
-                         "random (seeded), imagenet (resnet50; needs the torch cache or a network), none (pixels), "
-                         "or a checkpoint path. Default: the model's own (cnn: selfsup, resnet50: imagenet).",
-                         rich_help_panel="Embedding")
+O_MODEL = typer.Option(EmbedConfig.model, "--model", "-m", help=MODEL_HELP, callback=_model, metavar="MODEL",
+                       rich_help_panel="Embedding")
+O_WEIGHTS = typer.Option(None, "--weights", "-w", help=WEIGHTS_HELP, rich_help_panel="Embedding")
+O_FINETUNE = typer.Option(None, "--finetune", min=1, help="Steps of the same self-supervised training as --weights "
+                          f"{SELFSUP} (on the generated images, at build time), on top of the loaded weights; the "
+                          "trained weights are kept in the index. Default: none.", rich_help_panel="Embedding")
 O_ENHANCE = typer.Option(None, "--enhance", "-e", help=ENHANCE_HELP + ". Default: none.", rich_help_panel="Embedding")
-O_SIZE = typer.Option(None, "--image-size", min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE, help="Side of the square model input in px. Default: the "
-                      "model's (64 for cnn, 128 for pixels, 224 for resnet50).", rich_help_panel="Embedding")
+O_SIZE = typer.Option(None, "--image-size", min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE, help="Side of the square "
+                      "model input in px. Default: the model's (" + _defaults(default_size) + ").",
+                      rich_help_panel="Embedding")
 O_SEED = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed for random weights and every random choice.", rich_help_panel="Embedding")
 O_BATCH = typer.Option(None, "--batch-size", min=1, help="Images per forward pass. Default: 256 on a GPU, 64 on "
                        "a CPU.", rich_help_panel="Embedding")
@@ -172,6 +200,7 @@ FIELDS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "no_cache": [("embed", "cache", lambda v: not v)],
     "cache_dir": [("embed", "cache_dir", lambda v: str(v) if v else None)],
     "train_steps": [("embed", "train_steps", _value)],
+    "finetune": [("embed", "finetune", _value)],
     "window": [("embed", "window", _value)],
     "axis": [("embed", "axis", _value)],
     "max_pixels": [("embed", "max_pixels", _value)],

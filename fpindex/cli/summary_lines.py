@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from ..report.outputs import OUTPUTS
 from .streams import echo_json
 
 if TYPE_CHECKING:
@@ -85,6 +84,8 @@ def print_summary(quiet: bool, verbose: bool, out: Path, summary: Summary) -> No
             typer.echo(f"warning: … and {len(bad) - 5} more (listed in summary.json)", err=True)
     if verbose:
         say(quiet, "timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in summary.timings.items()))
+    from ..report.outputs import OUTPUTS       # imported here: `fpindex --help` loads no report
+
     say(quiet, f"wrote {out}/" + ", ".join(OUTPUTS))
 
 

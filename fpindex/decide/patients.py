@@ -25,12 +25,16 @@ import csv
 import io
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from ..metrics import rank_auc
 from .base import Decision, GroupTest
 from .grouping import PROXY, GroupSource, Grouping
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COLUMNS = ["patient", "source", "images", "score", "p_value", "label", "top_image", "flagged_images"]
 HINT = "no patient ids: give --groups CSV (columns image,patient) or DICOM files with PatientID"
@@ -145,6 +149,8 @@ def patient_level(decision: Decision, images: list[str], grouping: dict[str, Gro
     known = grouping is not None and any(g.exact for g in grouping.values())
     described = {name: g.describe() for name, g in (grouping or {}).items()}
     if not known:
+        import pandas as pd
+
         return Patients(pd.DataFrame({c: [] for c in COLUMNS}), PatientVerdict(None, alpha, HINT), described)
     g = grouping["real"]
     names, inv = np.unique(np.array(g.names, dtype=str), return_inverse=True)
@@ -188,6 +194,8 @@ def patient_level(decision: Decision, images: list[str], grouping: dict[str, Gro
              decision.verdict.basis or "no null to test against")
     verdict = PatientVerdict(leakage, alpha, basis, test.auc if test is not None else None,
                              test.p_value if test is not None else None, copies, int(label.sum()))
+    import pandas as pd
+
     table = pd.DataFrame({"patient": names, "source": source, "images": size, "score": top_score, "p_value": p,
                           "label": label.astype(np.int8), "top_image": np.array(images, dtype=object)[first],
                           "flagged_images": flagged})

@@ -1,13 +1,28 @@
 """Stage 3 — embed: images → L2-normalised vectors.
 
-`models` holds the embedders (registry `EMBEDDERS`), `stream` the batched decode → enhance → forward loop,
-`selfsup` and `train` the self-supervised training on the generated set, `run` a whole folder with caching.
+`base` holds the embedder contract and the registry `EMBEDDERS` (no torch), `weights` the shared weight loader
+and channel adapter, `models`, `timm_models` and `graphs` the embedders, `stream` the batched decode → enhance →
+forward loop, `selfsup` and `train` the self-supervised training on the generated set, `run` a whole folder
+with caching. Everything but `base` is imported on first use (torch takes seconds to import).
 """
 
-from .models import EMBEDDERS, CNNEmbedder, CompactCNN, Embedder, build_embedder
-from .run import Embedded, embed_folder, embed_identity, make_embedder, resolved, vector_cache
-from .train import SELFSUP, SELFSUP_FILE, train_on_generated
+from __future__ import annotations
 
-__all__ = ["EMBEDDERS", "CNNEmbedder", "CompactCNN", "Embedder", "Embedded", "build_embedder", "embed_folder",
-           "embed_identity", "make_embedder", "resolved", "vector_cache", "SELFSUP", "SELFSUP_FILE",
-           "train_on_generated"]
+import importlib
+from typing import Any
+
+from .base import (EMBEDDERS, RANDOM, SELFSUP, SELFSUP_FILE, Embedder, Spec, build_embedder, default_size,
+                   default_weights, model_choices, split_model)
+
+_LAZY = {"CNNEmbedder": "models", "CompactCNN": "models", "Embedded": "run", "embed_folder": "run",
+         "embed_identity": "run", "make_embedder": "run", "resolved": "run", "vector_cache": "run",
+         "train_on_generated": "train"}
+
+__all__ = ["EMBEDDERS", "Embedder", "Spec", "build_embedder", "default_size", "default_weights", "model_choices",
+           "split_model", "RANDOM", "SELFSUP", "SELFSUP_FILE", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

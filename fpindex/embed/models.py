@@ -1,114 +1,31 @@
-"""Stage 3 — embedders: a C × S × S image batch in, L2-normalised float32 vectors out.
+"""Stage 3 — the built-in embedders: raw pixels, the compact CNN, torchvision's ResNet-50.
 
-Every embedder is built from (channels, size, weights, seed, device) and says who it is (`weights_id`), so
-an index can refuse queries embedded differently. Weights are never fetched silently: `imagenet` is used
-only when torchvision can provide it (torch cache, or a download when online); otherwise the error says
-what to pass instead.
+Weights are never fetched silently: `imagenet` is used only when torchvision can provide it (torch cache, or
+a download when online); otherwise the error says what to pass instead.
 """
 
 from __future__ import annotations
 
-import contextlib
 import socket
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..devices import torch_device
 from ..errors import FpindexError
-from ..registry import Registry
-from ..utils import sha256_file
+from .base import build_embedder  # noqa: F401  (its old home)
+from .base import EMBEDDERS, RANDOM, SELFSUP, UNTRAINED, Embedder, Spec
+from .weights import IMAGENET_MEAN, IMAGENET_STD, ChannelAdapter, load_checkpoint, seeded, widen_first_conv
 
 
-@dataclass(frozen=True)
-class Spec:
-    """How an embedder is asked for: what the registry factories receive."""
-
-    channels: int
-    size: int
-    weights: str
-    seed: int
-    device: torch.device
-
-
-class Embedder:
-    """Base class: subclasses set `dim`, `weights_id` and implement `_forward` on a float tensor batch."""
-
-    name: str = ""
-    default_size: int = 128
-    default_weights: str = "random"
-    dim: int
-    weights_id: str
-
-    def __init__(self, spec: Spec) -> None:
-        self.spec = spec
-
-    @torch.inference_mode()
-    def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
-        x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        x = x.to(self.spec.device, dtype=torch.float32, non_blocking=True)  # non-blocking from pinned memory
-        v = self._forward(x).float()
-        v = F.normalize(v, dim=1, eps=1e-12)
-        return v.cpu().numpy().astype(np.float32, copy=False)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-
-EMBEDDERS: Registry[Callable[[Spec], Embedder]] = Registry("model")
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seeded, isolated RNG for weight init: same weights for a seed, and the caller's RNG state untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def _load_checkpoint(path: str, model: nn.Module, ignore_prefixes: tuple[str, ...] = ()) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise FpindexError(f"weights {path}: no such file (use 'random', 'imagenet' for resnet50, or a checkpoint path)")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file; all mean "not a usable checkpoint"
-        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else "empty or truncated file"
-        raise FpindexError(f"weights {path}: not a loadable torch checkpoint ({type(e).__name__}: {detail})") from None
-    if isinstance(state, dict):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise FpindexError(f"weights {path}: expected a state_dict of tensors")
-    state = {k.removeprefix("module."): v for k, v in state.items()
-             if not k.removeprefix("module.").startswith(ignore_prefixes)}
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith(ignore_prefixes)}
-    missing = sorted(set(own) - set(state))
-    wrong = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
-    if missing or wrong:
-        what = f"missing {missing[:3]}" if missing else f"shape mismatch for {wrong[:3]}"
-        raise FpindexError(f"weights {path}: does not fit this model ({what})")
-    model.load_state_dict(state, strict=False)
-    return f"file:sha256={sha256_file(p)[:16]}"
-
-
-@EMBEDDERS.register("pixels", "downsampled (32 px), mean-centred, L2-normalised pixels: the reference baseline")
+@EMBEDDERS.register("pixels")
 class PixelEmbedder(Embedder):
-    name = "pixels"
-    default_size = 128
-    default_weights = "none"
     side = 32
 
     def __init__(self, spec: Spec) -> None:
         super().__init__(spec)
-        if spec.weights not in ("none", "random"):
+        if spec.weights not in ("none", RANDOM):
             raise FpindexError("model 'pixels' has no weights; drop --weights or pass --weights none")
         self.weights_id = "none"
         self.dim = spec.channels * self.side * self.side
@@ -153,25 +70,23 @@ class CompactCNN(nn.Module):
         return f - f.mean(dim=1, keepdim=True)  # ReLU features are all ≥ 0: centre them so cosine discriminates
 
 
-@EMBEDDERS.register("cnn", "compact 4-block CNN on grayscale, 64 px by default (32–1024 with --image-size), 512-d (weights: selfsup = trained on the "
-                    "generated set, random seeded, or a checkpoint)")
+@EMBEDDERS.register("cnn")
 class CNNEmbedder(Embedder):
-    name = "cnn"
-    default_size = 64        # 64 px keeps self-supervised training affordable on a CPU
-    default_weights = "selfsup"
+    """Takes the C channels as they are (it is trained on them)."""
 
     def __init__(self, spec: Spec) -> None:
         super().__init__(spec)
-        with _seeded(spec.seed):
+        with seeded(spec.seed):
             self.net = CompactCNN(spec.channels)
-        if spec.weights == "random":
+        if spec.weights == RANDOM:
             self.weights_id = f"random:seed={spec.seed}"
-        elif spec.weights == "selfsup":
-            self.weights_id = "selfsup:untrained"  # pipeline.build trains it on the generated set, then sets the id
+        elif spec.weights == SELFSUP:
+            self.weights_id = UNTRAINED  # pipeline.build trains it on the generated set, then sets the id
         elif spec.weights == "imagenet":
-            raise FpindexError("model 'cnn' has no ImageNet weights; pass --weights random, selfsup or a checkpoint path")
+            raise FpindexError("model 'cnn' has no ImageNet weights; pass --weights random, selfsup or a checkpoint "
+                               "path")
         else:
-            self.weights_id = _load_checkpoint(spec.weights, self.net)
+            self.weights_id = load_checkpoint(spec.weights, self.net, choices="random, selfsup or a checkpoint path")
         self.dim = self.net.dim
         self.net.eval().to(spec.device)
 
@@ -180,10 +95,6 @@ class CNNEmbedder(Embedder):
 
     def trainable(self) -> nn.Module:
         return self.net
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _imagenet_resnet50_state() -> dict[str, torch.Tensor]:
@@ -206,54 +117,46 @@ def _imagenet_resnet50_state() -> dict[str, torch.Tensor]:
         socket.setdefaulttimeout(old)
 
 
-@EMBEDDERS.register("resnet50", "torchvision ResNet-50, 2048-d pooled features (weights: imagenet, random or a checkpoint)")
+@EMBEDDERS.register("resnet50")
 class ResNet50Embedder(Embedder):
-    """Each input channel is fed as a grey RGB image: conv1's RGB filters are tiled over the C channels and
-    divided by C, so a single channel gives exactly the pretrained network's response to a grey image."""
-
-    name = "resnet50"
-    default_size = 224
-    default_weights = "imagenet"
+    """Each input channel is fed as a grey RGB image (the shared `ChannelAdapter`)."""
 
     def __init__(self, spec: Spec) -> None:
         super().__init__(spec)
         from torchvision.models import resnet50
 
-        with _seeded(spec.seed):
+        with seeded(spec.seed):
             net = resnet50(weights=None)
-        if spec.weights == "selfsup":
-            raise FpindexError("--weights selfsup trains the cnn model; with resnet50 use imagenet, random or a checkpoint")
         if spec.weights == "imagenet":
             net.load_state_dict(_imagenet_resnet50_state())
             self.weights_id = "imagenet:IMAGENET1K_V2"
-        elif spec.weights == "random":
-            self.weights_id = f"random:seed={spec.seed}"
+        elif spec.weights in (RANDOM, SELFSUP):
+            self.weights_id = f"random:seed={spec.seed}" if spec.weights == RANDOM else UNTRAINED
         else:
-            self.weights_id = _load_checkpoint(spec.weights, net, ignore_prefixes=("fc.",))
-        c = spec.channels
-        with torch.no_grad():
-            w = net.conv1.weight  # 64 × 3 × 7 × 7
-            conv = nn.Conv2d(3 * c, 64, 7, stride=2, padding=3, bias=False)
-            conv.weight.copy_(w.repeat(1, c, 1, 1) / c)
-            net.conv1 = conv
+            widened = _widened_state(spec.weights, spec.channels)
+            if widened:       # weights trained by fpindex on C channels: widen first, then load
+                widen_first_conv(net, "conv1", spec.channels)
+            self.weights_id = load_checkpoint(spec.weights, net, ignore_prefixes=("fc.",),
+                                              choices="imagenet, random, selfsup or a checkpoint path")
+        if spec.weights in ("imagenet", RANDOM, SELFSUP) or not widened:
+            widen_first_conv(net, "conv1", spec.channels)
         net.fc = nn.Identity()
         self.net = net.eval().to(spec.device)
+        self.adapt = ChannelAdapter(spec.channels, 3, IMAGENET_MEAN, IMAGENET_STD, widened=True).to(spec.device)
         self.dim = 2048
-        mean = torch.tensor(IMAGENET_MEAN * c).view(1, 3 * c, 1, 1)
-        std = torch.tensor(IMAGENET_STD * c).view(1, 3 * c, 1, 1)
-        self.mean, self.std = mean.to(spec.device), std.to(spec.device)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.repeat_interleave(3, dim=1)
-        return self.net((x - self.mean) / self.std)
+        return self.net(self.adapt(x))
+
+    def trainable(self) -> nn.Module:
+        return self.net
 
 
-def build_embedder(model: str, channels: int, size: int | None, weights: str | None, seed: int,
-                   device: str) -> Embedder:
-    cls = EMBEDDERS.get(model)
-    size = size or cls.default_size  # type: ignore[attr-defined]
-    if size < 32:
-        raise FpindexError(f"image size {size} is too small; use at least 32")
-    spec = Spec(channels=channels, size=size, weights=weights or cls.default_weights,  # type: ignore[attr-defined]
-                seed=seed, device=torch_device(device))
-    return cls(spec)
+def _widened_state(path: str, channels: int) -> bool:
+    """Whether a checkpoint's conv1 already takes `channels` grey images (weights fpindex trained)."""
+    from .weights import read_state
+
+    if channels == 1 or not Path(path).is_file():
+        return False
+    w = read_state(path).get("conv1.weight")
+    return w is not None and w.ndim == 4 and w.shape[1] == 3 * channels

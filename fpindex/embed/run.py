@@ -17,7 +17,8 @@ from ..errors import FpindexError
 from ..load import BadFile, ReadOptions, bad_file
 from ..pixels import PixelStore
 from ..utils import Timings
-from .models import Embedder, build_embedder
+from .base import Embedder, build_embedder
+from .train import trainable, trains
 from .stream import autocast, batches, check_precision, default_batch_size, default_workers, optimise
 
 
@@ -47,6 +48,8 @@ def make_embedder(cfg: EmbedConfig) -> Embedder:
         raise FpindexError("--workers must be 0 or more")
     embedder = build_embedder(cfg.model, channels=len(cfg.enhance), size=cfg.image_size, weights=cfg.weights,
                               seed=cfg.seed, device=cfg.device)
+    if trains(cfg, embedder.spec.weights):
+        trainable(embedder)                # a model that cannot be trained is refused before any image is read
     optimise(embedder)
     return embedder
 

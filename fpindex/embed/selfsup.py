@@ -89,8 +89,11 @@ class _Head(nn.Module):
 
 
 def train(net: nn.Module, dim: int, images: np.ndarray, cfg: SelfSupConfig,
-          progress: Callable[[int], None] | None = None) -> dict:
-    """Train `net` (images → dim-d features) in place on N × C × S × S images in [0, 1]; returns a report."""
+          progress: Callable[[int], None] | None = None,
+          forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+    """Train `net` in place on N × C × S × S images in [0, 1]; returns a report. `forward` maps the images
+    to dim-d features through `net` (default: `net` itself; an embedder with an input adapter passes its own)."""
+    forward = forward or net
     t0 = time.perf_counter()
     # Corruptions are drawn on the CPU from one seeded generator, then the batch moves to the model's device:
     # the same training inputs whatever the device (on a GPU only the network's arithmetic differs).
@@ -111,7 +114,7 @@ def train(net: nn.Module, dim: int, images: np.ndarray, cfg: SelfSupConfig,
     for _ in range(steps):
         batch = data[torch.randperm(len(data), generator=g)[:bs]]
         xa, xb = (corrupt(batch, g, cfg.strength).to(device, non_blocking=True) for _ in range(2))
-        za, zb = head(net(xa)), head(net(xb))
+        za, zb = head(forward(xa).flatten(1)), head(forward(xb).flatten(1))
         logits = za @ zb.T / cfg.temperature
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         opt.zero_grad(set_to_none=True)

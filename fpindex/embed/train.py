@@ -22,19 +22,30 @@ from ..load import ReadOptions, Reader, decode, fit_size
 from ..pixels import PixelStore
 from ..utils import Timings, seeded_sample, sha256_bytes
 from . import selfsup
-from .models import Embedder
+from .base import SELFSUP, SELFSUP_FILE, UNTRAINED, Embedder  # noqa: F401  (the constants' old home)
 from .selfsup import SelfSupConfig
 
-SELFSUP = "selfsup"
-SELFSUP_FILE = "selfsup.pt"
+
+def trains(cfg: EmbedConfig, weights: str) -> bool:
+    """Whether a new index trains its embedder on the generated set: weights selfsup, or --finetune."""
+    return weights == SELFSUP or bool(cfg.finetune)
 
 
-def check_training_memory(n: int, size: int, channels: int, free: int | None = None) -> None:
-    """Training holds its whole sample at once (pixels, then the enhanced stacks, float32): refused before
-    decoding when the machine cannot hold it, naming what to lower, rather than swapping or being killed."""
+def trainable(embedder: Embedder) -> Any:
+    net = embedder.trainable()
+    if net is None:
+        raise FpindexError(f"model {embedder.spec.model or type(embedder).__name__} cannot be trained; drop "
+                           f"--finetune / --weights {SELFSUP}")
+    return net
+
+
+def check_training_memory(n: int, size: int, channels: int, free: int | None = None, parameters: int = 0) -> None:
+    """Training holds its whole sample at once (pixels, then the enhanced stacks, float32), and for each of the
+    network's parameters its value, gradient and two AdamW moments: refused before decoding when the machine
+    cannot hold it, naming what to lower, rather than swapping or being killed."""
     from ..utils import available_memory
 
-    need, free = 4 * n * size * size * (1 + 2 * channels), free or available_memory()
+    need, free = 4 * n * size * size * (1 + 2 * channels) + 16 * parameters, free or available_memory()
     if free is not None and need > free:
         raise FpindexError(f"training on {n:,} generated images at --image-size {size} needs about "
                            f"{need / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB of memory is available; lower "
@@ -46,7 +57,9 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
                        pixels: PixelStore | None = None) -> tuple[dict[str, Any], bytes]:
     import torch
 
-    sscfg = SelfSupConfig(seed=cfg.seed, steps=cfg.train_steps)
+    net = trainable(embedder)
+    start = embedder.weights_id          # what training starts from: seeded random, or a weights file
+    sscfg = SelfSupConfig(seed=cfg.seed, steps=cfg.finetune or cfg.train_steps)
     sample = [files[i] for i in seeded_sample(len(files), sscfg.max_images, cfg.seed).tolist()]
     reader = Reader(ReadOptions.of(cfg))
     with timings.stage("load"):
@@ -59,27 +72,29 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
             raw.append((f, sha, data))
     cached = None
     if cfg.cache:
-        cached = blob_path(cache_root(cfg), "selfsup", {
-            "selfsup": sscfg.as_dict(), "model": cfg.model, "enhance": list(cfg.enhance),
+        cached = blob_path(cache_root(cfg), SELFSUP, {
+            SELFSUP: sscfg.as_dict(), "model": cfg.model, "enhance": list(cfg.enhance),
             "enhance_revision": ENHANCE_REVISION, "size": embedder.spec.size, "seed": cfg.seed,
             "versions": {"fpindex": __version__, "torch": torch.__version__},
-            "sample": sha256_bytes("".join(sha for _, sha, _ in raw).encode())} | reader.read.identity(), ".pt")
+            "sample": sha256_bytes("".join(sha for _, sha, _ in raw).encode())} | reader.read.identity()
+            | ({"start": start} if start != UNTRAINED else {}), ".pt")
         data = read_blob(cached)
         meta = blob_meta(cached) if data is not None else None
         if data is not None and meta is not None:
-            before = {k: v.clone() for k, v in embedder.trainable().state_dict().items()}
+            before = {k: v.clone() for k, v in net.state_dict().items()}
             try:               # a hash-valid blob that is not this network's state dict: train again, rewrite
                 state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-                embedder.trainable().load_state_dict(state)
+                net.load_state_dict(state)
             except Exception as e:
-                embedder.trainable().load_state_dict(before)      # a failed load may have copied some tensors
+                net.load_state_dict(before)      # a failed load may have copied some tensors
                 warnings.warn(f"cached trained weights {cached} do not load ({type(e).__name__}); training "
                               "again and rewriting them", FpindexWarning, stacklevel=2)
             else:
-                embedder.trainable().to(embedder.spec.device)
+                net.to(embedder.spec.device)
                 embedder.weights_id = f"file:sha256={sha256_bytes(data)[:16]}"
-                return {**meta, "from_cache": True}, data
-    check_training_memory(len(raw), embedder.spec.size, len(cfg.enhance))
+                return {**meta, "from_cache": True, "start": start}, data
+    check_training_memory(len(raw), embedder.spec.size, len(cfg.enhance),
+                          parameters=sum(p.numel() for p in net.parameters()))
     with timings.stage("load"):
         decoded = []
         for f, _, d in raw:
@@ -98,8 +113,9 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
         stacks = enhance_batch(imgs, cfg.enhance)  # all at once: filters with a batch version run on chunks
     del imgs
     with timings.stage("embed"), progress(sscfg.steps_for(len(stacks)), "train on generated", "step") as bar:
-        report = selfsup.train(embedder.trainable(), embedder.dim, stacks, sscfg, bar.update)
-    data, embedder.weights_id = selfsup.state_bytes(embedder.trainable())
+        report = selfsup.train(net, embedder.dim, stacks, sscfg, bar.update, forward=embedder.features)
+    data, embedder.weights_id = selfsup.state_bytes(net)
+    report["start"] = start
     if cached is not None:
         write_blob(cached, data, meta=report)
     return report, data

@@ -7,7 +7,16 @@ cosine, ssim, jaccard, subspace, ssim_aligned, bandpass, density_ratio. `compute
 
 from . import cosine, ssim, jaccard, subspace, ssim_aligned, bandpass, density_ratio  # noqa: F401  (registration, in this order)
 from .base import FEATURES, Evidence, Feature, FitInput, ImageBatch, PairBatch, feature, thresholds
-from .compute import Query, Run, compute_evidence
+
+_LAZY = ("Query", "Run", "compute_evidence")      # compute.py reaches the index (FAISS): imported on first use
 
 __all__ = ["FEATURES", "Feature", "FitInput", "ImageBatch", "PairBatch", "feature", "thresholds", "Evidence",
            "Query", "Run", "compute_evidence"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from . import compute
+
+        return getattr(compute, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,16 +8,45 @@ import circle.
 The names below are what the rest of fpindex uses; import anything else from its module.
 """
 
-from ..devices import faiss_device, faiss_gpus
-from .bench import run_bench
-from .build import create_store, finish_build, finish_in_memory, index_embeddings
-from .factory import format_bytes, parse_bytes
-from .shards import shard_add, shard_merge, shard_train
-from .store import INDEX_FILE, ITEM_SCHEMA, ITEMS_FILE, LISTS_FILE, MANIFEST_FILE, IndexStore, as_queries, is_index_dir
-from .tuning import search_overrides
-from .vectors import read_embeddings, write_embeddings
+import importlib
+from typing import Any
+
+# name → the module that defines it, imported on first use (most of them import FAISS or pyarrow).
+_LAZY = {
+    'faiss_device': '..devices',
+    'faiss_gpus': '..devices',
+    'run_bench': '.bench',
+    'create_store': '.build',
+    'finish_build': '.build',
+    'finish_in_memory': '.build',
+    'index_embeddings': '.build',
+    'shard_add': '.shards',
+    'shard_merge': '.shards',
+    'shard_train': '.shards',
+    'INDEX_FILE': '.store',
+    'ITEM_SCHEMA': '.store',
+    'ITEMS_FILE': '.store',
+    'LISTS_FILE': '.store',
+    'MANIFEST_FILE': '.store',
+    'IndexStore': '.store',
+    'as_queries': '.store',
+    'is_index_dir': '.store',
+    'search_overrides': '.tuning',
+    'format_bytes': '.units',
+    'parse_bytes': '.units',
+    'read_embeddings': '.vectors',
+    'write_embeddings': '.vectors',
+}
 
 __all__ = ["IndexStore", "INDEX_FILE", "ITEMS_FILE", "MANIFEST_FILE", "LISTS_FILE", "ITEM_SCHEMA", "as_queries",
            "create_store", "finish_build", "finish_in_memory", "index_embeddings", "shard_train", "shard_add",
            "shard_merge", "parse_bytes", "format_bytes", "search_overrides", "faiss_device", "faiss_gpus",
            "write_embeddings", "read_embeddings", "run_bench", "is_index_dir"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

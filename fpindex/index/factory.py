@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import FpindexError
 from ..utils import seeded_sample
 from .base import make_faiss_index, unwrap
+from .units import format_bytes, parse_bytes  # noqa: F401  (their old home)
 
 EXACT_BELOW = 100_000            # below this, exact search (Flat) is the default
 HNSW_QUANTIZER_FROM = 1_000_000  # from this many vectors the coarse quantizer is an HNSW graph
@@ -33,28 +34,9 @@ MAX_NLIST = 4096                 # k-means on more lists takes tens of minutes o
 TRAIN_PER_LIST = 40              # k-means training points per list (FAISS warns below 39)
 TRAIN_MIN = 65_536               # PQ/SQ codebooks want a few ten thousand points whatever the list count
 
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 # ---- memory ---------------------------------------------------------------------------------------
-
-def parse_bytes(text: str | int | None) -> int | None:
-    """'8G', '512M', '1.5GiB', 1234 → bytes (binary units); None stays None."""
-    if text is None or isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B)?\s*", str(text), re.IGNORECASE)
-    if not m:
-        raise FpindexError(f"cannot read the memory size {text!r}; write it like 8G, 512M or 1.5GiB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    raise AssertionError
-
 
 def default_budget() -> int:
     """Half the machine's physical memory: the rest is for the embeddings, the OS and other programs."""
