@@ -8,10 +8,8 @@ does not import torch, FAISS or pandas.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from ._version import __version__
+from .lazy import lazy_attributes
 from .errors import FpindexError, FpindexWarning
 from .config import (AuditConfig, CanaryConfig, DecideConfig, EmbedConfig, EvidenceConfig, IndexConfig,
                      RunConfig)
@@ -27,12 +25,7 @@ __all__ = ["audit", "build_index", "open_index", "simulate", "sensitivity", "Ind
            "__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

@@ -8,8 +8,7 @@ with caching. Everything but `base` is imported on first use (torch takes second
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_attributes
 
 from .base import (EMBEDDERS, RANDOM, SELFSUP, SELFSUP_FILE, Embedder, Spec, build_embedder, default_size,
                    default_weights, model_choices, split_model)
@@ -22,7 +21,4 @@ __all__ = ["EMBEDDERS", "Embedder", "Spec", "build_embedder", "default_size", "d
            "split_model", "RANDOM", "SELFSUP", "SELFSUP_FILE", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {name: f".{m}" for name, m in _LAZY.items()}, globals())

@@ -6,6 +6,7 @@ cosine, ssim, jaccard, subspace, ssim_aligned, bandpass, density_ratio. `compute
 """
 
 from . import cosine, ssim, jaccard, subspace, ssim_aligned, bandpass, density_ratio  # noqa: F401  (registration, in this order)
+from ..lazy import lazy_attributes
 from .base import FEATURES, Evidence, Feature, FitInput, ImageBatch, PairBatch, feature, thresholds
 
 _LAZY = ("Query", "Run", "compute_evidence")      # compute.py reaches the index (FAISS): imported on first use
@@ -14,9 +15,4 @@ __all__ = ["FEATURES", "Feature", "FitInput", "ImageBatch", "PairBatch", "featur
            "Query", "Run", "compute_evidence"]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        from . import compute
-
-        return getattr(compute, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, dict.fromkeys(_LAZY, ".compute"), globals())

@@ -8,8 +8,7 @@ import circle.
 The names below are what the rest of fpindex uses; import anything else from its module.
 """
 
-import importlib
-from typing import Any
+from ..lazy import lazy_attributes
 
 # name → the module that defines it, imported on first use (most of them import FAISS or pyarrow).
 _LAZY = {
@@ -44,9 +43,4 @@ __all__ = ["IndexStore", "INDEX_FILE", "ITEMS_FILE", "MANIFEST_FILE", "LISTS_FIL
            "write_embeddings", "read_embeddings", "run_bench", "is_index_dir"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
