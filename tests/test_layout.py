@@ -10,8 +10,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fpindex"
 
 # Stages in pipeline order; a module may import its own stage, earlier stages and the support modules.
 STAGES = ["load", "pixels", "enhance", "embed", "index", "search", "evidence", "decide", "report"]
-SUPPORT = {"_version", "errors", "lazy", "registry", "utils", "safeio", "config", "cache", "devices", "metrics", "plants",
-           "locks"}
+SUPPORT = {"_version", "errors", "lazy", "registry", "utils", "safeio", "config", "cache", "devices", "metrics",
+           "plants", "locks"}
 ABOVE = {"pipeline", "api", "cli", "demo", "evaluate", "presets", "canaries", "simulator", "sweep", "engine",
          "release", "__main__", "__init__"}   # compose the stages
 
