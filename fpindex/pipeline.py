@@ -36,7 +36,7 @@ from .pixels import PixelStore, QueryImages
 from .decide.replication import assess, counts, withheld
 from .report import AuditResult, submission_ids
 from .safeio import recover_dir, refuse_special, shown
-from .search import Neighbours, search, search_real
+from .search import REAL_NPROBE, Neighbours, real_factory, search, search_real
 from .report.schema import Counts, DecisionRecord, FolderCounts, GeneratedSummary, Settings, Summary
 from .utils import Timings, versions
 
@@ -252,9 +252,14 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
     background = [None] * len(searched)
     depth = max([FEATURES.get(f).real_k for f in names if "real_neighbours" in FEATURES.get(f).needs
                  and (not FEATURES.get(f).on_demand or f in wanted)], default=0)
+    real_neighbours = None      # how the real images' own neighbours were searched (summary.json settings.index)
     if depth:
         with timings.stage("search"):
             background = search_real([(e.vectors, e.sha256) for e, _ in searched.values()], depth)
+        n_real = sum(len(e.paths) for e, _ in searched.values())
+        factory = real_factory(n_real)
+        real_neighbours = {"images": n_real, "k": depth, "factory": factory,
+                           "nprobe": REAL_NPROBE if factory.startswith("IVF") else None}
     with timings.stage("search"):   # folds and permutations move whole patients, or sibling groups (FUSING)
         grouping = group_folders({n: GroupFolder(e.root, e.paths, e.vectors) for n, (e, _) in searched.items()},
                                  groups_table, proxy=method in FUSING)
@@ -298,7 +303,7 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
         settings=Settings(k=config.evidence.k, decide=config.to_dict()["decide"],
                           embedder=store.manifest["embedder"],
                           index={"factory": store.manifest["factory"], "metric": store.manifest["metric"],
-                                 "ntotal": store.ntotal},
+                                 "ntotal": store.ntotal, "real_neighbours": real_neighbours},
                           folders={n: str(Path(p).absolute()) for n, p in folders.items() if p is not None}),
         config=config.to_dict(),
         evidence={name: {"level": FEATURES.get(name).level, "help": FEATURES.help(name),

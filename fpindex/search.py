@@ -41,6 +41,13 @@ REAL_EXACT_BELOW = 20_000
 REAL_NPROBE = 16             # lists visited per query (of 1,024 at 100k real images: 1.6 %)
 
 
+def real_factory(n: int, exact_below: int = REAL_EXACT_BELOW) -> str:
+    """The index the real images' own neighbours are searched with, for n real images (recorded in summary.json)."""
+    from .index.factory import nlist_for
+
+    return "Flat" if n < exact_below else f"IVF{nlist_for(n)},Flat"
+
+
 def real_index(vectors: np.ndarray, exact_below: int = REAL_EXACT_BELOW, nprobe: int = REAL_NPROBE,
                seed: int = 0):
     """A FAISS inner-product index over the real images: `Flat` (exact) below `exact_below` vectors, else
@@ -49,10 +56,10 @@ def real_index(vectors: np.ndarray, exact_below: int = REAL_EXACT_BELOW, nprobe:
     import faiss
 
     from .index.base import make_faiss_index
-    from .index.factory import nlist_for, train_sample
+    from .index.factory import train_sample
 
     x = np.ascontiguousarray(vectors, np.float32)
-    factory = "Flat" if len(x) < exact_below else f"IVF{nlist_for(len(x))},Flat"
+    factory = real_factory(len(x), exact_below)
     index = make_faiss_index(factory, x.shape[1])
     if not index.is_trained:
         index.train(train_sample(x, index, seed))

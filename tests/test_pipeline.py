@@ -104,6 +104,14 @@ def test_summary_records_write_time(leak):
     assert summary["timings"]["write"] > 0
 
 
+def test_summary_records_how_the_real_images_own_neighbours_were_searched(leak):
+    """density_ratio reads them; below search.REAL_EXACT_BELOW real images the search is exact."""
+    summary = json.loads((leak.audit_out / "summary.json").read_text())
+    real = summary["settings"]["index"]["real_neighbours"]
+    assert real["factory"] == "Flat" and real["nprobe"] is None and real["k"] > 0
+    assert real["images"] == sum(c["embedded"] for n, c in summary["counts"].items() if isinstance(c, dict))
+
+
 @pytest.mark.slow
 def test_build_then_query_equals_audit(leak, helpers, tmp_path):
     idx = tmp_path / "index"

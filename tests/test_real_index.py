@@ -3,7 +3,7 @@ inverted file above it that gives the exhaustive answers when it visits every li
 
 import numpy as np
 
-from fpindex.search import real_index, search_real, sibling_groups
+from fpindex.search import real_factory, real_index, search_real, sibling_groups
 
 
 def unit(rng, n, d=16):
@@ -32,6 +32,7 @@ def test_the_factory_is_exact_below_the_threshold_and_an_inverted_file_above():
     assert factory.startswith("IVF") and factory.endswith(",Flat") and index.ntotal == 700
     import faiss
     assert faiss.extract_index_ivf(index).nprobe == 3
+    assert real_factory(700, exact_below=700) == factory and real_factory(699, exact_below=700) == "Flat"
 
 
 def test_search_real_equals_the_exhaustive_search_flat_and_ivf_visiting_every_list():
