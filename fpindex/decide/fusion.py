@@ -147,10 +147,10 @@ def cross_fit(x: np.ndarray, y: np.ndarray, folds: int, cfg: DecideConfig,
         null.append(rank_auc(yp, oof))
         if groups is not None:
             null_group.append(rank_auc(shuffled_groups, group_max(oof, inv, n_groups)))
-    perm_p = (1.0 + np.sum(np.asarray(null) >= observed)) / (1.0 + cfg.permutations)
+    perm_p = empirical_p(np.array([observed]), np.asarray(null))[0]
     test = None
     if groups is not None:
-        p_group = (1.0 + np.sum(np.asarray(null_group) >= observed_group)) / (1.0 + cfg.permutations)
+        p_group = empirical_p(np.array([observed_group]), np.asarray(null_group))[0]
         test = GroupTest(round(float(observed_group), 4), float(p_group),
                          (int((group_y == 1).sum()), int((group_y == 0).sum())), cfg.permutations)
     return CrossFit(p_cv, s_cv, weights, observed, float(perm_p), fold_of, test)

@@ -10,11 +10,7 @@ For each patient (group) of the real images (decide/grouping.py says how they we
   highest score (`GroupTest`), at the fused channel's share of α; beside it the copy channel at patient level,
   each patient's copy p-value (Bonferroni over its images) through Benjamini-Hochberg at the copy share of α.
   Leakage when either finds it, so α in all, as for the image-level verdict (copies.py). Per image the copy
-  p-value here asks every copy feature to be at copy level at once (the largest feature p-value, an
-  intersection-union test: the `copies` decision's rule that two measures must agree), since one feature alone
-  has a heavier tail than its model on real CT: on lidc-ct128 null draws one unused image's aligned SSIM,
-  far above every other unused image's, set off the image-level copy channel in 4 of 10 splits
-  (benchmarks/README.md § Patients).
+  p-value is the copy channel's own: every copy feature at copy level at once (copies.CopyTest.p).
 - exposed: the patient-level verdict says leakage and the patient's p-value ≤ α, or its copy p-value survives
   BH; for `copies` and `fixed` (no null, no p-value) any of its images labelled used.
 """
@@ -30,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..metrics import rank_auc
-from .base import Decision, GroupTest
+from .base import Decision, GroupTest, empirical_p
 from .grouping import PROXY, GroupSource, Grouping
 
 if TYPE_CHECKING:
@@ -44,6 +40,13 @@ def group_max(scores: np.ndarray, inv: np.ndarray, n: int) -> np.ndarray:
     """Each group's highest score (`inv`: each image's group, 0..n-1)."""
     out = np.full(n, -np.inf)
     np.maximum.at(out, inv, np.asarray(scores, np.float64))
+    return out
+
+
+def group_min(values: np.ndarray, inv: np.ndarray, n: int) -> np.ndarray:
+    """Each group's smallest value (a p-value: the group's most significant image)."""
+    out = np.full(n, np.inf)
+    np.minimum.at(out, inv, np.asarray(values, np.float64))
     return out
 
 
@@ -61,8 +64,8 @@ def permutation_group_test(pos: np.ndarray, pos_groups: np.ndarray, neg: np.ndar
     observed = rank_auc(y, top)
     rng = np.random.default_rng([seed, 20])
     null = np.array([rank_auc(rng.permutation(y), top) for _ in range(permutations)])
-    return GroupTest(round(float(observed), 4), float((1 + np.sum(null >= observed)) / (1 + permutations)),
-                     (na, nb), permutations)
+    return GroupTest(round(float(observed), 4), float(empirical_p(np.array([observed]), null)[0]), (na, nb),
+                     permutations)
 
 
 @dataclass(frozen=True)
@@ -161,9 +164,7 @@ def patient_level(decision: Decision, images: list[str], grouping: dict[str, Gro
     top_score = group_max(score, inv, n)
     has_p = decision.p_value is not None
     p_img = np.asarray(decision.p_value, np.float64) if has_p else np.full(len(score), np.nan)
-    p_min = np.full(n, np.inf)
-    np.minimum.at(p_min, inv, p_img)
-    p = np.minimum(1.0, size * p_min) if has_p else np.full(n, np.nan)
+    p = np.minimum(1.0, size * group_min(p_img, inv, n)) if has_p else np.full(n, np.nan)
     label_img = np.asarray(decision.label, bool)
     flagged = np.bincount(inv, weights=label_img, minlength=n).astype(int)
     order_in = np.lexsort((-score, p_img if has_p else np.zeros(len(score)), inv))   # best image of each first
@@ -175,8 +176,7 @@ def patient_level(decision: Decision, images: list[str], grouping: dict[str, Gro
     if "copy" in decision.p_channels:
         from scipy.stats import false_discovery_control
 
-        c_min = np.full(n, np.inf)
-        np.minimum.at(c_min, inv, np.asarray(decision.p_channels["copy"], np.float64))
+        c_min = group_min(decision.p_channels["copy"], inv, n)
         copy_hit = false_discovery_control(np.minimum(1.0, size * c_min), method="bh") <= COPY_SHARE * alpha
         copies = int(copy_hit.sum())
     test = decision.group_test
