@@ -127,16 +127,13 @@ def filter_generated(generated: str | Path, out: str | Path, dest: str | Path,
                            "again before filtering")
     chosen = table[table["grade"].isin(list(grades))]
     files, _ = list_folder(generated, "generated-image folder")
-    by_file: dict[str, list[str]] = {}
-    for f in files:
-        by_file.setdefault(split_frame(f)[0].relative_to(generated).as_posix(), []).append(
-            f.relative_to(generated).as_posix())
+    on_disk = dict.fromkeys(split_frame(f)[0].relative_to(generated).as_posix() for f in files)   # files, in order
     withheld_files: dict[str, list] = {}
     for row in chosen.itertuples(index=False):
         name = split_frame(generated / row.relative)[0].relative_to(generated).as_posix()
         withheld_files.setdefault(name, []).append(row)
     with atomic_dir(dest) as tmp:
-        for name in by_file:
+        for name in on_disk:
             if name in withheld_files:
                 continue
             target = tmp / name
