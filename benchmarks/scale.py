@@ -1,6 +1,7 @@
 """Scale: the whole default audit at growing numbers of generated images, with a fixed real set.
 
-The set is made once from `../shared/data/lidc-ct128` (seeded augmentations) and kept in `--work`:
+The set is made once from `../shared/data/lidc-ct128` (seeded augmentations) and kept in `--work` (the pool
+of generated images once per seed, shared by every real-set size, made on all cores):
 patients are split five ways — labelled members (`train/used`), labelled non-members (`train/not_used`),
 test members and test non-members (`test/`), and patients only the "generator" saw. Real images are the
 originals of the first four groups plus seeded mild augmentations of them, up to `--real` images
@@ -63,8 +64,11 @@ def augment(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.nd
 
 
 def _write(path: Path, img: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), img):
-        raise OSError(f"could not write {path}")
+    """Whole or not at all: a run stopped mid-write leaves no truncated image behind."""
+    tmp = path.with_name(path.stem + ".part.png")
+    if not cv2.imwrite(str(tmp), img):
+        raise OSError(f"could not write {tmp}")
+    os.replace(tmp, path)
 
 
 def split_patients(data: Path, seed: int) -> dict[str, list[Path]]:
@@ -99,20 +103,32 @@ def make_real(folder: Path, groups: dict[str, list[Path]], n_real: int, seed: in
     return counts
 
 
-def extend_pool(pool: Path, groups: dict[str, list[Path]], n: int, seed: int) -> None:
-    """Generated images 0 … n-1; image i depends only on (seed, i), so a pool grows without changing."""
-    pool.mkdir(parents=True, exist_ok=True)
-    members = groups["used"] + groups["test_member"]
-    fresh = groups["generator_only"]
-    have = len(list(pool.glob("*.png")))
-    t = time.perf_counter()
-    for i in range(have, n):
+def _pool_images(pool: Path, members: list[Path], fresh: list[Path], indices: list[int], seed: int) -> None:
+    for i in indices:
         rng = np.random.default_rng([seed, 1, i])
         sources = members if rng.random() < REPLAY_SHARE else fresh
         src = cv2.imread(str(sources[int(rng.integers(len(sources)))]), cv2.IMREAD_GRAYSCALE)
         _write(pool / f"g{i:06d}.png", augment(src, rng, 1.0))
-        if (i + 1) % 10000 == 0:
-            print(f"  pool: {i + 1}/{n} generated images ({time.perf_counter() - t:.0f} s)", flush=True)
+
+
+def extend_pool(pool: Path, groups: dict[str, list[Path]], n: int, seed: int) -> None:
+    """Generated images 0 … n-1; image i depends only on (seed, i), so a pool grows without changing and its
+    images can be made by several processes at once (one per core, blocks of 10,000)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from itertools import repeat
+
+    pool.mkdir(parents=True, exist_ok=True)
+    members = groups["used"] + groups["test_member"]
+    fresh = groups["generator_only"]
+    missing = [i for i in range(n) if not (pool / f"g{i:06d}.png").is_file()]
+    t = time.perf_counter()
+    blocks = [missing[s:s + 10000] for s in range(0, len(missing), 10000)]
+    with ProcessPoolExecutor(os.cpu_count() or 1) as ex:
+        done = n - len(missing)
+        for block, _ in zip(blocks, ex.map(_pool_images, repeat(pool), repeat(members), repeat(fresh), blocks,
+                                           repeat(seed))):
+            done += len(block)
+            print(f"  pool: {done}/{n} generated images ({time.perf_counter() - t:.0f} s)", flush=True)
 
 
 def make_set(work: Path, data: Path, sizes: list[int], n_real: int, seed: int) -> Path:
@@ -125,7 +141,10 @@ def make_set(work: Path, data: Path, sizes: list[int], n_real: int, seed: int) -
         print(f"making {n_real} real images in {root / 'real'}", flush=True)
         counts = make_real(root / "real", groups, n_real, seed)
         write_json_atomic(done, {"counts": counts, "groups": {g: len(v) for g, v in groups.items()}})
-    extend_pool(root / "pool", groups, max(sizes), seed)
+    pool = work / f"pool-seed{seed}"              # shared by every real-set size: its images do not depend on it
+    if not pool.is_dir() and (root / "pool").is_dir():
+        (root / "pool").rename(pool)              # the layout before the pool was shared
+    extend_pool(pool, groups, max(sizes), seed)
     for n in sizes:
         folder = root / f"gen-{n}"
         if folder.is_dir() and len(list(folder.iterdir())) == n:
@@ -133,7 +152,7 @@ def make_set(work: Path, data: Path, sizes: list[int], n_real: int, seed: int) -
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
         for i in range(n):
-            os.link(root / "pool" / f"g{i:06d}.png", folder / f"g{i:06d}.png")
+            os.link(pool / f"g{i:06d}.png", folder / f"g{i:06d}.png")
     return root
 
 
@@ -215,20 +234,25 @@ def main(argv: list[str] | None = None) -> None:
                                                       "to compare commits on the same set")
     ap.add_argument("--append", action="store_true",
                     help="keep the rows already in the results file for other sizes (same --real, seed, audit args)")
+    ap.add_argument("--make-only", action="store_true", help="make the set (real images, pool, size folders) "
+                    "and stop: the long part of a large size, run ahead of the audits")
     ap.add_argument("--audit-args", default="", help="extra `fpindex audit` options, e.g. '--preset zoq-cnn-cosine'")
     args = ap.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     work = Path(args.work)
     root = make_set(work, Path(args.data), sizes, args.real, args.seed)
+    if args.make_only:
+        print(f"set ready in {root}", flush=True)
+        return
     extra = args.audit_args.split()
     stem = f"scale{'-' + args.label if args.label else ''}"
     info = machine()
     print("warm-up: page cache and a small audit", flush=True)
     _read_all(root / "real")
-    _read_all(root / "pool")
+    _read_all(root / f"gen-{max(sizes)}")     # hard links: every size's images
     warm = work / "warm"                 # 200 generated, 40 real images in each folder
     shutil.rmtree(warm, ignore_errors=True)
-    for src, dst in [(root / "pool", warm / "gen")] + [(root / "real" / s, warm / "real" / s)
+    for src, dst in [(root / f"gen-{max(sizes)}", warm / "gen")] + [(root / "real" / s, warm / "real" / s)
                                                        for s in ("test", "train/used", "train/not_used")]:
         dst.mkdir(parents=True)
         for f in sorted(src.glob("*.png"))[:200 if dst.name == "gen" else 40]:
