@@ -358,5 +358,8 @@ def audit(generated: str | Path, real: str | Path, config: AuditConfig, index_di
         raise FpindexError(f"index {index_dir} already exists; pass --overwrite to replace it or choose another "
                            "--index")
     built = build(generated, config, index_dir, mode="overwrite" if overwrite else "new", timings=timings)
+    # The generated vectors live on in the index, where the query reads them: the copy embedding made is let go
+    # (2 GB of 512-d vectors at 1M images).
+    built.embedded.vectors = built.embedded.vectors[:0]
     return query(built, real, config, used=used, not_used=not_used, reference=reference, timings=timings,
                  pixels=built.pixels, build_summary=built.summary)

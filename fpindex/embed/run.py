@@ -21,6 +21,10 @@ from .base import Embedder, build_embedder
 from .train import trainable, trains
 from .stream import autocast, batches, check_precision, default_batch_size, default_workers, optimise
 
+# Vectors go to the cache in shards of this many rows, each a view of the embedded set where its rows are
+# contiguous: a cold run of 1M images then holds one copy of its vectors (2 GB at 512-d), not three.
+CACHE_BLOCK = 1 << 17
+
 
 @dataclass
 class Embedded:
@@ -128,15 +132,22 @@ def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedCo
                     new_vecs.append(embedder(batch.x))
                 new_rows += embed_rows
             bar.update(len(batch.items))
-    dim = embedder.dim
-    out.vectors = np.empty((len(out.paths), dim), np.float32)
-    fresh = np.concatenate(new_vecs) if new_vecs else np.empty((0, dim), np.float32)
-    out.vectors[new_rows] = fresh
-    old_rows = sorted(set(range(len(out.paths))) - set(new_rows))
+    out.vectors = np.empty((len(out.paths), embedder.dim), np.float32)
+    rows = np.asarray(new_rows, np.int64)
+    at = 0
+    for i, v in enumerate(new_vecs):      # each batch let go once placed: one copy of the set, not three
+        out.vectors[rows[at:at + len(v)]] = v
+        at += len(v)
+        new_vecs[i] = None
+    old_rows = np.setdiff1d(np.arange(len(out.paths)), rows)
     out.cached = len(old_rows)
     if cache is not None:
         with timings.stage("embed"):
-            if old_rows:
-                out.vectors[old_rows] = cache.get([out.sha256[r] for r in old_rows])
-            cache.put([out.sha256[r] for r in new_rows], fresh)
+            if len(old_rows):
+                out.vectors[old_rows] = cache.get([out.sha256[r] for r in old_rows.tolist()])
+            for s in range(0, len(rows), CACHE_BLOCK):
+                block = rows[s:s + CACHE_BLOCK]
+                contiguous = len(block) and block[-1] - block[0] == len(block) - 1
+                cache.put([out.sha256[r] for r in block.tolist()],
+                          out.vectors[block[0]:block[-1] + 1] if contiguous else out.vectors[block])
     return out

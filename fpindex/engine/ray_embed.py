@@ -247,16 +247,26 @@ def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedCo
         for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
             parts.append(b)
             bar.update(len(b["pos"]))
-    rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "vector"}
     order = np.argsort(rows["pos"], kind="stable")
     rows = {k: v[order] for k, v in rows.items()}
     keep = np.flatnonzero(np.isin(rows["status"], [NEW, CACHED]))
+    # Vectors go straight from each part to their row of the result, the part let go once placed: one copy of
+    # the set in memory, not four (concatenated, reordered, kept).
+    dest = np.full(len(order), -1, np.int64)
+    dest[order[keep]] = np.arange(len(keep))
+    result.vectors = np.empty((len(keep), embedder.dim), np.float32)
+    at = 0
+    for i, part in enumerate(parts):
+        d = dest[at:at + len(part["pos"])]
+        at += len(d)
+        result.vectors[d[d >= 0]] = np.asarray(part["vector"], np.float32).reshape(len(d), embedder.dim)[d >= 0]
+        parts[i] = None
     for i in np.flatnonzero(rows["status"] == BAD).tolist():
         bad_file(files[int(rows["pos"][i])], str(rows["error"][i]), result.bad)
     result.paths = [files[int(p)].relative_to(root).as_posix() for p in rows["pos"][keep].tolist()]
     result.sha256 = rows["sha256"][keep].tolist()
     result.nbytes = [int(n) for n in rows["nbytes"][keep].tolist()]
-    result.vectors = np.ascontiguousarray(rows["vector"][keep], np.float32).reshape(len(keep), embedder.dim)
     cached = np.flatnonzero(rows["status"][keep] == CACHED)
     result.cached = len(cached)
     if len(cached):
