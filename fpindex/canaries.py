@@ -118,7 +118,7 @@ def run_canaries(cfg: AuditConfig, decision: Decision, folder: Folder, embedder:
     slot = np.array([r["slot"] for r in rows])
     cosine, shas, new_pair = _planted_pairs(cfg, emb, src, px[slot], planted, embedder, attachments, wanted, names,
                                             cache_dir, timings, progress, "re-rank canaries")
-    evidence = _what_if(folder, src, cosine, new_pair, names)
+    evidence = _what_if(folder, src, cosine, new_pair, names, cfg.evidence.screen)
     with timings.stage("decide"):
         score, p_value = decision.rescore(evidence)
     found = decision.rule.found(score, p_value)       # the decision's own rule, without the verdict's gate
@@ -206,7 +206,7 @@ def copy_levels(cfg: AuditConfig, emb: Embedded, embedder: Embedder, pixels: Pix
 
 
 def _what_if(folder: Folder, src: np.ndarray, cosine: np.ndarray, new_pair: dict[str, np.ndarray],
-             names: list[str]) -> Evidence:
+             names: list[str], screen: int | None = None) -> Evidence:
     """Each canary row's evidence: its source's neighbours plus the planted copy, top k by cosine, pooled."""
     ids, cos = folder.nb.ids[src], folder.nb.cosine[src].astype(np.float64)
     k = ids.shape[1]
@@ -215,11 +215,12 @@ def _what_if(folder: Folder, src: np.ndarray, cosine: np.ndarray, new_pair: dict
     order = np.argsort(-key, axis=1, kind="stable")[:, :k]
     take = lambda a: np.take_along_axis(a, order, axis=1)   # noqa: E731
     keep = take(valid)
+    pairs = {name: take(np.c_[folder.pair[name][src], new_pair[name]]) for name in new_pair}
     scores = {}
     for name in names:
         f = FEATURES.get(name)
         if f.level == "pair":
-            scores[name] = pool(name, take(np.c_[folder.pair[name][src], new_pair[name]]), keep)
+            scores[name] = pool(name, pairs[name], keep, pairs, screen)
         elif "neighbours" in f.needs and folder.real_cosine is not None:   # reads the merged neighbour list
             merged = np.where(keep, take(key), np.nan).astype(np.float32)
             scores[name] = f.images(ImageBatch(cosine=merged, real_cosine=folder.real_cosine[src]))

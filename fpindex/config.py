@@ -95,9 +95,13 @@ class IndexConfig:
 class EvidenceConfig:
     k: int = 20                      # neighbours retrieved per real image (partial copies rank low: deep enough)
     features: tuple[str, ...] | None = None   # None: every registered feature (fpindex/evidence/)
+    # Features that declare a screen (bandpass) computed only for each real image's `screen` best neighbours on
+    # the screening feature; None: for all k (evidence/compute.py `screened`)
+    screen: int | None = None
 
     def __post_init__(self) -> None:
         _check_int("--k", self.k, 1)
+        _check_int("--screen", self.screen, 1, none=True)
 
 
 @dataclass(frozen=True)

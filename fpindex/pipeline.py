@@ -272,8 +272,8 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
                   gen_sha256=lambda ids: store.items.column("sha256").take(ids).to_pylist(),
                   gen_vectors=store.reconstruct, images=QueryImages(pixels, emb.files(), store),
                   attachments=store.attachments, where=str(store.directory or "in memory"), real_cosine=real_cosine)
-        run = Run(wanted=wanted, cache_dir=cache_root(embed_cfg),
-                  stage=timings.stage, progress=bar, desc=f"re-rank {name}")
+        run = Run(wanted=wanted, cache_dir=cache_root(embed_cfg), stage=timings.stage, progress=bar,
+                  desc=f"re-rank {name}", screen=config.evidence.screen)
         pair, ev = engine.evidence(q, run, names)
         results[name] = (emb, nb, pair, replace(ev, groups=groups))
 
@@ -307,7 +307,10 @@ def query(index: IndexStore | Built, real: str | Path, config: AuditConfig, used
                           folders={n: str(Path(p).absolute()) for n, p in folders.items() if p is not None}),
         config=config.to_dict(),
         evidence={name: {"level": FEATURES.get(name).level, "help": FEATURES.help(name),
-                         "computed": not FEATURES.get(name).on_demand or name in wanted} for name in names},
+                         "computed": not FEATURES.get(name).on_demand or name in wanted}
+                  | ({"screen": {"by": FEATURES.get(name).screen, "keep": config.evidence.screen}}
+                     if FEATURES.get(name).screen and config.evidence.screen else {})
+                  for name in names},
         bad_files={name: [b.__dict__ for b in r[0].bad] for name, r in results.items() if r[0].bad},
         warnings=warned, versions=versions(), patients=patients.to_dict())
     canary_from = source_folder(method, set(results)) if config.canaries.n > 0 else None

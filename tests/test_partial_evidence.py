@@ -122,3 +122,83 @@ def test_a_query_without_the_real_images_neighbours_is_refused_for_a_feature_tha
     with pytest.raises(ValueError, match="^feature density_ratio needs the real images' own neighbours"):
         _real_cosines(FEATURES.get("density_ratio"), SimpleNamespace(real_cosine=None), np.arange(2))
     assert _real_cosines(FEATURES.get("cosine"), SimpleNamespace(real_cosine=None), np.arange(2)) is None
+
+
+class _Pixels:
+    """The runner's view of a few in-memory images (evidence/compute.py's Images protocol)."""
+
+    size = 64
+
+    def __init__(self, real, gen):
+        self._real, self._gen = real, gen
+
+    def real(self, rows):
+        return self._real[rows]
+
+    def generated(self, ids):
+        return self._gen[ids]
+
+    def check_generated(self, ids):
+        pass
+
+
+def test_bandpass_is_computed_only_for_the_neighbours_the_aligned_ssim_screens_in():
+    from fpindex.evidence import Query, Run, compute_evidence
+    from fpindex.search import Neighbours
+
+    assert FEATURES.get("bandpass").screen == "ssim_aligned"
+    real = np.stack([textured(s) for s in range(3)])
+    gen, ids = [], []
+    for i, img in enumerate(real):            # per real image: two unrelated images, a moved copy, a copy
+        ids.append([len(gen) + j for j in range(4)])
+        gen += [textured(100 + 2 * i), textured(101 + 2 * i), moved(img, 3, 1.02, 1, -1), img.copy()]
+    gen, ids = np.stack(gen), np.array(ids)
+    nb = Neighbours(ids, np.tile(np.float32([0.9, 0.8, 0.7, 0.6]), (3, 1)))   # the copies ranked last by cosine
+    q = Query(sha256=[f"r{i}" for i in range(3)], vectors=np.zeros((3, 4), np.float32), nb=nb,
+              gen_sha256=lambda x: [f"g{i}" for i in x.tolist()], gen_vectors=lambda x: np.zeros((len(x), 4)),
+              images=_Pixels(real, gen), attachments={}, where="test")
+    wanted = frozenset({"ssim_aligned", "bandpass"})
+    everything, _ = compute_evidence(q, Run(wanted=wanted), ["ssim_aligned", "bandpass"])   # default: all k
+    assert np.isfinite(everything["bandpass"]).all()
+    pair, ev = compute_evidence(q, Run(wanted=wanted, screen=2), ["ssim_aligned", "bandpass"])
+    band = pair["bandpass"]
+    np.testing.assert_array_equal(band[:, 2:], everything["bandpass"][:, 2:])    # the same values where computed
+    assert np.isnan(band[:, :2]).all() and np.isfinite(band[:, 2:]).all()     # the two copies only
+    ai, gi = np.repeat(np.arange(3), 2), ids[:, 2:].ravel()
+    np.testing.assert_array_equal(band[:, 2:].ravel(), bandpass_correlation(real, gen, ai, gi))
+    np.testing.assert_allclose(ev.scores["bandpass"], band[:, 3], atol=1e-6)   # best of those computed: the copy
+
+
+def test_a_merged_list_reapplies_the_screen():
+    from fpindex.evidence.compute import pool
+
+    valid = np.ones((1, 3), bool)
+    # the canaries' what-if: a planted copy (last) joins a list whose two computed pairs were the best screened
+    screen = np.array([[0.6, 0.5, 0.9]], np.float32)
+    band = np.array([[0.4, 0.7, 0.95]], np.float32)
+    assert pool("bandpass", band, valid, {"ssim_aligned": screen}, 2) == pytest.approx(0.95)
+    band_low = np.array([[0.4, 0.7, 0.1]], np.float32)    # the pair pushed out (0.7) no longer counts
+    assert pool("bandpass", band_low, valid, {"ssim_aligned": screen}, 2) == pytest.approx(0.4)
+    # no screen asked for, or no screening values (the aligned SSIM not computed): every pair counts
+    assert pool("bandpass", band_low, valid, {"ssim_aligned": screen}) == pytest.approx(0.7)
+    assert pool("bandpass", band_low, valid, {}, 2) == pytest.approx(0.7)
+
+
+def test_a_screen_must_name_an_earlier_pair_level_feature():
+    from fpindex.evidence import Feature, feature
+
+    class Bad(Feature):
+        name, help, screen = "bad_screen", "x", "no_such_feature"
+
+    with pytest.raises(ValueError, match="screen must name a pair-level feature registered before it"):
+        feature(Bad)
+    assert "bad_screen" not in FEATURES
+
+
+def test_screen_is_a_whole_number_of_neighbours():
+    from fpindex.config import EvidenceConfig
+    from fpindex.errors import FpindexError
+
+    with pytest.raises(FpindexError, match="--screen must be at least 1"):
+        EvidenceConfig(screen=0)
+    assert EvidenceConfig().screen is None

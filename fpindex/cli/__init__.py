@@ -23,7 +23,7 @@ from .summary_lines import finish, write_html, print_summary, say, warn_skipped
 from .streams import echo_json, stdout_for_json
 from .help import App
 from .options import (FIELDS, O_ALPHA, O_AXIS, O_BATCH, O_CACHE_DIR, O_DECISION, O_DEVICE, O_EF_SEARCH,
-                      O_ENHANCE, O_FACTORY, O_K, O_MAX_MEMORY, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE,
+                      O_ENHANCE, O_FACTORY, O_K, O_MAX_MEMORY, O_SCREEN, O_MODEL, O_NO_CACHE, O_NOT_USED, O_NPROBE,
                       O_PRECISION, O_PRESET, O_QUIET, O_REFERENCE, O_SCORE, O_SEED, O_SIZE, O_TARGET, O_THRESHOLD,
                       O_TRAIN_STEPS, O_USED, O_VERBOSE, O_VERIFY, O_WEIGHTS, O_WINDOW, O_WORKERS, Device, Method,
                       Model, O_ADDRESS, O_ENGINE, O_HTML, O_JSON, O_MAX_PIXELS, O_TOP, Engine, PresetName, Precision,
@@ -110,7 +110,8 @@ def query(
     real: Path = typer.Argument(..., help="Folder of real images to test for membership."),
     index: Path = typer.Option(..., "--index", "-i", help="Index directory written by `fpindex build`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    k: int = O_K, decision: Method = O_DECISION, score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD,
+    k: int = O_K, screen: Optional[int] = O_SCREEN, decision: Method = O_DECISION, score: Score = O_SCORE,
+    threshold: Optional[float] = O_THRESHOLD,
     alpha: float = O_ALPHA, used: Optional[Path] = O_USED, not_used: Optional[Path] = O_NOT_USED,
     reference: Optional[Path] = O_REFERENCE, groups: Optional[Path] = O_GROUPS, canaries: int = O_CANARIES,
     canary_kinds: Optional[list[Kind]] = O_CANARY_KINDS,
@@ -160,7 +161,7 @@ def audit(
     groups: Optional[Path] = O_GROUPS, model: Model = O_MODEL, weights: Optional[str] = O_WEIGHTS,
     enhance: Optional[list[str]] = O_ENHANCE,
     image_size: Optional[int] = O_SIZE, factory: str = O_FACTORY, max_memory: Optional[str] = O_MAX_MEMORY,
-    k: int = O_K, decision: Method = O_DECISION,
+    k: int = O_K, screen: Optional[int] = O_SCREEN, decision: Method = O_DECISION,
     score: Score = O_SCORE, threshold: Optional[float] = O_THRESHOLD, alpha: float = O_ALPHA,
     canaries: int = O_CANARIES, canary_kinds: Optional[list[Kind]] = O_CANARY_KINDS, seed: int = O_SEED,
     batch_size: Optional[int] = O_BATCH, device: Device = O_DEVICE, precision: Precision = O_PRECISION,

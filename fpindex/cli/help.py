@@ -21,7 +21,7 @@ HELP_ALL = "--help-all"
 # Options most audits never set: listed by --help-all only. Everything else stays on the first screen.
 ADVANCED = {"weights", "image_size", "factory", "max_memory", "nprobe", "ef_search", "target_recall",
             "save_embeddings", "seed", "batch_size", "device", "precision", "workers", "no_cache", "cache_dir",
-            "train_steps", "finetune", "axis", "max_pixels", "preset", "engine", "address", "verify", "k", "score",
+            "train_steps", "finetune", "axis", "max_pixels", "preset", "engine", "address", "verify", "k", "screen", "score",
             "threshold", "alpha", "canaries", "canary_kinds", "report_top", "window", "fail_on", "groups"}
 ADVANCED_IN = {"audit": {"index", "overwrite"},       # common elsewhere (build, query), rare here
                "query": {"model", "enhance"}}          # query only asserts them: the index decides

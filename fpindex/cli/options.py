@@ -121,6 +121,10 @@ O_TARGET = typer.Option(0.95, "--target-recall", min=0.0, max=1.0, help="Recall@
 O_K = typer.Option(EvidenceConfig().k, "--k", "-k", min=1, help="Nearest generated images retrieved per real "
                    "image; the pair-level evidence is the best over them.",
                    rich_help_panel="Decision")
+O_SCREEN = typer.Option(None, "--screen", min=1, help="Compute the costly evidence (" + ", ".join(
+    f"{n}, screened by {FEATURES.get(n).screen}" for n in FEATURES if FEATURES.get(n).screen) + ") only for each real "
+    "image's N best neighbours on its screening feature, not all --k: re-ranking several times cheaper, for very "
+    "large audits. Default: all. What it changes on bench-dev: benchmarks/README.md.", rich_help_panel="Decision")
 O_DECISION = typer.Option(Method("auto"), "--decision", help=DECISION_HELP, rich_help_panel="Decision")
 SCORE_HELP = ("Evidence feature that fixed and reference decisions use: " +
               "; ".join(f"{n} ({FEATURES.help(n)})" for n in FEATURES.names()))
@@ -210,6 +214,7 @@ FIELDS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "ef_search": [("index", "ef_search", _value)],
     "target_recall": [("index", "target_recall", _value)],
     "k": [("evidence", "k", _value)],
+    "screen": [("evidence", "screen", _value)],
     "decision": [("decide", "method", _value)],
     "score": [("decide", "score", _value)],
     "threshold": [("decide", "threshold", _value)],

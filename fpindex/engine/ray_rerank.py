@@ -54,7 +54,8 @@ class _PartFiles:
 
 
 def _task(part: _Part, attachments: dict[str, bytes], where: str, size: int, read: ReadOptions,
-          wanted: frozenset[str], cache_dir: str | None, names: list[str]) -> tuple[dict, dict]:
+          wanted: frozenset[str], cache_dir: str | None, names: list[str], screen: int | None = None
+          ) -> tuple[dict, dict]:
     from .faults import crash_once_for_tests
 
     crash_once_for_tests()
@@ -64,7 +65,7 @@ def _task(part: _Part, attachments: dict[str, bytes], where: str, size: int, rea
     q = Query(sha256=part.sha256, vectors=part.vectors, nb=part.nb, gen_sha256=files.sha256,
               gen_vectors=lambda ids: part.gen_vectors[files._at(ids)], images=images, attachments=attachments,
               where=where, real_cosine=part.real_cosine)
-    pair, ev = compute_local(q, Run(wanted=wanted, cache_dir=cache_dir), names)
+    pair, ev = compute_local(q, Run(wanted=wanted, cache_dir=cache_dir, screen=screen), names)
     return pair, ev.scores
 
 
@@ -94,7 +95,7 @@ def compute_evidence(q: Query, run: Run, features: Sequence[str] | None = None
                          gen_paths=images.index.files(u), gen_sizes=images.index.sizes(u),
                          real_cosine=None if q.real_cosine is None else q.real_cosine[rows])
             refs.append(task.remote(part, shared[0], q.where, images.size, images.store.reader.read,
-                                    run.wanted, run.cache_dir, names))
+                                    run.wanted, run.cache_dir, names, run.screen))
         done = []
         with run.progress(n, run.desc) as bar:
             for lo, ref in zip(range(0, n, BATCH), refs):

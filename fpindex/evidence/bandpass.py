@@ -88,12 +88,14 @@ def bandpass_correlation(a: np.ndarray, b: np.ndarray, a_idx: np.ndarray, b_idx:
 @feature
 class BandpassCorrelation(Feature):
     name = "bandpass"
-    help = ("best correlation over the k neighbours of the band-passed images (difference of Gaussians) after "
-            "aligning each onto the real image (affine, OpenCV ECC): partial copies and blends")
+    help = ("best correlation over the k neighbours (with --screen m: the m with the best aligned SSIM) of the "
+            "band-passed images (difference of Gaussians) after aligning each onto the real image (affine, OpenCV "
+            "ECC): partial copies and blends")
     needs = frozenset({"pixels"})
     threshold = 0.50
     on_demand = True
     copy = True
+    screen = "ssim_aligned"      # with --screen m: only the m neighbours with the best aligned SSIM
 
     def cache_identity(self, size: int) -> dict[str, Any]:
         return {"size": size, "band": list(SIGMAS), "per": REFERENCE_SIDE, "align": "ecc-affine-smooth5-then-band",

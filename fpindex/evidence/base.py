@@ -97,6 +97,9 @@ class Feature:
     attachment: ClassVar[str | None] = None  # file in the index holding what `fit` returned
     real_k: ClassVar[int] = 10          # needs 'real_neighbours': how many of the audit's other real images
     copy: ClassVar[bool] = False        # a copy drives it to its cap of 1: tested on its own (decide/copies.py)
+    # pair level, costly: with --screen m, computed only for each real image's m neighbours that score highest
+    # on the pair-level feature named here (registered earlier, so computed first); the others are NaN
+    screen: ClassVar[str | None] = None
 
     def cache_identity(self, size: int) -> dict[str, Any] | None:
         """What defines a value (beyond the images' content); None: not cached."""
@@ -134,6 +137,9 @@ def feature(cls: type[Feature]) -> type[Feature]:
         raise ValueError(f"feature {cls.name}: needs ⊆ {sorted(NEEDS)} and pool in {POOLS}")
     if cls.level == "pair" and cls.needs & {"neighbours", "real_neighbours"}:
         raise ValueError(f"feature {cls.name}: only image-level features read whole neighbour lists")
+    if cls.screen is not None and (cls.level != "pair" or cls.screen not in FEATURES
+                                   or FEATURES.get(cls.screen).level != "pair"):
+        raise ValueError(f"feature {cls.name}: screen must name a pair-level feature registered before it")
     FEATURES.register(cls.name, cls.help)(cls())
     return cls
 

@@ -51,6 +51,7 @@ class Run:
     stage: Callable[[str], Any] = lambda name: nullcontext()
     progress: Callable[[int, str], Any] = lambda total, desc: _NoBar()
     desc: str = "re-rank"
+    screen: int | None = None         # EvidenceConfig.screen
 
 
 class _NoBar:
@@ -87,7 +88,11 @@ def compute_evidence(q: Query, run: Run,
             if not active:
                 values[:] = np.nan
             elif len(flat):
-                values[valid] = _pairs(f, q, run, flat, real_idx, cosine, shas, read)
+                chosen = screened(f, pair, valid, run.screen)
+                values[~chosen] = np.nan
+                sel = chosen[valid]
+                values[valid & chosen] = _pairs(f, q, run, flat[sel], real_idx[sel], cosine[sel], shas, read,
+                                                sel)
             pair[name] = values
             scores[name] = _pool(f, values, valid)
         else:
@@ -103,10 +108,28 @@ def compute_evidence(q: Query, run: Run,
     return pair, Evidence(scores)
 
 
-def pool(name: str, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def screened(f: Feature, pair: dict[str, np.ndarray], valid: np.ndarray, keep: int | None) -> np.ndarray:
+    """n × k: the pairs `f` is computed for. All valid ones, or (a feature with a screen, `keep` given) the
+    `keep` best of each row on the screening feature, ties to the nearer neighbour; all of them when that
+    feature was not computed. Why: a copy that the costly feature tells from a look-alike is one the cheaper
+    screening feature already ranks near the top (benchmarks/README.md, re-ranking cost)."""
+    if f.screen is None or keep is None or f.screen not in pair or np.isnan(pair[f.screen][valid]).any():
+        return valid.copy()
+    order = np.argsort(-np.where(valid, pair[f.screen], -np.inf), axis=1, kind="stable")[:, :keep]
+    chosen = np.zeros_like(valid)
+    np.put_along_axis(chosen, order, True, axis=1)
+    return chosen & valid
+
+
+def pool(name: str, values: np.ndarray, valid: np.ndarray, pair: dict[str, np.ndarray] | None = None,
+         screen: int | None = None) -> np.ndarray:
     """A pair-level feature's per-image value from its n × k values, as `compute_evidence` pools them (for
-    neighbour lists merged after the fact, e.g. the canaries' what-if pass)."""
-    return _pool(FEATURES.get(name), values, valid)
+    neighbour lists merged after the fact, e.g. the canaries' what-if pass, whose `pair` values of the other
+    features re-apply the screen: a pair pushed out of the `screen` best no longer counts)."""
+    f = FEATURES.get(name)
+    if pair is not None:
+        values = np.where(screened(f, pair, valid, screen), values, np.nan)
+    return _pool(f, values, valid)
 
 
 def _pool(f: Feature, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -115,7 +138,8 @@ def _pool(f: Feature, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
         return np.zeros(n)
     if f.pool == "top1":
         return np.where(valid[:, 0], values[:, 0], f.missing)
-    return np.where(valid, values, f.missing).max(axis=1)
+    # NaN: screened out (not computed), so no evidence either way: the best of the pairs computed
+    return np.fmax.reduce(np.where(valid, values, f.missing), axis=1, initial=f.missing)
 
 
 def _cache(f: Feature, q: Query, run: Run) -> ContentCache | None:
@@ -126,14 +150,15 @@ def _cache(f: Feature, q: Query, run: Run) -> ContentCache | None:
 
 
 def _pairs(f: Feature, q: Query, run: Run, flat: np.ndarray, real_idx: np.ndarray, cosine: np.ndarray,
-           shas: dict[str, list[str]], read: set[int]) -> np.ndarray:
+           shas: dict[str, list[str]], read: set[int], sel: np.ndarray) -> np.ndarray:
     cache = _cache(f, q, run)
     if cache is not None:
         with run.stage("rerank"):
-            if "gen" not in shas:
-                shas["gen"] = q.gen_sha256(flat)
-                shas["real"] = [q.sha256[i] for i in real_idx.tolist()]
-            keys = pair_keys(shas["real"], shas["gen"])
+            if "gen" not in shas:          # of every valid pair, once; `sel` picks this feature's
+                valid_flat = q.nb.ids[q.nb.ids >= 0]
+                shas["gen"] = q.gen_sha256(valid_flat)
+                shas["real"] = [q.sha256[i] for i in np.flatnonzero(q.nb.ids >= 0) // q.nb.ids.shape[1]]
+            keys = pair_keys([s for s, t in zip(shas["real"], sel) if t], [s for s, t in zip(shas["gen"], sel) if t])
             vals = cache.get(keys)
     else:
         vals = np.full(len(flat), np.nan, np.float32)
