@@ -8,6 +8,7 @@ benchmarks/results/detection.json and detection.md.
     python benchmarks/detection.py --model pixels --label "pixels baseline"      # any embedding settings
     python benchmarks/detection.py --preset default --seed 1                    # the spread from the seed alone
     python benchmarks/detection.py --preset default --labels none --decision pu  # no labels: train/not_used only
+    python benchmarks/detection.py --preset default --screen 2 --seed 1         # bandpass on 2 neighbours of 20
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ HERE = Path(__file__).resolve().parent
 
 
 def run_scenario(scenario: Path, embed: EmbedConfig, decide: DecideConfig, k: int, work: Path,
-                 labels: str = "train") -> dict:
+                 labels: str = "train", screen: int | None = None) -> dict:
     """labels 'train': calibrated on train/used + train/not_used; 'none': train/not_used as a reference only;
     'nothing': no labelled or known-unused folder (the `copies` decision)."""
     out = work / scenario.name
     t = time.perf_counter()
-    config = AuditConfig(embed=embed, evidence=EvidenceConfig(k=k), decide=decide, run=RunConfig(quiet=True))
+    config = AuditConfig(embed=embed, evidence=EvidenceConfig(k=k, screen=screen), decide=decide,
+                         run=RunConfig(quiet=True))
     given = ({"used": scenario / "train" / "used", "not_used": scenario / "train" / "not_used"} if labels == "train"
              else {"reference": scenario / "train" / "not_used"} if labels == "none" else {})
     summary = audit(scenario / "generated", scenario / "test", config=config, out=out, **given).summary
@@ -87,6 +89,7 @@ def main() -> None:
     ap.add_argument("--scenarios", default=None, help="comma-separated scenario names (default: all)")
     ap.add_argument("--name", default="detection", help="results file stem under --out (default: detection)")
     ap.add_argument("--k", type=int, default=EvidenceConfig().k)
+    ap.add_argument("--screen", type=int, default=None, help="fpindex audit --screen (default: none)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the embedding (random weights, self-supervised "
                     "training, samples); rows of other seeds are labelled 'seed N' and kept beside seed 0's")
     ap.add_argument("--label", default=None, help="row label (default: model+enhance)")
@@ -122,7 +125,8 @@ def main() -> None:
         for label, embed, decide in configs:
             for sc in scenarios:
                 try:
-                    r = {"config": label, **run_scenario(sc, embed, decide, args.k, Path(tmp), args.labels)}
+                    r = {"config": label, **run_scenario(sc, embed, decide, args.k, Path(tmp), args.labels,
+                                                         args.screen)}
                 except FpindexError as e:
                     print(f"{label:24s} {sc.name:12s} skipped: {e}", flush=True)
                     continue
