@@ -362,7 +362,7 @@ def audit(generated: str | Path, real: str | Path, config: AuditConfig, index_di
                            "--index")
     built = build(generated, config, index_dir, mode="overwrite" if overwrite else "new", timings=timings)
     # The generated vectors live on in the index, where the query reads them: the copy embedding made is let go
-    # (2 GB of 512-d vectors at 1M images).
-    built.embedded.vectors = built.embedded.vectors[:0]
+    # (2 GB of 512-d vectors at 1M images). A new empty array, not a slice: a view would keep the whole alive.
+    built.embedded.vectors = np.empty((0, built.embedder.dim), np.float32)
     return query(built, real, config, used=used, not_used=not_used, reference=reference, timings=timings,
                  pixels=built.pixels, build_summary=built.summary)

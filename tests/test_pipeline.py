@@ -349,3 +349,20 @@ def test_a_stage_with_nothing_left_to_do_draws_no_progress_bar():
     assert progress_bar(False)(0, "re-rank real").disable is True
     assert progress_bar(False)(5, "re-rank real").disable is False
     assert progress_bar(True)(5, "re-rank real").disable is True
+
+
+def test_audit_queries_without_the_build_copy_of_the_generated_vectors(leak, helpers, monkeypatch):
+    """The index holds them; at 1M images the embedding's own copy is 2 GB more for the whole query."""
+    from fpindex import pipeline
+
+    seen = {}
+    query = pipeline.query
+
+    def spy(index, *args, **kwargs):
+        seen["vectors"] = index.embedded.vectors
+        return query(index, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "query", spy)
+    result = audit(leak.generated, leak.real, used=leak.used, not_used=leak.not_used, config=helpers.CFG)
+    assert seen["vectors"].shape == (0, result.summary["settings"]["embedder"]["dim"])
+    assert seen["vectors"].base is None            # not a view that keeps the whole array alive
