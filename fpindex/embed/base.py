@@ -20,11 +20,18 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+
 SELFSUP = "selfsup"          # weights trained on the generated set at build time (embed/train.py)
 SELFSUP_FILE = "selfsup.pt"  # where an index keeps them
 UNTRAINED = f"{SELFSUP}:untrained"   # weights_id until the build has trained them
 RANDOM = "random"            # seeded random initialisation
 MIN_SIZE = 32                # no model sees anything useful in fewer pixels
+
+
+def file_weights_id(sha256_hex: str) -> str:
+    """How a `weights_id` names weights that are bytes (a file, trained weights): by their content, the first 16
+    hex digits of the SHA-256; one format for every maker, so the same bytes always have the same id."""
+    return f"file:sha256={sha256_hex[:16]}"
 
 
 @dataclass(frozen=True)

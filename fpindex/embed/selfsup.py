@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import sha256_bytes
+from .base import file_weights_id
 
 
 @dataclass(frozen=True)
@@ -135,4 +136,4 @@ def state_bytes(net: nn.Module) -> tuple[bytes, str]:
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buf)
     data = buf.getvalue()
-    return data, f"file:sha256={sha256_bytes(data)[:16]}"
+    return data, file_weights_id(sha256_bytes(data))

@@ -22,7 +22,7 @@ from ..load import ReadOptions, Reader, decode, fit_size
 from ..pixels import PixelStore
 from ..utils import Timings, seeded_sample, sha256_bytes
 from . import selfsup
-from .base import SELFSUP, SELFSUP_FILE, UNTRAINED, Embedder  # noqa: F401  (the constants' old home)
+from .base import SELFSUP, SELFSUP_FILE, UNTRAINED, Embedder, file_weights_id  # noqa: F401  (the constants' old home)
 from .selfsup import SelfSupConfig
 
 
@@ -91,7 +91,7 @@ def train_on_generated(generated: Path, files: list[Path], embedder: Embedder, c
                               "again and rewriting them", FpindexWarning, stacklevel=2)
             else:
                 net.to(embedder.spec.device)
-                embedder.weights_id = f"file:sha256={sha256_bytes(data)[:16]}"
+                embedder.weights_id = file_weights_id(sha256_bytes(data))
                 return {**meta, "from_cache": True, "start": start}, data
     check_training_memory(len(raw), embedder.spec.size, len(cfg.enhance),
                           parameters=sum(p.numel() for p in net.parameters()))

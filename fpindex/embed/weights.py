@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import FpindexError
 from ..utils import sha256_file
+from .base import file_weights_id
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,7 +31,7 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def file_id(path: str | Path) -> str:
-    return f"file:sha256={sha256_file(Path(path))[:16]}"
+    return file_weights_id(sha256_file(Path(path)))
 
 
 def weights_file(path: str, model: str, choices: str) -> Path:
