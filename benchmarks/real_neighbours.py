@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from common import machine  # noqa: E402
 
 from fpindex.index.bench import Synthetic  # noqa: E402
-from fpindex.search import REAL_EXACT_BELOW, REAL_NPROBE, real_index, search_real, sibling_groups  # noqa: E402
+from fpindex.search import REAL_EXACT_BELOW, REAL_NPROBE, real_factory, search_real, sibling_groups  # noqa: E402
 from fpindex.utils import write_json_atomic, write_text_atomic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     for n in (int(s) for s in args.sizes.split(",")):
         v = Synthetic(args.dim).take(n, 0)
         groups = [(v, [str(i) for i in range(n)])]
-        factory = real_index(v)[1]
+        factory = real_factory(n)
         t_exact, exact = median_time(lambda: search_real(groups, args.k, exact_below=n + 1), args.repeats)
         t_index, indexed = median_time(lambda: search_real(groups, args.k), args.repeats)
         s_exact, sib_exact = median_time(lambda: sibling_groups([v], exact_below=n + 1), args.repeats)

@@ -52,7 +52,7 @@ def real_index(vectors: np.ndarray, exact_below: int = REAL_EXACT_BELOW, nprobe:
                seed: int = 0):
     """A FAISS inner-product index over the real images: `Flat` (exact) below `exact_below` vectors, else
     `IVF{nlist},Flat` trained on a seeded sample and searched with `nprobe` lists (exact when nprobe ≥ nlist).
-    Returns (index, factory string)."""
+    Which of the two: `real_factory`."""
     import faiss
 
     from .index.base import make_faiss_index
@@ -67,7 +67,7 @@ def real_index(vectors: np.ndarray, exact_below: int = REAL_EXACT_BELOW, nprobe:
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf.nprobe = min(nprobe, ivf.nlist)
-    return index, factory
+    return index
 
 
 def search_real(groups: list[tuple[np.ndarray, list[str]]], k: int, batch: int = 4096,
@@ -83,7 +83,7 @@ def search_real(groups: list[tuple[np.ndarray, list[str]]], k: int, batch: int =
     out = [np.full((len(v), k), np.nan, np.float32) for v in vectors]
     if n < 2 or k < 1:
         return out
-    index, _ = real_index(np.concatenate(vectors), exact_below, nprobe)
+    index = real_index(np.concatenate(vectors), exact_below, nprobe)
     _, counts = np.unique(shas, return_counts=True)
     kk = min(n, k + int(counts.max()))          # room for the image itself and its copies
     start = 0
@@ -122,7 +122,7 @@ def sibling_groups(folders: list[np.ndarray], m: int = SIBLINGS, exact_below: in
             continue
         kk = min(n, m + 1)
         x = np.ascontiguousarray(v, np.float32)
-        index, _ = real_index(x, exact_below, nprobe)
+        index = real_index(x, exact_below, nprobe)
         _, ids = index.search(x, kk)
         rows = np.repeat(np.arange(n), kk)
         cols = ids.ravel()

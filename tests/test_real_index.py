@@ -26,13 +26,16 @@ def brute(groups, k):
 
 
 def test_the_factory_is_exact_below_the_threshold_and_an_inverted_file_above():
-    v = unit(np.random.default_rng(0), 700)
-    assert real_index(v, exact_below=701)[1] == "Flat"
-    index, factory = real_index(v, exact_below=700, nprobe=3)
-    assert factory.startswith("IVF") and factory.endswith(",Flat") and index.ntotal == 700
     import faiss
-    assert faiss.extract_index_ivf(index).nprobe == 3
-    assert real_factory(700, exact_below=700) == factory and real_factory(699, exact_below=700) == "Flat"
+
+    v = unit(np.random.default_rng(0), 700)
+    assert real_factory(700, exact_below=701) == "Flat" and real_factory(699, exact_below=700) == "Flat"
+    flat = real_index(v, exact_below=701)
+    assert faiss.try_extract_index_ivf(flat) is None and flat.ntotal == 700
+    factory = real_factory(700, exact_below=700)
+    assert factory.startswith("IVF") and factory.endswith(",Flat")
+    ivf = real_index(v, exact_below=700, nprobe=3)
+    assert ivf.ntotal == 700 and faiss.extract_index_ivf(ivf).nprobe == 3
 
 
 def test_search_real_equals_the_exhaustive_search_flat_and_ivf_visiting_every_list():
