@@ -202,3 +202,20 @@ def test_screen_is_a_whole_number_of_neighbours():
     with pytest.raises(FpindexError, match="--screen must be at least 1"):
         EvidenceConfig(screen=0)
     assert EvidenceConfig().screen is None
+
+
+def test_an_absent_neighbour_stays_zero_and_only_screened_out_pairs_are_nan():
+    from fpindex.evidence import Query, Run, compute_evidence
+    from fpindex.search import Neighbours
+
+    real = np.stack([textured(7)])
+    gen = np.stack([real[0].copy(), textured(8), textured(9)])
+    nb = Neighbours(np.array([[0, 1, 2, -1]]), np.float32([[0.9, 0.8, 0.7, np.nan]]))   # the index had 3 images
+    q = Query(sha256=["r0"], vectors=np.zeros((1, 4), np.float32), nb=nb,
+              gen_sha256=lambda x: [f"g{i}" for i in x.tolist()], gen_vectors=lambda x: np.zeros((len(x), 4)),
+              images=_Pixels(real, gen), attachments={}, where="test")
+    for screen in (None, 1):
+        pair, _ = compute_evidence(q, Run(wanted=frozenset({"ssim_aligned", "bandpass"}), screen=screen),
+                                   ["ssim_aligned", "bandpass"])
+        assert pair["bandpass"][0, 3] == 0 and pair["ssim_aligned"][0, 3] == 0
+        assert np.isnan(pair["bandpass"][0, 1:3]).all() == (screen == 1)

@@ -147,7 +147,7 @@ def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedCo
                 out.vectors[old_rows] = cache.get([out.sha256[r] for r in old_rows.tolist()])
             for s in range(0, len(rows), CACHE_BLOCK):
                 block = rows[s:s + CACHE_BLOCK]
-                contiguous = len(block) and block[-1] - block[0] == len(block) - 1
+                contiguous = block[-1] - block[0] == len(block) - 1
                 cache.put([out.sha256[r] for r in block.tolist()],
                           out.vectors[block[0]:block[-1] + 1] if contiguous else out.vectors[block])
     return out

@@ -260,7 +260,8 @@ def embed_folder(root: Path, files: list[Path], embedder: Embedder, cfg: EmbedCo
     for i, part in enumerate(parts):
         d = dest[at:at + len(part["pos"])]
         at += len(d)
-        result.vectors[d[d >= 0]] = np.asarray(part["vector"], np.float32).reshape(len(d), embedder.dim)[d >= 0]
+        kept = d >= 0
+        result.vectors[d[kept]] = np.asarray(part["vector"], np.float32).reshape(len(d), embedder.dim)[kept]
         parts[i] = None
     for i in np.flatnonzero(rows["status"] == BAD).tolist():
         bad_file(files[int(rows["pos"][i])], str(rows["error"][i]), result.bad)

@@ -89,10 +89,8 @@ def compute_evidence(q: Query, run: Run,
                 values[:] = np.nan
             elif len(flat):
                 chosen = screened(f, pair, valid, run.screen)
-                values[~chosen] = np.nan
-                sel = chosen[valid]
-                values[valid & chosen] = _pairs(f, q, run, flat[sel], real_idx[sel], cosine[sel], shas, read,
-                                                sel)
+                values[valid & ~chosen] = np.nan           # screened out: not computed
+                values[valid & chosen] = _pairs(f, q, run, flat, real_idx, cosine, chosen[valid], shas, read)
             pair[name] = values
             scores[name] = _pool(f, values, valid)
         else:
@@ -150,18 +148,19 @@ def _cache(f: Feature, q: Query, run: Run) -> ContentCache | None:
 
 
 def _pairs(f: Feature, q: Query, run: Run, flat: np.ndarray, real_idx: np.ndarray, cosine: np.ndarray,
-           shas: dict[str, list[str]], read: set[int], sel: np.ndarray) -> np.ndarray:
+           sel: np.ndarray, shas: dict[str, list[str]], read: set[int]) -> np.ndarray:
+    """`f`'s values of the pairs `sel` picks out of every valid pair (`flat`, `real_idx`, `cosine`)."""
     cache = _cache(f, q, run)
     if cache is not None:
         with run.stage("rerank"):
-            if "gen" not in shas:          # of every valid pair, once; `sel` picks this feature's
-                valid_flat = q.nb.ids[q.nb.ids >= 0]
-                shas["gen"] = q.gen_sha256(valid_flat)
-                shas["real"] = [q.sha256[i] for i in np.flatnonzero(q.nb.ids >= 0) // q.nb.ids.shape[1]]
-            keys = pair_keys([s for s, t in zip(shas["real"], sel) if t], [s for s, t in zip(shas["gen"], sel) if t])
+            if "gen" not in shas:          # of every valid pair, once for all features
+                shas["gen"] = q.gen_sha256(flat)
+                shas["real"] = [q.sha256[i] for i in real_idx.tolist()]
+            keys = pair_keys(*([h for h, t in zip(shas[side], sel) if t] for side in ("real", "gen")))
             vals = cache.get(keys)
     else:
-        vals = np.full(len(flat), np.nan, np.float32)
+        vals = np.full(int(sel.sum()), np.nan, np.float32)
+    flat, real_idx, cosine = flat[sel], real_idx[sel], cosine[sel]
     todo = np.flatnonzero(np.isnan(vals))
     with (run.progress(len(todo), f"{run.desc}: {f.name}") if "pixels" in f.needs else _NoBar()) as bar:
         for s in range(0, len(todo), PAIR_CHUNK):
